@@ -1,0 +1,24 @@
+// One build for the whole workspace: protobuf static code, then tsc for every
+// package (project references) and the tests (type check only), then the
+// agent bundle and single executable. Steps run in order; the first failure
+// stops the build.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const bin = (name) => join(root, 'node_modules', '.bin', name);
+const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit' });
+
+const gen = join(root, 'packages/protocol/generated');
+mkdirSync(gen, { recursive: true });
+run(bin('pbjs'), ['-t', 'static-module', '-w', 'commonjs', '--force-number', '--no-verify', '--no-convert',
+  '--no-delimited', '-o', join(gen, 'porthole.js'), 'proto/porthole/v1/porthole.proto']);
+run(bin('pbts'), ['-o', join(gen, 'porthole.d.ts'), join(gen, 'porthole.js')]);
+run(bin('tsc'), ['-b', 'tsconfig.json']);
+run(bin('tsc'), ['-p', 'test/tsconfig.json']);
+// The agent as one file, then as the single executable the VM tests and the .deb ship.
+run(process.execPath, [join(root, 'packages/agent/scripts/bundle.mjs')]);
+const sea = join(root, 'packages/agent/scripts/sea.mjs');
+if (existsSync(sea)) run(process.execPath, [sea]);

@@ -1,0 +1,177 @@
+import { crc32c } from './crc32c';
+
+/**
+ * Frame layout (16-byte header, big-endian), then the payload (one protobuf Envelope):
+ *
+ *   0  magic      B7 50 48 4C
+ *   4  version    1
+ *   5  flags      0 (reserved)
+ *   6  length     u32, payload bytes
+ *  10  crc        u32, CRC32C of the payload
+ *  14  hcheck     u16, low 16 bits of CRC32C of header bytes 0..13
+ *
+ * The header check lets a reader reject a corrupt length at once instead of
+ * waiting for a payload that will never come.
+ */
+export const FRAME_MAGIC = Buffer.from([0xb7, 0x50, 0x48, 0x4c]);
+export const FRAME_VERSION = 1;
+export const FRAME_HEADER_SIZE = 16;
+/** Default largest payload a reader accepts. */
+export const DEFAULT_MAX_FRAME_SIZE = 1024 * 1024 + 4096;
+
+/** The 16-byte header for a payload given in parts (their concatenation is the payload). */
+export function frameHeader(parts: readonly Uint8Array[]): Buffer {
+  let length = 0;
+  let crc = 0;
+  for (const part of parts) {
+    length += part.length;
+    crc = crc32c(part, crc);
+  }
+  const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
+  FRAME_MAGIC.copy(header, 0);
+  header[4] = FRAME_VERSION;
+  header[5] = 0;
+  header.writeUInt32BE(length, 6);
+  header.writeUInt32BE(crc, 10);
+  header.writeUInt16BE(crc32c(header.subarray(0, 14)) & 0xffff, 14);
+  return header;
+}
+
+export function encodeFrame(payload: Uint8Array): Buffer {
+  return Buffer.concat([frameHeader([payload]), payload]);
+}
+
+export interface FrameDecoderStats {
+  frames: number;
+  /** Bytes dropped while looking for the next valid frame. */
+  skippedBytes: number;
+  /** Headers or payloads that failed a check. */
+  badFrames: number;
+}
+
+export interface FrameDecoderOptions {
+  maxFrameSize?: number;
+  /** Told once per resynchronisation, with why (never throws out of push()). */
+  onGarbage?: (reason: string) => void;
+}
+
+/**
+ * Turns a byte stream into frame payloads. Garbage, a bad checksum, a corrupt
+ * header or a cut frame make it scan to the next magic and go on; an oversize
+ * length is rejected from the header alone, before any allocation.
+ */
+export class FrameDecoder {
+  readonly stats: FrameDecoderStats = { frames: 0, skippedBytes: 0, badFrames: 0 };
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private readonly maxFrameSize: number;
+
+  constructor(private readonly onFrame: (payload: Buffer) => void, private readonly options: FrameDecoderOptions = {}) {
+    this.maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
+  }
+
+  /** Bytes held while waiting for the rest of a frame. */
+  get buffered(): number {
+    return this.length;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    this.drain();
+  }
+
+  /** Forget partial input (the stream was interrupted). */
+  reset(): void {
+    if (this.length) this.stats.skippedBytes += this.length;
+    this.chunks = [];
+    this.length = 0;
+  }
+
+  private drain(): void {
+    while (this.length >= FRAME_HEADER_SIZE) {
+      const head = this.peek(FRAME_HEADER_SIZE);
+      const problem = this.checkHeader(head);
+      if (problem) {
+        this.stats.badFrames++;
+        this.resync(problem);
+        continue;
+      }
+      const total = FRAME_HEADER_SIZE + head.readUInt32BE(6);
+      if (this.length < total) return;
+      const expected = head.readUInt32BE(10);
+      const frame = this.take(total);
+      const payload = frame.subarray(FRAME_HEADER_SIZE);
+      if (crc32c(payload) !== expected) {
+        this.stats.badFrames++;
+        // The "frame" may have been garbage that looked like a header: its bytes may hold real frames.
+        this.chunks.unshift(frame.subarray(1));
+        this.length += frame.length - 1;
+        this.stats.skippedBytes += 1;
+        this.resync('payload checksum mismatch');
+        continue;
+      }
+      this.stats.frames++;
+      this.onFrame(payload);
+    }
+  }
+
+  private checkHeader(head: Buffer): string | undefined {
+    if (head.compare(FRAME_MAGIC, 0, 4, 0, 4) !== 0) return 'bytes before a frame';
+    if ((crc32c(head.subarray(0, 14)) & 0xffff) !== head.readUInt16BE(14)) return 'header checksum mismatch';
+    if (head[4] !== FRAME_VERSION) return `unsupported frame version ${head[4]}`;
+    const length = head.readUInt32BE(6);
+    if (length > this.maxFrameSize) return `frame length ${length} over the maximum ${this.maxFrameSize}`;
+    return undefined;
+  }
+
+  /** Drop bytes up to the next possible magic (not at offset 0). */
+  private resync(reason: string): void {
+    this.options.onGarbage?.(reason);
+    const all = this.take(this.length);
+    const at = all.indexOf(FRAME_MAGIC, 1);
+    // Without a full magic, keep a tail that may be the start of one.
+    const keepFrom = at >= 0 ? at : Math.max(1, all.length - (FRAME_MAGIC.length - 1));
+    this.stats.skippedBytes += keepFrom;
+    const rest = all.subarray(keepFrom);
+    if (rest.length) {
+      this.chunks.push(rest);
+      this.length = rest.length;
+    }
+  }
+
+  /** The first n bytes as one buffer (merging leading chunks only when a header spans them). */
+  private peek(n: number): Buffer {
+    if (this.chunks[0].length < n) {
+      let count = 0;
+      let size = 0;
+      while (size < n) size += this.chunks[count++].length;
+      this.chunks.splice(0, count, Buffer.concat(this.chunks.slice(0, count), size));
+    }
+    return this.chunks[0];
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.chunks[0];
+        const use = Math.min(c.length, n - off);
+        c.copy(out, off, 0, use);
+        off += use;
+        if (use === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(use);
+      }
+    }
+    this.length -= n;
+    return out;
+  }
+}

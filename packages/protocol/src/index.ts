@@ -1,0 +1,10 @@
+export { v1, PROTOCOL_VERSION, CHUNK_SIZE } from './messages';
+export { PortholeError, errorCodeName, errors } from './errors';
+export { crc32c, crc32cIsNative } from './crc32c';
+export {
+  encodeFrame, frameHeader, FrameDecoder, FrameDecoderOptions, FrameDecoderStats,
+  FRAME_MAGIC, FRAME_VERSION, FRAME_HEADER_SIZE, DEFAULT_MAX_FRAME_SIZE,
+} from './frame';
+export { Stream } from './stream';
+export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW } from './session';
+export { encodeStreamMessage } from './chunk-encoding';

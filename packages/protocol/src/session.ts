@@ -1,0 +1,380 @@
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import * as os from 'node:os';
+import type { Channel } from '@porthole/transport';
+import { v1, PROTOCOL_VERSION } from './messages';
+import { PortholeError, errors } from './errors';
+import { FrameDecoder, frameHeader, DEFAULT_MAX_FRAME_SIZE } from './frame';
+import { encodeStreamMessage } from './chunk-encoding';
+import { Stream, StreamWire } from './stream';
+
+export interface SessionLogger {
+  debug(message: string, meta?: object): void;
+  info(message: string, meta?: object): void;
+  warn(message: string, meta?: object): void;
+  error(message: string, meta?: object): void;
+}
+
+export interface SessionOptions {
+  role: 'agent' | 'broker';
+  hello: {
+    softwareVersion: string;
+    capabilities?: v1.Capability[];
+    limits?: v1.PolicyLimits.$Properties;
+    os?: string;
+    arch?: string;
+    hostname?: string;
+    kernel?: string;
+  };
+  /** A stream the peer opened (the agent's request entry point). */
+  onStream?: (stream: Stream) => void;
+  /** Credit granted per stream, in encoded bytes. */
+  streamWindow?: number;
+  /** 0 turns keepalive off. Default: broker 5000, agent 0. */
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
+  maxFrameSize?: number;
+  logger?: SessionLogger;
+}
+
+export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
+
+const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * One protocol session over one channel: handshake, keepalive and the
+ * multiplexing of streams. Frames on byte channels, whole packets on packet
+ * channels; nothing above this class sees either.
+ */
+export class Session extends EventEmitter {
+  readonly instanceId = randomBytes(8).toString('hex');
+  peerHello?: v1.Hello;
+  private readonly streams = new Map<number, Stream>();
+  private nextStreamId: number;
+  private readonly window: number;
+  private readonly decoder?: FrameDecoder;
+  private readonly log: SessionLogger;
+  private closedError?: Error;
+  private isClosed = false;
+  private readyWaiters: Array<{ resolve: (h: v1.Hello) => void; reject: (e: unknown) => void }> = [];
+  private pings = new Map<number, (t: number) => void>();
+  private pingSeq = 1;
+  private lastReceived = Date.now();
+  private keepaliveTimer?: NodeJS.Timeout;
+  private drainWaiters: Array<() => void> = [];
+  private readonly wire: StreamWire;
+  private requestSeq = 0;
+
+  constructor(readonly channel: Channel, private readonly options: SessionOptions) {
+    super();
+    this.log = options.logger ?? silent;
+    this.window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    this.nextStreamId = options.role === 'broker' ? 1 : 2;
+    if (channel.kind === 'bytes') {
+      this.decoder = new FrameDecoder((payload) => this.receive(payload), {
+        maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+        onGarbage: (reason) => this.log.debug('skipping bytes on the channel', { reason, channel: channel.description }),
+      });
+    }
+    this.wire = {
+      sendEnvelope: (envelope) => {
+        const encoded = v1.Envelope.encode(envelope).finish();
+        const part = Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length);
+        return { size: encoded.length, written: this.writePayload([part]) };
+      },
+      measure: (streamId, message) => {
+        const parts = encodeStreamMessage(streamId, message);
+        return { size: parts.reduce((n, p) => n + p.length, 0), parts };
+      },
+      sendEncoded: (parts) => this.writePayload(parts),
+      forget: (id) => this.streams.delete(id),
+    };
+    channel.on('data', this.onData);
+    channel.on('drain', this.onDrain);
+    channel.on('close', this.onClose);
+    channel.on('discontinuity', this.onDiscontinuity);
+    this.sendHello(false);
+    const interval = options.keepaliveIntervalMs ?? (options.role === 'broker' ? 5000 : 0);
+    if (interval > 0) this.startKeepalive(interval, options.keepaliveTimeoutMs ?? 15000);
+  }
+
+  get isReady(): boolean {
+    return this.peerHello !== undefined && !this.isClosed;
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** Wait for the handshake; rejects with a clear cause when nobody answers or the versions differ. */
+  ready(timeoutMs = 10000): Promise<v1.Hello> {
+    if (this.isClosed) return Promise.reject(this.closedReason());
+    if (this.peerHello) return Promise.resolve(this.peerHello);
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        resolve: (h: v1.Hello) => { clearTimeout(timer); resolve(h); },
+        reject: (e: unknown) => { clearTimeout(timer); reject(e); },
+      };
+      const timer = setTimeout(() => {
+        this.readyWaiters = this.readyWaiters.filter((w) => w !== waiter);
+        const peer = this.options.role === 'broker' ? 'agent' : 'broker';
+        reject(errors.timeout(`no ${peer} answered on ${this.channel.description} within ${timeoutMs} ms (is porthole-agent running in the guest?)`));
+      }, timeoutMs);
+      this.readyWaiters.push(waiter);
+    });
+  }
+
+  /** Open a request stream towards the peer. */
+  openStream(open: v1.Open.$Properties): Stream {
+    if (this.isClosed) throw this.closedReason();
+    if (!this.peerHello) throw errors.sessionReset('the session is not established (no hello from the peer yet)');
+    const id = this.nextStreamId;
+    this.nextStreamId += 2;
+    const message = v1.Open.create({ ...open, requestId: open.requestId || this.newRequestId() });
+    const stream = new Stream(id, message, this.wire, this.peerHello.streamWindow || DEFAULT_STREAM_WINDOW, this.window);
+    this.streams.set(id, stream);
+    void this.wire.sendEnvelope({ streamId: id, open: message }).written.catch((e) => stream.fail(PortholeError.from(e)));
+    return stream;
+  }
+
+  /** Round trip time in ms. */
+  ping(timeoutMs = 5000): Promise<number> {
+    if (this.isClosed) return Promise.reject(this.closedReason());
+    const nonce = this.pingSeq++;
+    const started = performance.now();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pings.delete(nonce);
+        reject(errors.timeout(`no pong from the peer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pings.set(nonce, (t) => { clearTimeout(timer); resolve(t - started); });
+      void this.wire.sendEnvelope({ ping: { nonce } }).written.catch(reject);
+    });
+  }
+
+  sendEvent(event: v1.Event.$Properties): boolean {
+    if (!this.isReady) return false;
+    void this.wire.sendEnvelope({ event }).written.catch(() => undefined);
+    return true;
+  }
+
+  close(error?: Error): void {
+    if (this.isClosed) return;
+    this.shutdown(error ?? new Error('session closed'));
+    this.channel.close();
+  }
+
+  /** Streams currently open (for diagnostics). */
+  get openStreams(): number {
+    return this.streams.size;
+  }
+
+  // ------------------------------------------------------------ internals
+
+  private newRequestId(): string {
+    return `${this.instanceId}-${(++this.requestSeq).toString(36)}`;
+  }
+
+  private sendHello(reply: boolean): void {
+    const h = this.options.hello;
+    const hello: v1.Hello.$Properties = {
+      protocolVersion: PROTOCOL_VERSION,
+      role: this.options.role === 'agent' ? v1.Role.ROLE_AGENT : v1.Role.ROLE_BROKER,
+      softwareVersion: h.softwareVersion,
+      instanceId: this.instanceId,
+      os: h.os ?? os.platform(),
+      arch: h.arch ?? os.arch(),
+      hostname: h.hostname ?? os.hostname(),
+      kernel: h.kernel ?? os.release(),
+      capabilities: h.capabilities ?? [],
+      limits: h.limits ?? {},
+      maxFrameSize: this.options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+      streamWindow: this.window,
+      reply,
+    };
+    void this.wire.sendEnvelope({ hello }).written.catch(() => undefined);
+  }
+
+  private writePayload(parts: Buffer[]): Promise<void> {
+    if (this.isClosed) return Promise.reject(this.closedReason());
+    let accepted: boolean;
+    if (this.channel.kind === 'packets') {
+      accepted = this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
+    } else if (this.channel.writeParts) {
+      accepted = this.channel.writeParts([frameHeader(parts), ...parts]);
+    } else {
+      accepted = this.channel.write(Buffer.concat([frameHeader(parts), ...parts]));
+    }
+    if (accepted) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.decoder) this.decoder.push(chunk);
+    else this.receive(chunk);
+  };
+
+  private readonly onDrain = (): void => {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+  };
+
+  private readonly onDiscontinuity = (): void => {
+    this.decoder?.reset();
+  };
+
+  private readonly onClose = (error?: Error): void => {
+    this.shutdown(error ?? new Error(`channel ${this.channel.description} closed`));
+  };
+
+  private shutdown(error: Error): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.closedError = error;
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.channel.off('data', this.onData);
+    this.channel.off('drain', this.onDrain);
+    this.channel.off('close', this.onClose);
+    this.channel.off('discontinuity', this.onDiscontinuity);
+    const reason = this.closedReason();
+    this.failAll(reason);
+    for (const w of this.readyWaiters.splice(0)) w.reject(reason);
+    for (const w of this.drainWaiters.splice(0)) w();
+    this.emit('close', error);
+  }
+
+  private closedReason(): PortholeError {
+    return errors.sessionReset(`connection lost: ${this.closedError?.message ?? 'closed'}`);
+  }
+
+  private failAll(error: PortholeError): void {
+    const streams = [...this.streams.values()];
+    this.streams.clear();
+    for (const s of streams) s.fail(error);
+  }
+
+  private receive(payload: Buffer): void {
+    let envelope: v1.Envelope;
+    try {
+      envelope = v1.Envelope.decode(payload);
+    } catch (err) {
+      // A valid frame with an undecodable body: a bug or a newer peer; never fatal.
+      this.log.warn('undecodable message ignored', { error: (err as Error).message, bytes: payload.length });
+      return;
+    }
+    this.lastReceived = Date.now();
+    try {
+      this.dispatch(envelope, payload.length);
+    } catch (err) {
+      this.log.error('message handling failed', { error: (err as Error).message, body: envelope.body });
+    }
+  }
+
+  private dispatch(envelope: v1.Envelope, size: number): void {
+    const id = envelope.streamId;
+    switch (envelope.body) {
+      case 'hello':
+        return this.onHello(envelope.hello as v1.Hello);
+      case 'ping':
+        void this.wire.sendEnvelope({ pong: { nonce: envelope.ping?.nonce ?? 0 } }).written.catch(() => undefined);
+        return;
+      case 'pong':
+        {
+          const nonce = envelope.pong?.nonce ?? 0;
+          this.pings.get(nonce)?.(performance.now());
+          this.pings.delete(nonce);
+        }
+        return;
+      case 'event':
+        this.emit('event', envelope.event!);
+        return;
+      case 'open':
+        return this.onOpen(id, envelope.open as v1.Open);
+      default:
+        break;
+    }
+    const stream = this.streams.get(id);
+    if (!stream) {
+      // Late traffic for a stream that was reset or belongs to a previous session.
+      this.log.debug('message for an unknown stream dropped', { stream: id, body: envelope.body });
+      return;
+    }
+    switch (envelope.body) {
+      case 'credit':
+        return stream.grant(envelope.credit?.bytes ?? 0);
+      case 'message':
+        return stream.deliver(envelope.message as v1.StreamMessage, size);
+      case 'close':
+        return stream.remoteEnd();
+      case 'reset':
+        this.streams.delete(id);
+        return stream.fail(PortholeError.fromProto(envelope.reset!.error));
+      default:
+        this.log.debug('envelope without a body ignored', { stream: id });
+    }
+  }
+
+  private onHello(hello: v1.Hello): void {
+    if (hello.protocolVersion !== PROTOCOL_VERSION) {
+      const err = errors.protocol(
+        `protocol version mismatch: the peer (${hello.softwareVersion || 'unknown'}) speaks v${hello.protocolVersion}, this side v${PROTOCOL_VERSION}`,
+      );
+      this.log.error(err.message);
+      for (const w of this.readyWaiters.splice(0)) w.reject(err);
+      this.emit('mismatch', err);
+      return;
+    }
+    const established = this.peerHello !== undefined;
+    const restarted = established && (!hello.reply || hello.instanceId !== this.peerHello!.instanceId);
+    if (restarted) {
+      const err = errors.sessionReset(
+        hello.instanceId !== this.peerHello!.instanceId ? 'the peer restarted; requests in flight were lost' : 'the peer reconnected; requests in flight were lost',
+      );
+      this.failAll(err);
+      this.emit('reset', err);
+    }
+    this.peerHello = hello;
+    if (!hello.reply) this.sendHello(true);
+    this.lastReceived = Date.now();
+    for (const w of this.readyWaiters.splice(0)) w.resolve(hello);
+    if (!established || restarted) this.emit('ready', hello);
+  }
+
+  private onOpen(id: number, open: v1.Open): void {
+    const peerParity = this.options.role === 'broker' ? 0 : 1;
+    if (id === 0 || id % 2 !== peerParity || this.streams.has(id)) {
+      void this.wire.sendEnvelope({
+        streamId: id,
+        reset: { error: errors.protocol(`stream id ${id} is not valid for a new stream`).toProto() },
+      }).written.catch(() => undefined);
+      return;
+    }
+    if (!this.peerHello) {
+      // The peer opened a stream before we saw its hello (e.g. our reply was lost after a restart).
+      void this.wire.sendEnvelope({ streamId: id, reset: { error: errors.sessionReset('no hello received yet; send hello first').toProto() } })
+        .written.catch(() => undefined);
+      this.sendHello(false);
+      return;
+    }
+    const stream = new Stream(id, open, this.wire, this.peerHello.streamWindow || DEFAULT_STREAM_WINDOW, this.window);
+    this.streams.set(id, stream);
+    if (!this.options.onStream) {
+      stream.reset(errors.unsupported('this side accepts no requests'));
+      return;
+    }
+    this.options.onStream(stream);
+  }
+
+  private startKeepalive(interval: number, timeout: number): void {
+    this.keepaliveTimer = setInterval(() => {
+      if (!this.peerHello) return;
+      if (Date.now() - this.lastReceived > timeout) {
+        this.close(errors.timeout(`the peer stopped answering (nothing received for ${timeout} ms)`));
+        return;
+      }
+      this.ping(timeout).catch(() => undefined);
+    }, interval);
+    this.keepaliveTimer.unref();
+  }
+}

@@ -1,0 +1,179 @@
+import { v1 } from './messages';
+import { PortholeError } from './errors';
+
+/** What a Stream needs from its session: the session owns the wire, the stream owns the accounting. */
+export interface StreamWire {
+  /** Encode and queue one envelope; resolves when the channel took it (backpressure). Returns the encoded size. */
+  sendEnvelope(envelope: v1.Envelope.$Properties): { size: number; written: Promise<void> };
+  /** The envelope a stream message becomes, in parts, and its size (credit is counted in encoded bytes). */
+  measure(streamId: number, message: v1.StreamMessage.$Properties): { size: number; parts: Buffer[] };
+  sendEncoded(parts: Buffer[]): Promise<void>;
+  forget(streamId: number): void;
+}
+
+type Waiter<T> = { resolve: (v: T) => void; reject: (e: unknown) => void };
+
+/**
+ * One request on a session: an ordered, flow-controlled message stream in each
+ * direction. The sender spends credit (encoded bytes) the receiver granted; the
+ * receiver grants more as its reader consumes messages, so a slow reader slows
+ * the sender instead of buffering without bound.
+ */
+export class Stream implements AsyncIterable<v1.StreamMessage> {
+  readonly requestId: string;
+  private readonly abort = new AbortController();
+  private readonly inbox: Array<{ message: v1.StreamMessage; size: number }> = [];
+  private readers: Array<Waiter<v1.StreamMessage | null>> = [];
+  private creditWaiters: Array<() => void> = [];
+  private sendChain: Promise<void> = Promise.resolve();
+  private sendCredit: number;
+  private unacknowledged = 0;
+  private localEnded = false;
+  private remoteEnded = false;
+  private failure?: PortholeError;
+  private settle!: { resolve: () => void; reject: (e: unknown) => void };
+  readonly closed: Promise<void>;
+
+  constructor(
+    readonly id: number,
+    readonly open: v1.Open,
+    private readonly wire: StreamWire,
+    /** Credit the peer gave us for this stream. */
+    peerWindow: number,
+    /** Credit we give the peer; re-granted in quarters as messages are read. */
+    private readonly localWindow: number,
+  ) {
+    this.requestId = open.requestId;
+    this.sendCredit = peerWindow;
+    this.closed = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    // A closed promise nobody awaits must not crash the process on reset.
+    this.closed.catch(() => undefined);
+  }
+
+  /** Aborted when the stream is reset or the session is lost; reason is a PortholeError. */
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  get isOpen(): boolean {
+    return !this.failure && !(this.localEnded && this.remoteEnded);
+  }
+
+  /** Send one message, waiting for credit first. Messages leave in call order. */
+  send(message: v1.StreamMessage.$Properties): Promise<void> {
+    const next = this.sendChain.then(() => this.sendNow(message));
+    this.sendChain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async sendNow(message: v1.StreamMessage.$Properties): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (this.localEnded) throw new PortholeError(v1.ErrorCode.ERROR_CODE_PROTOCOL, `stream ${this.id}: send after end`);
+    const { size, parts } = this.wire.measure(this.id, message);
+    while (this.sendCredit < size && !this.failure) {
+      await new Promise<void>((r) => this.creditWaiters.push(r));
+    }
+    if (this.failure) throw this.failure;
+    this.sendCredit -= size;
+    await this.wire.sendEncoded(parts);
+    if (this.failure) throw this.failure;
+  }
+
+  /** Half-close: this side sends nothing more (queued sends go first). */
+  end(): void {
+    if (this.localEnded || this.failure) return;
+    this.localEnded = true;
+    this.sendChain = this.sendChain.then(() => {
+      if (this.failure) return;
+      void this.wire.sendEnvelope({ streamId: this.id, close: {} }).written.catch(() => undefined);
+      this.maybeFinished();
+    });
+  }
+
+  /** Abort the stream; the peer sees the error as the reason. */
+  reset(error: unknown): void {
+    if (this.failure || (this.localEnded && this.remoteEnded)) return;
+    const err = PortholeError.from(error);
+    void this.wire.sendEnvelope({ streamId: this.id, reset: { error: err.toProto() } }).written.catch(() => undefined);
+    this.fail(err);
+  }
+
+  /** Next message from the peer; null once the peer ended. */
+  read(): Promise<v1.StreamMessage | null> {
+    const queued = this.inbox.shift();
+    if (queued) {
+      this.consumed(queued.size);
+      return Promise.resolve(queued.message);
+    }
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.remoteEnded) return Promise.resolve(null);
+    return new Promise((resolve, reject) => this.readers.push({ resolve, reject }));
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<v1.StreamMessage> {
+    for (;;) {
+      const message = await this.read();
+      if (message === null) return;
+      yield message;
+    }
+  }
+
+  // ---- called by the session
+
+  /** @internal */
+  deliver(message: v1.StreamMessage, size: number): void {
+    if (this.failure || this.remoteEnded) return;
+    const reader = this.readers.shift();
+    if (reader) {
+      this.consumed(size);
+      reader.resolve(message);
+    } else {
+      this.inbox.push({ message, size });
+    }
+  }
+
+  /** @internal */
+  grant(bytes: number): void {
+    this.sendCredit += bytes;
+    const waiters = this.creditWaiters;
+    this.creditWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** @internal */
+  remoteEnd(): void {
+    if (this.remoteEnded) return;
+    this.remoteEnded = true;
+    for (const r of this.readers.splice(0)) r.resolve(null);
+    this.maybeFinished();
+  }
+
+  /** @internal — the peer reset the stream or the session is gone. */
+  fail(error: PortholeError): void {
+    if (this.failure) return;
+    this.failure = error;
+    this.inbox.length = 0;
+    for (const r of this.readers.splice(0)) r.reject(error);
+    this.grant(0);
+    this.abort.abort(error);
+    this.wire.forget(this.id);
+    this.settle.reject(error);
+  }
+
+  private consumed(size: number): void {
+    this.unacknowledged += size;
+    if (this.unacknowledged >= this.localWindow / 4 && !this.remoteEnded && !this.failure) {
+      const bytes = this.unacknowledged;
+      this.unacknowledged = 0;
+      void this.wire.sendEnvelope({ streamId: this.id, credit: { bytes } }).written.catch(() => undefined);
+    }
+  }
+
+  private maybeFinished(): void {
+    if (this.localEnded && this.remoteEnded && !this.failure) {
+      this.wire.forget(this.id);
+      this.abort.abort(new PortholeError(v1.ErrorCode.ERROR_CODE_CANCELLED, 'stream finished'));
+      this.settle.resolve();
+    }
+  }
+}

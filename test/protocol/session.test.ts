@@ -1,0 +1,206 @@
+import { strict as assert } from 'node:assert';
+import { randomBytes } from 'node:crypto';
+import { v1, Session, Stream, PortholeError, encodeFrame, PROTOCOL_VERSION } from '@porthole/protocol';
+import { socketPair } from '../helpers/socket-pair';
+
+const agentHello = { softwareVersion: 'test-agent', capabilities: [v1.Capability.CAPABILITY_EXEC] };
+const brokerHello = { softwareVersion: 'test-broker' };
+
+/** An agent-side handler: echoes every chunk back, then ends. */
+async function echo(stream: Stream): Promise<void> {
+  try {
+    for await (const m of stream) {
+      if (m.body === 'chunk') await stream.send({ chunk: m.chunk });
+    }
+    stream.end();
+  } catch {
+    // reset by the peer
+  }
+}
+
+async function pair(onStream: (s: Stream) => void = (s) => void echo(s), window?: number) {
+  const p = await socketPair();
+  const agent = new Session(p.guest, { role: 'agent', hello: agentHello, onStream, streamWindow: window });
+  const broker = new Session(p.host, { role: 'broker', hello: brokerHello, streamWindow: window, keepaliveIntervalMs: 0 });
+  return { ...p, agent, broker };
+}
+
+describe('session', () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).forEach((c) => c()));
+
+  it('handshakes both ways and exchanges capabilities', async () => {
+    const p = await pair();
+    cleanups.push(p.cleanup);
+    const hello = await p.broker.ready(2000);
+    assert.equal(hello.softwareVersion, 'test-agent');
+    assert.equal(hello.role, v1.Role.ROLE_AGENT);
+    assert.deepEqual(hello.capabilities, [v1.Capability.CAPABILITY_EXEC]);
+    assert.equal((await p.agent.ready(2000)).softwareVersion, 'test-broker');
+    assert.ok((await p.broker.ping()) >= 0);
+  });
+
+  it('names the cause when no agent answers', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    await assert.rejects(broker.ready(300), (e: PortholeError) =>
+      e.code === v1.ErrorCode.ERROR_CODE_TIMEOUT && /no agent answered .* within 300 ms/.test(e.message));
+  });
+
+  it('reports a protocol version mismatch', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    p.guest.write(encodeFrame(v1.Envelope.encode({ hello: { protocolVersion: PROTOCOL_VERSION + 98, softwareVersion: 'future', instanceId: 'x' } }).finish()));
+    await assert.rejects(broker.ready(2000), (e: PortholeError) =>
+      e.code === v1.ErrorCode.ERROR_CODE_PROTOCOL && /version mismatch.*v99/.test(e.message));
+  });
+
+  it('carries a 32 MiB stream both ways intact with a small window', async function () {
+    this.timeout(30000);
+    const p = await pair(undefined, 256 * 1024);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const stream = p.broker.openStream({ info: {} });
+    const data = randomBytes(32 * 1024 * 1024);
+    const received: Buffer[] = [];
+    const reading = (async () => {
+      for await (const m of stream) received.push(Buffer.from(m.chunk!.data!));
+    })();
+    for (let off = 0; off < data.length; off += 64 * 1024) {
+      await stream.send({ chunk: { offset: off, data: data.subarray(off, off + 64 * 1024) } });
+    }
+    stream.end();
+    await reading;
+    await stream.closed;
+    assert.ok(Buffer.concat(received).equals(data));
+    assert.equal(p.broker.openStreams, 0);
+  });
+
+  it('never sends past the credit a slow reader granted', async () => {
+    const window = 128 * 1024;
+    let agentStream: Stream | undefined;
+    const p = await pair((s) => { agentStream = s; }, window);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const stream = p.broker.openStream({ info: {} });
+    let sent = 0;
+    const chunk = randomBytes(16 * 1024);
+    const sending = (async () => {
+      for (let i = 0; i < 64; i++) {
+        await stream.send({ chunk: { data: chunk } });
+        sent += chunk.length;
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(sent <= window, `sent ${sent} > window ${window} while nobody read`);
+    assert.ok(sent >= window / 2, `sent only ${sent}`);
+    // Reading releases credit and the sender finishes.
+    let got = 0;
+    while (got < 64) {
+      await agentStream!.read();
+      got++;
+    }
+    await sending;
+    assert.equal(sent, 64 * chunk.length);
+  });
+
+  it('a bulk transfer does not starve a small request', async function () {
+    this.timeout(60000);
+    const p = await pair((s) => {
+      if (s.open.request === 'info') {
+        void s.send({ info: {} }).then(() => s.end());
+        void s.read();
+      } else void echo(s);
+    });
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const roundTrip = async () => {
+      const t = performance.now();
+      const s = p.broker.openStream({ info: {} });
+      s.end();
+      await s.read();
+      return performance.now() - t;
+    };
+    const idle: number[] = [];
+    for (let i = 0; i < 20; i++) idle.push(await roundTrip());
+    let bulkDone = false;
+    const bulk = (async () => {
+      const s = p.broker.openStream({ fileWrite: {} });
+      const drain = (async () => { for await (const _ of s) { /* discard */ } })();
+      const chunk = randomBytes(128 * 1024);
+      for (let i = 0; i < 1024; i++) await s.send({ chunk: { data: chunk } });
+      s.end();
+      await drain;
+      bulkDone = true;
+    })();
+    await new Promise((r) => setTimeout(r, 50));
+    const loaded: number[] = [];
+    for (let i = 0; i < 20 && !bulkDone; i++) loaded.push(await roundTrip());
+    const loadedCount = loaded.length;
+    await bulk;
+    const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+    console.log(`      small request: idle median ${median(idle).toFixed(2)} ms, under bulk median ${median(loaded).toFixed(2)} ms (${loadedCount} samples)`);
+    assert.ok(loadedCount >= 5, 'small requests completed while the bulk transfer was running');
+    assert.ok(median(loaded) < 100, `small request under load took ${median(loaded)} ms`);
+  });
+
+  it('a new hello from a restarted peer fails requests in flight with SESSION_RESET', async () => {
+    const p = await pair(() => { /* never answers */ });
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    await p.broker.ping(); // both handshake replies are through
+    const resets: PortholeError[] = [];
+    p.broker.on('reset', (e) => resets.push(e));
+    const stream = p.broker.openStream({ exec: { argv: [Buffer.from('sleep')] } });
+    const pending = stream.read();
+    // The agent process restarts: a new instance says hello on the same channel.
+    p.guest.write(encodeFrame(v1.Envelope.encode({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'restarted', instanceId: 'new-instance' } }).finish()));
+    await assert.rejects(pending, (e: PortholeError) => e.code === v1.ErrorCode.ERROR_CODE_SESSION_RESET && /restarted/.test(e.message));
+    assert.equal(resets.length, 1);
+    assert.equal(p.broker.peerHello?.softwareVersion, 'restarted');
+    assert.ok(p.broker.isReady);
+  });
+
+  it('a reset stream carries the error code, rule and message to the other side', async () => {
+    const p = await pair((s) => s.reset(new PortholeError(v1.ErrorCode.ERROR_CODE_POLICY_DENIED, 'exec is disabled by the guest\'s owner', { rule: 'exec.enabled = false' })));
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const s = p.broker.openStream({ exec: {} });
+    await assert.rejects(s.read(), (e: PortholeError) => e.codeName === 'POLICY_DENIED' && e.rule === 'exec.enabled = false');
+    await assert.rejects(s.send({ cancel: {} }), (e: PortholeError) => e.codeName === 'POLICY_DENIED');
+  });
+
+  it('a lost channel fails streams with a clear cause', async () => {
+    const p = await pair(() => undefined);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const s = p.broker.openStream({ exec: {} });
+    p.guest.close();
+    await assert.rejects(s.read(), (e: PortholeError) => e.code === v1.ErrorCode.ERROR_CODE_SESSION_RESET && /connection lost/.test(e.message));
+    assert.ok(p.broker.closed);
+  });
+
+  it('keepalive detects a peer that stopped answering', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello });
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 50, keepaliveTimeoutMs: 300 });
+    await broker.ready();
+    // The guest freezes: it keeps the socket open but answers nothing.
+    (p.guest as unknown as NodeJS.EventEmitter).removeAllListeners('data');
+    void agent;
+    const closed = await new Promise<Error | undefined>((r) => broker.once('close', r));
+    assert.match(String(closed?.message), /stopped answering/);
+  });
+
+  it('ignores garbage between frames without losing the session', async () => {
+    const p = await pair();
+    cleanups.push(p.cleanup);
+    p.guest.write(randomBytes(5000));
+    await p.broker.ready();
+    p.guest.write(randomBytes(3000));
+    assert.ok((await p.broker.ping()) >= 0);
+  });
+});

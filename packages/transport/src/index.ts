@@ -1,0 +1,5 @@
+export * from './channel';
+export * from './unix-socket';
+export * from './virtio-serial';
+export * from './serial';
+export * from './retry';

@@ -1,0 +1,79 @@
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { Channel, ChannelBase, Connector } from './channel';
+
+interface SerialPortLike {
+  on(event: 'data', l: (b: Buffer) => void): unknown;
+  on(event: 'drain' | 'close', l: () => void): unknown;
+  on(event: 'error', l: (e: Error) => void): unknown;
+  open(cb: (err: Error | null) => void): void;
+  write(data: Buffer): boolean;
+  close(cb?: (err: Error | null) => void): void;
+  isOpen: boolean;
+}
+
+/**
+ * Load serialport only when a serial channel is used: its native bindings are
+ * optional (a single-executable agent on virtio-serial runs without them).
+ * Looked up normally, then beside the executable (a single executable's own
+ * require reaches only built-in modules), or at PORTHOLE_SERIALPORT_PATH.
+ */
+function loadSerialPort(): new (o: { path: string; baudRate: number; autoOpen: boolean }) => SerialPortLike {
+  const attempts: Array<() => unknown> = [
+    () => createRequire(join(dirname(process.execPath), 'lib', 'index.js'))('serialport'),
+    () => require('serialport'),
+  ];
+  const explicit = process.env.PORTHOLE_SERIALPORT_PATH;
+  if (explicit) attempts.unshift(() => createRequire(join(explicit, 'index.js'))(explicit));
+  const errors: string[] = [];
+  for (const attempt of attempts) {
+    try {
+      return (attempt() as { SerialPort: never }).SerialPort;
+    } catch (err) {
+      errors.push((err as Error).message.split('\n')[0]);
+    }
+  }
+  throw new Error(`serial channels need the serialport module and its native bindings: ${errors.join('; ')}`);
+}
+
+class SerialChannel extends ChannelBase {
+  readonly kind = 'bytes' as const;
+
+  constructor(private readonly port: SerialPortLike, readonly description: string) {
+    super();
+    port.on('data', (b) => this.emit('data', b));
+    port.on('drain', () => this.emit('drain'));
+    port.on('error', (e) => this.markClosed(new Error(`${description}: ${e.message}`, { cause: e })));
+    port.on('close', () => this.markClosed());
+  }
+
+  write(data: Buffer): boolean {
+    if (this.closed) return false;
+    return this.port.write(data);
+  }
+
+  close(): void {
+    if (this.port.isOpen) this.port.close();
+    this.markClosed();
+  }
+}
+
+/** A serial TTY (an emulated ttyS/COM port) through serialport. */
+export class SerialConnector implements Connector {
+  readonly description: string;
+
+  constructor(private readonly path: string, private readonly options: { baudRate?: number } = {}) {
+    this.description = `serial:${path}`;
+  }
+
+  connect(): Promise<Channel> {
+    const SerialPort = loadSerialPort();
+    const port = new SerialPort({ path: this.path, baudRate: this.options.baudRate ?? 115200, autoOpen: false });
+    return new Promise((resolve, reject) => {
+      port.open((err) => {
+        if (err) reject(new Error(`cannot open serial port ${this.path}: ${err.message}`, { cause: err }));
+        else resolve(new SerialChannel(port, this.description));
+      });
+    });
+  }
+}

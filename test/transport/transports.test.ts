@@ -1,0 +1,144 @@
+import { strict as assert } from 'node:assert';
+import { spawn, ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { UnixSocketConnector, SerialConnector, connectWithRetry, findVirtioPort, Channel } from '@porthole/transport';
+import { Session, Stream, v1 } from '@porthole/protocol';
+
+function tempDir(): { dir: string; done: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'porthole-transport-'));
+  return { dir, done: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+async function echoSessionCheck(host: Channel, guest: Channel, bytes: number): Promise<void> {
+  const agent = new Session(guest, {
+    role: 'agent',
+    hello: { softwareVersion: 't' },
+    onStream: (s: Stream) => void (async () => {
+      for await (const m of s) await s.send(m);
+      s.end();
+    })(),
+  });
+  const broker = new Session(host, { role: 'broker', hello: { softwareVersion: 't' }, keepaliveIntervalMs: 0 });
+  await broker.ready(5000);
+  const s = broker.openStream({ info: {} });
+  const data = randomBytes(bytes);
+  const back: Buffer[] = [];
+  const reading = (async () => { for await (const m of s) back.push(Buffer.from(m.chunk!.data!)); })();
+  for (let off = 0; off < data.length; off += 4096) await s.send({ chunk: { data: data.subarray(off, off + 4096) } });
+  s.end();
+  await reading;
+  assert.ok(Buffer.concat(back).equals(data));
+  broker.close();
+  agent.close();
+}
+
+describe('transports', () => {
+  it('unix socket: clear errors for a missing socket and a dead listener', async () => {
+    const t = tempDir();
+    try {
+      await assert.rejects(new UnixSocketConnector(join(t.dir, 'nope.sock')).connect(), /no such socket: .*nope\.sock/);
+      // A socket file with nobody listening (a VM that was killed): its owner died without unlinking it.
+      const path = join(t.dir, 'dead.sock');
+      const owner = spawn('socat', [`UNIX-LISTEN:${path}`, '/dev/null'], { stdio: 'ignore' });
+      for (let i = 0; i < 100 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 20));
+      owner.kill('SIGKILL');
+      await new Promise((r) => owner.once('exit', r));
+      assert.ok(existsSync(path));
+      await assert.rejects(new UnixSocketConnector(path).connect(), /nothing is listening on .*dead\.sock/);
+    } finally {
+      t.done();
+    }
+  });
+
+  it('unix socket: connectWithRetry waits for a VM that is still starting, with backoff', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'late.sock');
+      const retries: number[] = [];
+      const server = net.createServer((s) => s.end());
+      setTimeout(() => server.listen(path), 300);
+      const ch = await connectWithRetry(new UnixSocketConnector(path), { timeoutMs: 5000, onRetry: (_e, _n, d) => retries.push(d) });
+      assert.ok(retries.length >= 2, 'retried');
+      assert.ok(retries[1] > retries[0], 'backoff grows');
+      ch.close();
+      server.close();
+      await assert.rejects(
+        connectWithRetry(new UnixSocketConnector(join(t.dir, 'never.sock')), { timeoutMs: 200 }),
+        /gave up after \d+ attempts: no such socket/,
+      );
+    } finally {
+      t.done();
+    }
+  });
+
+  it('unix socket: listen mode accepts a peer that connects (QEMU as the socket client) and reconnects', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'listen.sock');
+      const connector = new UnixSocketConnector(path, { listen: true });
+      const accepting = connector.connect();
+      await new Promise((r) => setTimeout(r, 50));
+      const client = net.connect(path);
+      const ch = await accepting;
+      const got = new Promise<Buffer>((r) => ch.once('data', r));
+      client.write('hi');
+      assert.equal((await got).toString(), 'hi');
+      const closed = new Promise((r) => ch.once('close', r));
+      client.destroy();
+      await closed;
+      // The next peer connection is handed out by the next connect().
+      const again = connector.connect();
+      const client2 = net.connect(path);
+      const ch2 = await again;
+      assert.equal(ch2.closed, false);
+      client2.destroy();
+      connector.close();
+    } finally {
+      t.done();
+    }
+  });
+
+  it('serial tty: a session over a real pty pair (socat)', async function () {
+    this.timeout(20000);
+    const t = tempDir();
+    let socat: ChildProcess | undefined;
+    try {
+      const a = join(t.dir, 'ttyA');
+      const b = join(t.dir, 'ttyB');
+      socat = spawn('socat', [`pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: 'ignore' });
+      for (let i = 0; i < 100 && !(existsSync(a) && existsSync(b)); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(existsSync(a) && existsSync(b), 'socat made the pty pair');
+      const host = await new SerialConnector(a).connect();
+      const guest = await new SerialConnector(b).connect();
+      await echoSessionCheck(host, guest, 256 * 1024);
+      await assert.rejects(new SerialConnector(join(t.dir, 'ttyNone')).connect(), /cannot open serial port .*ttyNone/);
+    } finally {
+      socat?.kill();
+      t.done();
+    }
+  });
+
+  it('virtio-serial: finds a port by name in sysfs when udev made no symlink', () => {
+    const t = tempDir();
+    try {
+      const sys = join(t.dir, 'sys');
+      mkdirSync(join(sys, 'vport1p1'), { recursive: true });
+      mkdirSync(join(sys, 'vport1p2'), { recursive: true });
+      writeFileSync(join(sys, 'vport1p1', 'name'), 'org.qemu.guest_agent.0\n');
+      writeFileSync(join(sys, 'vport1p2', 'name'), 'org.porthole.agent.0\n');
+      assert.equal(findVirtioPort('org.porthole.agent.0', { dev: join(t.dir, 'dev'), sys }), join(t.dir, 'dev', 'vport1p2'));
+      assert.throws(() => findVirtioPort('other', { dev: join(t.dir, 'dev'), sys }), /no virtio-serial port named other \(ports here: org\.qemu\.guest_agent\.0, org\.porthole\.agent\.0\)/);
+      mkdirSync(join(t.dir, 'dev', 'virtio-ports'), { recursive: true });
+      writeFileSync(join(t.dir, 'dev', 'virtio-ports', 'other'), '');
+      assert.equal(findVirtioPort('other', { dev: join(t.dir, 'dev'), sys }), join(t.dir, 'dev', 'virtio-ports', 'other'));
+      assert.throws(() => findVirtioPort('x', { dev: join(t.dir, 'dev'), sys: join(t.dir, 'nosys') }), /is virtio_console loaded/);
+    } finally {
+      t.done();
+    }
+  });
+});
+void v1;

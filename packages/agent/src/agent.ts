@@ -1,0 +1,190 @@
+import * as os from 'node:os';
+import { v1, PortholeError, Session, Stream } from '@porthole/protocol';
+import { Channel, Connector, connectWithRetry } from '@porthole/transport';
+import { AgentConfig } from './config';
+import { Policy } from './policy';
+import { UserDb } from './users';
+import { AuditLogger } from './audit';
+import { TransferStore, writeFileAtomic, transferStatus, chunksFromStream, readFileToStream, FileContext } from './files';
+import { runExec } from './exec';
+import { showPath } from './paths';
+import { AGENT_VERSION } from './version';
+
+export interface AgentOptions {
+  connector: Connector;
+  config: AgentConfig;
+  log: AuditLogger;
+  /** Where /etc/passwd and /etc/group live (tests). */
+  etcDir?: string;
+}
+
+/**
+ * The guest agent: keeps a session open on its channel (reopening the channel
+ * when it is lost) and serves each request stream with the handler for it.
+ */
+export class Agent {
+  private policy: Policy;
+  private readonly users: UserDb;
+  private readonly transfers: TransferStore;
+  private readonly running = { count: 0 };
+  private session?: Session;
+  private stopped = false;
+  /** Aborts a pending connect when the agent is stopped. */
+  private readonly stopping = new AbortController();
+  private readonly startedAt = Date.now();
+  private sweepTimer?: NodeJS.Timeout;
+  /** Listeners for sessions (the payload applier sends events through the current one). */
+  readonly sessions = new Set<(s: Session) => void>();
+
+  constructor(private readonly options: AgentOptions) {
+    this.policy = new Policy(options.config);
+    this.users = new UserDb(options.etcDir);
+    this.transfers = new TransferStore(options.config.transfers.stateDir, options.config.transfers.abandonAfterSeconds * 1000);
+  }
+
+  get log(): AuditLogger {
+    return this.options.log;
+  }
+
+  get currentPolicy(): Policy {
+    return this.policy;
+  }
+
+  get fileContext(): FileContext {
+    return { policy: this.policy, users: this.users, transfers: this.transfers, log: this.options.log };
+  }
+
+  get currentSession(): Session | undefined {
+    return this.session?.isReady ? this.session : undefined;
+  }
+
+  /** New policy (SIGHUP): applies to new requests and is announced with a new hello on the next session. */
+  setConfig(config: AgentConfig): void {
+    this.policy = new Policy(config);
+  }
+
+  async run(): Promise<void> {
+    const swept = this.transfers.sweep();
+    if (swept) this.log.info('abandoned transfers removed', { count: swept });
+    // Hourly, or sooner when the owner set a shorter age (but not more than once a minute).
+    const every = Math.min(3600_000, Math.max(60_000, this.options.config.transfers.abandonAfterSeconds * 1000));
+    this.sweepTimer = setInterval(() => this.transfers.sweep(), every);
+    this.sweepTimer.unref();
+    while (!this.stopped) {
+      let channel: Channel;
+      try {
+        channel = await connectWithRetry(this.options.connector, {
+          maxDelayMs: 5000,
+          signal: this.stopping.signal,
+          onRetry: (err, attempt) => { if (attempt === 1 || attempt % 60 === 0) this.log.warn('channel not available, retrying', { error: err.message }); },
+        });
+      } catch (err) {
+        if (this.stopped) return;
+        throw err;
+      }
+      this.log.info('channel open', { channel: channel.description });
+      const session = this.openSession(channel);
+      await new Promise<void>((resolve) => session.once('close', () => resolve()));
+      this.log.warn('channel closed', { channel: channel.description });
+      if (!this.stopped) await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.stopping.abort(new Error('agent stopped'));
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.session?.close();
+  }
+
+  private openSession(channel: Channel): Session {
+    const session = new Session(channel, {
+      role: 'agent',
+      hello: {
+        softwareVersion: AGENT_VERSION,
+        capabilities: this.policy.capabilities(),
+        limits: this.policy.limits(),
+        os: `${os.platform()}`,
+        kernel: os.release(),
+      },
+      keepaliveIntervalMs: 0,
+      onStream: (stream) => void this.serve(stream),
+      logger: this.options.log,
+    });
+    session.on('ready', (hello: v1.Hello) => {
+      this.log.info('session established', { broker: hello.softwareVersion, brokerHost: hello.hostname });
+      for (const l of this.sessions) l(session);
+    });
+    session.on('reset', (err: PortholeError) => this.log.warn('session reset by the host', { reason: err.message }));
+    this.session = session;
+    return session;
+  }
+
+  private async serve(stream: Stream): Promise<void> {
+    const open = stream.open;
+    const started = Date.now();
+    const audit: Record<string, unknown> = { request: open.request, requestId: open.requestId };
+    try {
+      switch (open.request) {
+        case 'fileWrite':
+          await this.handleWrite(stream, open.fileWrite as v1.FileWriteRequest, audit);
+          break;
+        case 'transferStatus': {
+          const status = await transferStatus(this.fileContext, open.requestId);
+          Object.assign(audit, { found: status.found, offset: status.offset });
+          await stream.send({ transferStatus: status });
+          break;
+        }
+        case 'fileRead': {
+          const r = await readFileToStream(this.fileContext, open.fileRead!, stream);
+          Object.assign(audit, { path: showPath(r.path), size: r.length, sha256: r.sha256 });
+          break;
+        }
+        case 'exec': {
+          const req = open.exec as v1.ExecRequest;
+          const argv = req.shellCommand ? ['/bin/sh', '-c', req.shellCommand] : req.argv.map((a) => Buffer.from(a).toString('utf8'));
+          // Values of the environment entries the host marked secret are hidden wherever they appear in argv.
+          const secretValues = (req.secretEnv ?? []).map((name) => req.env?.[name]).filter((v): v is string => !!v);
+          audit.argv = this.policy.redactArgv(argv, secretValues);
+          if (req.user) audit.user = req.user.name ?? req.user.numeric;
+          const exit = await runExec({ policy: this.policy, users: this.users, log: this.log, running: this.running }, req, stream);
+          Object.assign(audit, { exitCode: exit.exited ? exit.code : undefined, signal: exit.signal || undefined, timedOut: exit.timedOut || undefined, cancelled: exit.cancelled || undefined });
+          await stream.send({ execExit: exit });
+          break;
+        }
+        case 'info':
+          await stream.send({
+            info: {
+              hello: {
+                softwareVersion: AGENT_VERSION, capabilities: this.policy.capabilities(), limits: this.policy.limits(),
+                os: os.platform(), arch: os.arch(), hostname: os.hostname(), kernel: os.release(),
+              },
+              uptimeMs: Date.now() - this.startedAt,
+              activeExecs: this.running.count,
+            },
+          });
+          break;
+        default:
+          throw new PortholeError(v1.ErrorCode.ERROR_CODE_UNSUPPORTED, `this agent (${AGENT_VERSION}) does not support the request ${open.request ?? '(none)'}`);
+      }
+      // Whatever the host still sends (e.g. its end) is read so the stream can finish.
+      stream.end();
+      void (async () => { try { while ((await stream.read()) !== null); } catch { /* reset */ } })();
+      this.log.info('request done', { ...audit, result: 'ok', durationMs: Date.now() - started });
+    } catch (err) {
+      const e = PortholeError.from(err);
+      this.log.warn('request failed', { ...audit, result: e.codeName, error: e.message, rule: e.rule, durationMs: Date.now() - started });
+      stream.reset(e);
+    }
+  }
+
+  private async handleWrite(stream: Stream, req: v1.FileWriteRequest, audit: Record<string, unknown>): Promise<void> {
+    let endSha = '';
+    audit.path = showPath(req.path);
+    const { result, resumedFrom } = await writeFileAtomic(this.fileContext, stream.open.requestId, req, chunksFromStream(stream, (s) => { endSha = s; }), () => endSha);
+    Object.assign(audit, { size: result.size, sha256: result.sha256, uid: result.uid, gid: result.gid, mode: `0${(result.mode ?? 0).toString(8)}` });
+    if (resumedFrom > 0) audit.resumedFrom = resumedFrom;
+    if (resumedFrom < 0) audit.repeated = true;
+    await stream.send({ fileWriteResult: result });
+  }
+}

@@ -1,0 +1,397 @@
+import { promises as fsp, constants as fsc, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createHash, Hash } from 'node:crypto';
+import { join } from 'node:path';
+import { v1, PortholeError, Stream, CHUNK_SIZE } from '@porthole/protocol';
+import { Policy } from './policy';
+import { UserDb } from './users';
+import { AuditLogger } from './audit';
+import { components, joinComponents, normalize, showPath } from './paths';
+
+const E = v1.ErrorCode;
+
+export interface FileContext {
+  policy: Policy;
+  users: UserDb;
+  transfers: TransferStore;
+  log: AuditLogger;
+}
+
+/** Content for a write: chunks in order, each with its offset in the file. */
+export type ChunkSource = AsyncIterable<{ offset: number; data: Buffer }>;
+
+function invalid(message: string, path?: Uint8Array): PortholeError {
+  return new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, message, { path });
+}
+
+function safeId(requestId: string): string {
+  return createHash('sha256').update(requestId).digest('hex').slice(0, 24);
+}
+
+/**
+ * Unfinished transfers survive a reconnect (and an agent restart): the
+ * temporary file stays next to its target and a small record says where it is.
+ * Finished ones are remembered (bounded) so a retried request gets its result.
+ */
+export class TransferStore {
+  private readonly completed = new Map<string, v1.FileWriteResult.$Properties>();
+
+  constructor(private readonly stateDir: string, private readonly abandonAfterMs: number) {}
+
+  private recordPath(requestId: string): string {
+    return join(this.stateDir, `${safeId(requestId)}.json`);
+  }
+
+  remember(requestId: string, target: Buffer, temp: Buffer): void {
+    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(this.recordPath(requestId), JSON.stringify({ target: target.toString('base64'), temp: temp.toString('base64'), at: Date.now() }), { mode: 0o600 });
+  }
+
+  find(requestId: string): { target: Buffer; temp: Buffer } | undefined {
+    try {
+      const r = JSON.parse(readFileSync(this.recordPath(requestId), 'utf8')) as { target: string; temp: string };
+      return { target: Buffer.from(r.target, 'base64'), temp: Buffer.from(r.temp, 'base64') };
+    } catch {
+      return undefined;
+    }
+  }
+
+  forget(requestId: string): void {
+    try {
+      unlinkSync(this.recordPath(requestId));
+    } catch {
+      // nothing recorded
+    }
+  }
+
+  complete(requestId: string, result: v1.FileWriteResult.$Properties): void {
+    this.forget(requestId);
+    this.completed.set(requestId, result);
+    if (this.completed.size > 1000) this.completed.delete(this.completed.keys().next().value as string);
+  }
+
+  result(requestId: string): v1.FileWriteResult.$Properties | undefined {
+    return this.completed.get(requestId);
+  }
+
+  /** Remove temporaries nobody resumed in time. Returns how many were removed. */
+  sweep(now = Date.now()): number {
+    let removed = 0;
+    let names: string[] = [];
+    try {
+      names = readdirSync(this.stateDir);
+    } catch {
+      return 0;
+    }
+    for (const name of names.filter((n) => n.endsWith('.json'))) {
+      const record = join(this.stateDir, name);
+      try {
+        if (now - statSync(record).mtimeMs < this.abandonAfterMs) continue;
+        const r = JSON.parse(readFileSync(record, 'utf8')) as { temp: string };
+        try {
+          unlinkSync(Buffer.from(r.temp, 'base64'));
+        } catch {
+          // already gone
+        }
+        unlinkSync(record);
+        removed++;
+      } catch {
+        // a record being written right now
+      }
+    }
+    return removed;
+  }
+}
+
+async function lstatOrNull(path: Buffer) {
+  try {
+    return await fsp.lstat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+/** Walk the parents of `path`, creating missing ones when asked, and check where they really lead. */
+async function prepareParent(ctx: FileContext, path: Buffer, req: v1.FileWriteRequest.$Properties): Promise<Buffer> {
+  const parts = components(path);
+  const uid = ctx.users.user(req.parentOwner)?.uid;
+  const gid = ctx.users.group(req.parentGroup);
+  for (let i = 1; i < parts.length; i++) {
+    const dir = joinComponents(parts.slice(0, i));
+    const st = await lstatOrNull(dir);
+    if (!st) {
+      if (!req.mkdirParents) {
+        throw new PortholeError(E.ERROR_CODE_NOT_FOUND, `parent directory ${showPath(dir)} does not exist (ask for mkdir to create it)`, { path: dir });
+      }
+      ctx.policy.checkPath('file_write', dir);
+      await fsp.mkdir(dir, { mode: req.hasParentMode ? req.parentMode! : 0o755 });
+      if (req.hasParentMode) await fsp.chmod(dir, req.parentMode!); // umask must not narrow the owner's mode
+      if (uid !== undefined || gid !== undefined) await fsp.chown(dir, uid ?? -1, gid ?? -1);
+      continue;
+    }
+    if (st.isSymbolicLink()) {
+      const target = await fsp.stat(dir).catch(() => null);
+      if (!target?.isDirectory()) throw new PortholeError(E.ERROR_CODE_NOT_A_DIRECTORY, `${showPath(dir)} is not a directory`, { path: dir });
+      // Checked before anything is created below it: a link must not lead mkdir out of the allowed prefixes.
+      ctx.policy.checkRealDirectory('file_write', dir, path);
+    } else if (!st.isDirectory()) {
+      throw new PortholeError(E.ERROR_CODE_NOT_A_DIRECTORY, `${showPath(dir)} is a file, not a directory`, { path: dir });
+    }
+  }
+  const parent = joinComponents(parts.slice(0, -1));
+  ctx.policy.checkRealDirectory('file_write', parent, path);
+  return parent;
+}
+
+/** Feed `length` bytes of `src` (from its start) to `hash`, copying them to `dst` when given; memory stays bounded. */
+async function hashCopy(src: fsp.FileHandle, dst: fsp.FileHandle | null, length: number, hash: Hash): Promise<void> {
+  const buf = Buffer.allocUnsafe(1024 * 1024);
+  for (let off = 0; off < length;) {
+    const { bytesRead } = await src.read(buf, 0, Math.min(buf.length, length - off), off);
+    if (bytesRead === 0) break;
+    const data = buf.subarray(0, bytesRead);
+    hash.update(data);
+    for (let w = 0; dst && w < bytesRead;) w += (await dst.write(data, w, bytesRead - w, off + w)).bytesWritten;
+    off += bytesRead;
+  }
+}
+
+export interface WriteOutcome {
+  result: v1.FileWriteResult.$Properties;
+  resumedFrom: number;
+}
+
+/**
+ * The one write path (injection, payload media, xenstore requests): content
+ * goes to a temporary file beside the target, is fsynced, verified against the
+ * sha256, given its owner and mode, and renamed over the target; the directory
+ * is fsynced. A cut, a cancel or a bad hash never leaves a partial target.
+ */
+export async function writeFileAtomic(
+  ctx: FileContext,
+  requestId: string,
+  req: v1.FileWriteRequest.$Properties,
+  source: ChunkSource,
+  finalSha256: () => string | undefined = () => undefined,
+): Promise<WriteOutcome> {
+  ctx.policy.requireEnabled('file_write');
+  let path: Buffer;
+  try {
+    path = normalize(req.path ?? Buffer.alloc(0));
+  } catch (err) {
+    throw invalid((err as Error).message, req.path ?? undefined);
+  }
+  if (path.length === 1) throw invalid('cannot write to /', path);
+  ctx.policy.checkPath('file_write', path);
+  if (req.sizeKnown) ctx.policy.checkSize(Number(req.size ?? 0));
+
+  const done = ctx.transfers.result(requestId);
+  if (done && Buffer.from(done.path ?? []).equals(path)) {
+    // A retry of a request that already finished: nothing to write again.
+    for await (const _ of source) { /* drain what the sender still sends */ }
+    return { result: done, resumedFrom: -1 };
+  }
+
+  let parent = await prepareParent(ctx, path, req);
+  // `target` is where the content goes; `path` is what the host asked for (they differ for a final link).
+  let target = path;
+  let existing = await lstatOrNull(path);
+  if (existing?.isSymbolicLink()) {
+    if (!ctx.policy.config.fileWrite.allowFinalSymlink) {
+      throw new PortholeError(E.ERROR_CODE_POLICY_DENIED, `${showPath(path)} is a symbolic link; the guest's owner does not allow writing through links`, {
+        rule: 'file_write.allow_final_symlink = false', path,
+      });
+    }
+    // The link stays; the file it points to gets the content, and must itself be allowed.
+    ctx.policy.checkRealDirectory('file_write', path, path);
+    target = Buffer.from(await fsp.realpath(path, { encoding: 'buffer' }));
+    parent = joinComponents(components(target).slice(0, -1));
+    existing = await lstatOrNull(target);
+  }
+  if (existing?.isDirectory()) throw new PortholeError(E.ERROR_CODE_IS_A_DIRECTORY, `${showPath(path)} is a directory`, { path });
+  const overwrite = req.overwrite ?? v1.OverwritePolicy.OVERWRITE_REPLACE;
+  if (existing && overwrite === v1.OverwritePolicy.OVERWRITE_FAIL_IF_EXISTS) {
+    throw new PortholeError(E.ERROR_CODE_ALREADY_EXISTS, `${showPath(path)} already exists`, { path });
+  }
+  const user = ctx.users.user(req.owner);
+  const gid = ctx.users.group(req.group) ?? user?.gid;
+  const uid = user?.uid;
+
+  const base = components(target).pop()!;
+  const temp = Buffer.concat([parent.length > 1 ? parent : Buffer.alloc(0), Buffer.from('/.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)]);
+  const hash: Hash = createHash('sha256');
+  let position = 0;
+  let handle: fsp.FileHandle;
+  const resume = Number(req.resumeOffset ?? 0);
+  const append = overwrite === v1.OverwritePolicy.OVERWRITE_APPEND;
+  // The held bytes of an append include the old file, so offsets would not match the host's: start again instead.
+  if (append && resume > 0) throw invalid('an append cannot be resumed; send it again from the start', path);
+  const recorded = resume > 0 ? ctx.transfers.find(requestId) : undefined;
+  if (resume > 0) {
+    if (!recorded || !recorded.temp.equals(temp)) {
+      throw invalid(`nothing to resume for request ${requestId} (ask for the transfer status first)`, path);
+    }
+    handle = await fsp.open(temp, fsc.O_RDWR);
+    const have = (await handle.stat()).size;
+    if (have < resume) {
+      await handle.close();
+      throw invalid(`cannot resume at ${resume}: only ${have} bytes are held`, path);
+    }
+    await handle.truncate(resume);
+    // The hash covers the whole file: read back what is already held.
+    await hashCopy(handle, null, resume, hash);
+    position = resume;
+  } else {
+    await fsp.unlink(temp).catch(() => undefined);
+    handle = await fsp.open(temp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600);
+    if (append && existing?.isFile()) {
+      const old = await fsp.open(target, fsc.O_RDONLY);
+      await hashCopy(old, handle, existing.size, hash).finally(() => old.close());
+    }
+  }
+  // Chunk offsets count from the start of the new content.
+  const appendBase = append && existing?.isFile() ? existing.size : 0;
+  let keepForResume = false;
+  try {
+    ctx.transfers.remember(requestId, path, temp);
+    for await (const chunk of source) {
+      if (chunk.offset !== position) throw invalid(`chunk at offset ${chunk.offset}, expected ${position}`, path);
+      ctx.policy.checkSize(appendBase + position + chunk.data.length);
+      let off = 0;
+      while (off < chunk.data.length) {
+        const { bytesWritten } = await handle.write(chunk.data, off, chunk.data.length - off, appendBase + position + off);
+        off += bytesWritten;
+      }
+      hash.update(chunk.data);
+      position += chunk.data.length;
+    }
+    if (req.sizeKnown && position !== Number(req.size)) {
+      throw invalid(`received ${position} bytes, the request announced ${req.size}`, path);
+    }
+    const sha256 = hash.digest('hex');
+    const expected = (finalSha256() || req.sha256 || '').toLowerCase();
+    if (expected && expected !== sha256) {
+      throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `content sha256 ${sha256} does not match the expected ${expected}; ${showPath(path)} was not changed`, { path });
+    }
+    await handle.sync();
+    const mode = req.hasMode ? req.mode! & 0o7777 : existing?.isFile() ? existing.mode & 0o7777 : 0o644;
+    await handle.chmod(mode);
+    const finalUid = uid ?? (existing?.isFile() ? existing.uid : process.getuid?.() ?? 0);
+    const finalGid = gid ?? (existing?.isFile() ? existing.gid : process.getgid?.() ?? 0);
+    await handle.chown(finalUid, finalGid);
+    await handle.close();
+    if (overwrite === v1.OverwritePolicy.OVERWRITE_FAIL_IF_EXISTS) {
+      // link() refuses to replace: no window in which another writer's file is overwritten.
+      await fsp.link(temp, target).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'EEXIST') throw new PortholeError(E.ERROR_CODE_ALREADY_EXISTS, `${showPath(path)} already exists`, { path });
+        throw err;
+      });
+      await fsp.unlink(temp);
+    } else {
+      await fsp.rename(temp, target);
+    }
+    const dir = await fsp.open(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    await dir.sync().finally(() => dir.close());
+    const result: v1.FileWriteResult.$Properties = { path, size: appendBase + position, sha256, uid: finalUid, gid: finalGid, mode };
+    ctx.transfers.complete(requestId, result);
+    return { result, resumedFrom: resume };
+  } catch (err) {
+    const e = PortholeError.from(err, `writing ${showPath(path)}`);
+    // A cut connection keeps what arrived (fsynced) for a resume; any other failure cleans up.
+    keepForResume = !append && (e.code === E.ERROR_CODE_SESSION_RESET || e.code === E.ERROR_CODE_CANCELLED);
+    throw e;
+  } finally {
+    if (keepForResume) {
+      await handle.sync().catch(() => undefined);
+      await handle.close().catch(() => undefined);
+    } else {
+      await handle.close().catch(() => undefined);
+      await fsp.unlink(temp).catch(() => undefined);
+      ctx.transfers.forget(requestId);
+    }
+  }
+}
+
+/** How much of an unfinished write the agent holds (for a resume after reconnecting). */
+export async function transferStatus(ctx: FileContext, requestId: string): Promise<v1.FileTransferStatus.$Properties> {
+  const done = ctx.transfers.result(requestId);
+  if (done) return { found: true, offset: Number(done.size), completed: done };
+  const held = ctx.transfers.find(requestId);
+  if (!held) return { found: false, offset: 0 };
+  // Only bytes on disk count: flush before reporting, so a crash after the answer loses nothing promised.
+  const handle = await fsp.open(held.temp, fsc.O_RDWR).catch(() => null);
+  if (!handle) {
+    ctx.transfers.forget(requestId);
+    return { found: false, offset: 0 };
+  }
+  try {
+    await handle.sync();
+    return { found: true, offset: (await handle.stat()).size };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Adapt a protocol stream carrying a file write into a chunk source. */
+export function chunksFromStream(stream: Stream, onEnd: (sha256: string) => void): ChunkSource {
+  return {
+    async *[Symbol.asyncIterator]() {
+      for await (const m of stream) {
+        if (m.body === 'chunk') yield { offset: Number(m.chunk!.offset ?? 0), data: Buffer.from(m.chunk!.data ?? []) };
+        else if (m.body === 'fileWriteEnd') onEnd(m.fileWriteEnd!.sha256 ?? '');
+        else if (m.body === 'cancel') throw new PortholeError(E.ERROR_CODE_CANCELLED, `cancelled by the host: ${m.cancel!.reason || 'no reason given'}`);
+      }
+    },
+  };
+}
+
+/** Stream a file (or a range of it) to the host with its metadata and sha256. */
+export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest.$Properties, stream: Stream): Promise<{ path: Buffer; length: number; sha256: string }> {
+  ctx.policy.requireEnabled('file_read');
+  let path: Buffer;
+  try {
+    path = normalize(req.path ?? Buffer.alloc(0));
+  } catch (err) {
+    throw invalid((err as Error).message, req.path ?? undefined);
+  }
+  ctx.policy.checkPath('file_read', path);
+  const { realpath } = fsp;
+  const real = Buffer.from(await realpath(path, { encoding: 'buffer' }));
+  try {
+    ctx.policy.checkPath('file_read', real);
+  } catch {
+    throw new PortholeError(E.ERROR_CODE_POLICY_DENIED, `${showPath(path)} leads through a symbolic link to ${showPath(real)}, which the guest's owner does not allow reading`, {
+      rule: 'file_read.allow', path,
+    });
+  }
+  const handle = await fsp.open(real, fsc.O_RDONLY);
+  try {
+    const st = await handle.stat();
+    if (st.isDirectory()) throw new PortholeError(E.ERROR_CODE_IS_A_DIRECTORY, `${showPath(path)} is a directory`, { path });
+    const offset = Number(req.offset ?? 0);
+    if (offset > st.size) throw invalid(`offset ${offset} is past the end of ${showPath(path)} (${st.size} bytes)`, path);
+    const length = req.length ? Math.min(Number(req.length), st.size - offset) : st.size - offset;
+    await stream.send({
+      fileReadHeader: {
+        path, size: st.size, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid,
+        owner: ctx.users.userName(st.uid), group: ctx.users.groupName(st.gid), mtimeMs: Math.floor(st.mtimeMs), length,
+      },
+    });
+    const hash = createHash('sha256');
+    let sent = 0;
+    while (sent < length) {
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK_SIZE, length - sent));
+      const { bytesRead } = await handle.read(buf, 0, buf.length, offset + sent);
+      if (bytesRead === 0) break; // the file shrank while being read
+      const data = buf.subarray(0, bytesRead);
+      hash.update(data);
+      await stream.send({ chunk: { offset: offset + sent, data } });
+      sent += bytesRead;
+    }
+    const sha256 = hash.digest('hex');
+    await stream.send({ fileReadResult: { sha256, length: sent } });
+    return { path, length: sent, sha256 };
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,12 @@
+export { Agent, AgentOptions } from './agent';
+export { AgentConfig, parseConfig, loadConfig, defaultConfig, DEFAULT_CONFIG_PATH, LOG_LEVELS } from './config';
+export { Policy } from './policy';
+export { UserDb } from './users';
+export { createAuditLogger, AuditLogger } from './audit';
+export { writeFileAtomic, transferStatus, readFileToStream, TransferStore, FileContext, ChunkSource, WriteOutcome } from './files';
+export { runExec } from './exec';
+export { connectorFor } from './channels';
+export { showPath, normalize, isWithin } from './paths';
+export { AGENT_VERSION } from './version';
+export { main } from './main';
+export { startAgent, StartAgentOptions, RunningAgent } from './start';

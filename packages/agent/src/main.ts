@@ -1,0 +1,76 @@
+import { Command } from 'commander';
+import { loadConfig, DEFAULT_CONFIG_PATH } from './config';
+import { Policy } from './policy';
+import { startAgent, RunningAgent } from './start';
+import { AGENT_VERSION } from './version';
+import { DEFAULT_PORT_NAME } from '@porthole/transport';
+
+// The virtio-serial reader holds a thread-pool thread for good; file I/O needs the rest.
+process.env.UV_THREADPOOL_SIZE ??= '16';
+
+function describePolicy(policy: Policy, source: string): string {
+  const c = policy.config;
+  const onOff = (b: boolean) => (b ? 'on' : 'OFF');
+  return [
+    `effective policy (${source}):`,
+    `  file_write: ${onOff(c.fileWrite.enabled)}; allow ${JSON.stringify(c.fileWrite.allow)}; deny ${JSON.stringify(c.fileWrite.deny)}; max_file_size ${c.fileWrite.maxFileSize || 'unlimited'}; allow_final_symlink ${c.fileWrite.allowFinalSymlink}`,
+    `  file_read:  ${onOff(c.fileRead.enabled)}; allow ${JSON.stringify(c.fileRead.allow)}; deny ${JSON.stringify(c.fileRead.deny)}`,
+    `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}`,
+    `  payload:    ${onOff(c.payload.enabled)}; run_commands ${c.payload.runCommands}; state_dir ${c.payload.stateDir}`,
+    `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}`,
+    `  log:        file ${c.log.file || '(stderr only)'}; level ${c.log.level}`,
+  ].join('\n');
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  const program = new Command('porthole-agent')
+    .description('Porthole guest agent: serves file injection, file read-back and exec to the host over virtio-serial, a serial port or xenstore')
+    .option('--channel <spec>', 'virtio[:NAME] | virtio-path:DEV | unix:PATH | unix-listen:PATH | serial:DEV[@BAUD] | xen', `virtio:${DEFAULT_PORT_NAME}`)
+    .option('--config <file>', 'owner policy file (TOML)', DEFAULT_CONFIG_PATH)
+    .option('--check-config', 'validate the config, print the effective policy and exit (0 valid, 1 invalid)')
+    .option('--log-file <file>', 'also write the audit log to this file')
+    .option('--log-level <level>', 'error | warn | info | debug')
+    .version(AGENT_VERSION, '--version')
+    .addHelpText('after', `
+Examples:
+  porthole-agent                                   # virtio-serial port org.porthole.agent.0, /etc/porthole/agent.conf
+  porthole-agent --check-config --config ./agent.conf
+  porthole-agent --channel serial:/dev/ttyS1@115200
+  porthole-agent --channel xen`);
+  program.parse(argv);
+  const opts = program.opts<{ channel: string; config: string; checkConfig?: boolean; logFile?: string; logLevel?: string }>();
+
+  if (opts.checkConfig) {
+    try {
+      const loaded = loadConfig(opts.config);
+      console.log(describePolicy(new Policy(loaded.config), loaded.found ? opts.config : `${opts.config} not found: defaults`));
+    } catch (err) {
+      console.error(`porthole-agent: invalid config: ${(err as Error).message}`);
+      process.exit(1);
+    }
+    return;
+  }
+  let running: RunningAgent;
+  try {
+    running = startAgent({ channel: opts.channel, configPath: opts.config, logFile: opts.logFile, logLevel: opts.logLevel });
+  } catch (err) {
+    console.error(`porthole-agent: ${(err as Error).message}`);
+    process.exit(1);
+  }
+  process.on('SIGHUP', () => running.reload());
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      running.log.info('stopping', { signal: sig });
+      running.stop();
+      setTimeout(() => process.exit(0), 100);
+    });
+  }
+  await running.done;
+}
+
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(`porthole-agent: ${(err as Error).message}`);
+    process.exit(1);
+  });
+}

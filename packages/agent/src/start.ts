@@ -1,0 +1,58 @@
+import { loadConfig, DEFAULT_CONFIG_PATH, LOG_LEVELS } from './config';
+import { createAuditLogger, AuditLogger } from './audit';
+import { Agent } from './agent';
+import { connectorFor } from './channels';
+import { DEFAULT_PORT_NAME } from '@porthole/transport';
+import { AGENT_VERSION } from './version';
+
+export interface StartAgentOptions {
+  /** `--channel` syntax; default virtio:org.porthole.agent.0. */
+  channel?: string;
+  /** Owner policy file; a missing file means the defaults. */
+  configPath?: string;
+  logFile?: string;
+  logLevel?: string;
+  /** Use this logger instead of one built from the options and the config. */
+  log?: AuditLogger;
+}
+
+export interface RunningAgent {
+  agent: Agent;
+  log: AuditLogger;
+  /** Settles when the agent stops (rejects when the channel cannot be used at all). */
+  done: Promise<void>;
+  /** Re-read the config file; an invalid file keeps the previous policy. Returns whether it applied. */
+  reload(): boolean;
+  stop(): void;
+}
+
+/** Load the policy, open the channel and serve until stopped. Throws when the config is invalid. */
+export function startAgent(options: StartAgentOptions = {}): RunningAgent {
+  const configPath = options.configPath ?? DEFAULT_CONFIG_PATH;
+  const channel = options.channel ?? `virtio:${DEFAULT_PORT_NAME}`;
+  const loaded = loadConfig(configPath);
+  const level = options.logLevel ?? loaded.config.log.level;
+  if (!LOG_LEVELS.includes(level)) throw new Error(`bad log level ${JSON.stringify(level)}: use ${LOG_LEVELS.join(', ')}`);
+  const log = options.log ?? createAuditLogger({ file: options.logFile ?? (loaded.config.log.file || undefined), level });
+  const agent = new Agent({ connector: connectorFor(channel), config: loaded.config, log });
+  log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found });
+  return {
+    agent,
+    log,
+    done: agent.run(),
+    reload() {
+      try {
+        const next = loadConfig(configPath);
+        agent.setConfig(next.config);
+        log.info('config reloaded', { config: configPath, found: next.found });
+        return true;
+      } catch (err) {
+        log.error('config reload failed; keeping the previous policy', { config: configPath, error: (err as Error).message });
+        return false;
+      }
+    },
+    stop() {
+      agent.stop();
+    },
+  };
+}

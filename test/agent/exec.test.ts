@@ -1,0 +1,185 @@
+import { strict as assert } from 'node:assert';
+import { readFileSync } from 'node:fs';
+import { v1, PortholeError, Stream } from '@porthole/protocol';
+import { AgentHarness, startAgentHarness } from './harness';
+import { exec, info } from './client';
+
+const E = v1.ErrorCode;
+const sh = (cmd: string): v1.ExecRequest.$Properties => ({ shellCommand: cmd });
+const argv = (...a: string[]): v1.ExecRequest.$Properties => ({ argv: a.map((x) => Buffer.from(x)) });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Host side of an exec that sends control messages a while after the command started. */
+const sendAfterStart = (messages: v1.StreamMessage.$Properties[], delayMs: number) => async (stream: Stream, started: Promise<number>) => {
+  await started;
+  await sleep(delayMs);
+  for (const m of messages) await stream.send(m);
+  stream.end();
+};
+
+/** A process is gone when it no longer exists or is only a zombie waiting for its reaper. */
+function gone(pid: number): boolean {
+  try {
+    return /^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+async function waitGone(pid: number, ms = 5000): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(20)) if (gone(pid)) return true;
+  return gone(pid);
+}
+
+describe('agent: exec over a socket', function () {
+  this.timeout(30000);
+  let h: AgentHarness;
+  const spawned: number[] = [];
+  beforeEach(async () => {
+    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; });
+  });
+  afterEach(async () => {
+    for (const pid of spawned.splice(0)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    await h.cleanup();
+  });
+
+  it('streams stdout and stderr, each in order, and reports the exit code and duration', async () => {
+    const r = await exec(h.session, sh('for i in $(seq 1 300); do echo out$i; echo err$i >&2; done; exit 3'));
+    const lines = (b: Buffer) => b.toString().trim().split('\n');
+    assert.deepEqual(lines(r.stdout), Array.from({ length: 300 }, (_, i) => `out${i + 1}`));
+    assert.deepEqual(lines(r.stderr), Array.from({ length: 300 }, (_, i) => `err${i + 1}`));
+    assert.ok(r.pid > 0);
+    assert.equal(r.exit.exited, true);
+    assert.equal(r.exit.code, 3);
+    assert.ok(Number(r.exit.durationMs) >= 0 && Number(r.exit.durationMs) < 20000);
+    const line = h.audit.find((l) => l.request === 'exec');
+    assert.equal(line?.exitCode, 3);
+    assert.equal(line?.result, 'ok');
+  });
+
+  it('delivers output as it is written, not at exit', async () => {
+    const started = Date.now();
+    let firstAt = 0;
+    const r = await exec(h.session, sh('echo first; sleep 1; echo second'), { onOutput: () => { firstAt ||= Date.now() - started; } });
+    assert.equal(r.stdout.toString(), 'first\nsecond\n');
+    assert.ok(firstAt < 800, `first line after ${firstAt} ms`);
+    assert.ok(Number(r.exit.durationMs) >= 1000);
+  });
+
+  it('streams stdin and closes it', async () => {
+    const pieces = Array.from({ length: 40 }, (_, i) => Buffer.alloc(128 * 1024, i));
+    const r = await exec(h.session, argv('sha256sum'), { stdin: pieces });
+    const { createHash } = await import('node:crypto');
+    assert.equal(r.stdout.toString().split(' ')[0], createHash('sha256').update(Buffer.concat(pieces)).digest('hex'));
+    assert.equal(r.exit.code, 0);
+    const empty = await exec(h.session, argv('cat'), { stdin: [] });
+    assert.equal(empty.stdout.length, 0, 'closing stdin ends cat');
+  });
+
+  it('sets environment, working directory, user and group; logs no env values and redacts secrets', async () => {
+    const r = await exec(h.session, {
+      ...argv('/bin/sh', '-c', 'echo "$FOO"; pwd; id -u; id -g; echo "$HOME"', 'x', '--password', 'pw1'),
+      env: { FOO: 'bar-value', TOKEN: 'tok-value' }, secretEnv: ['TOKEN'], cwd: Buffer.from('/tmp'), user: { name: 'nobody' }, group: { numeric: 4321 },
+    });
+    assert.equal(r.stdout.toString(), 'bar-value\n/tmp\n65534\n4321\n/nonexistent\n');
+    const r2 = await exec(h.session, { ...argv('echo', 'tok-value'), env: { TOKEN: 'tok-value' }, secretEnv: ['TOKEN'], clearEnv: true });
+    assert.equal(r2.stdout.toString(), 'tok-value\n');
+    const text = JSON.stringify(h.audit);
+    assert.ok(!text.includes('bar-value') && !text.includes('tok-value') && !text.includes('pw1'), text);
+    assert.ok(h.audit.some((l) => JSON.stringify(l.argv) === JSON.stringify(['echo', '***'])));
+    assert.ok(h.audit.some((l) => (l.argv as string[] | undefined)?.includes('--password') && (l.argv as string[]).includes('***')));
+  });
+
+  it('a timeout kills the whole process group, grandchildren included', async () => {
+    const r = await exec(h.session, { ...sh('sleep 300 & echo $!; sleep 300; echo never'), timeoutMs: 500 });
+    const grandchild = Number(r.stdout.toString().trim());
+    spawned.push(grandchild);
+    assert.ok(grandchild > 0);
+    assert.equal(r.exit.timedOut, true);
+    assert.equal(r.exit.exited, false);
+    assert.equal(r.exit.signal, 'SIGTERM');
+    assert.ok(await waitGone(grandchild), `grandchild ${grandchild} still runs`);
+    assert.ok(await waitGone(r.pid));
+    assert.ok(Number(r.exit.durationMs) < 5000);
+  });
+
+  it('cancel from the host stops the command; a reset stream does too', async () => {
+    const r = await exec(h.session, sh('echo ready; exec sleep 300'), {
+      control: sendAfterStart([{ cancel: { reason: 'test' } }], 100),
+    });
+    assert.equal(r.exit.cancelled, true);
+    assert.equal(r.exit.signal, 'SIGTERM');
+    assert.ok(await waitGone(r.pid));
+
+    let pid = 0;
+    await assert.rejects(exec(h.session, sh('exec sleep 300'), {
+      control: async (stream, started) => {
+        pid = await started;
+        spawned.push(pid);
+        stream.reset(new PortholeError(E.ERROR_CODE_CANCELLED, 'host gave up'));
+      },
+    }));
+    assert.ok(pid > 0);
+    assert.ok(await waitGone(pid), 'the command went with its stream');
+  });
+
+  it('delivers signals to the command (an unknown one is only logged)', async () => {
+    const r = await exec(h.session, sh('trap "echo got-usr1; exit 7" USR1; echo ready; while :; do sleep 0.05; done'), {
+      control: sendAfterStart([{ execSignal: { signal: 'SIGNOPE' } }, { execSignal: { signal: 'USR1' } }], 300),
+    });
+    assert.match(r.stdout.toString(), /ready\ngot-usr1\n/);
+    assert.equal(r.exit.code, 7);
+    assert.ok(h.audit.some((l) => l.message === 'signal not delivered' && /unknown signal SIGNOPE/.test(String(l.error))));
+  });
+
+  it('a process that outpaces the host is held back by the pipe, not buffered', async () => {
+    let pid = 0;
+    let written = 0;
+    const r = await exec(h.session, sh('exec head -c 200000000 /dev/zero'), {
+      discardOutput: true,
+      control: async (stream, started) => {
+        pid = await started;
+        stream.end();
+      },
+      onOutput: async () => {
+        if (written) return;
+        await sleep(1000); // the host stops reading for a second
+        written = Number(/wchar:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))![1]);
+      },
+    });
+    assert.equal(r.exit.code, 0);
+    // What the stream window (4 MiB) and the pipe and socket buffers hold, far below 200 MB.
+    assert.ok(written > 0 && written < 12 * 1024 * 1024, `head wrote ${written} bytes while the host was not reading`);
+  });
+
+  it('runs 50 commands at once', async function () {
+    this.timeout(60000);
+    const started = Date.now();
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => exec(h.session, sh(`sleep 1; echo job${i}`))));
+    results.forEach((r, i) => assert.equal(r.stdout.toString(), `job${i}\n`));
+    assert.ok(Date.now() - started < 15000, 'they ran concurrently');
+  });
+
+  it('refuses what the policy or the guest cannot do, naming the cause', async () => {
+    await assert.rejects(exec(h.session, argv('/no/such/command')), (e: PortholeError) => e.code === E.ERROR_CODE_NOT_FOUND && /\/no\/such\/command/.test(e.message));
+    await assert.rejects(exec(h.session, { ...argv('true'), user: { name: 'no-such-user-y' } }), (e: PortholeError) => e.code === E.ERROR_CODE_NO_SUCH_USER);
+    await assert.rejects(exec(h.session, { ...argv('true'), cwd: Buffer.from('/no/such/dir') }), (e: PortholeError) =>
+      e.code === E.ERROR_CODE_NOT_FOUND && /working directory/.test(e.message));
+    await assert.rejects(exec(h.session, { ...argv('true'), shellCommand: 'true' }), (e: PortholeError) => e.code === E.ERROR_CODE_INVALID_ARGUMENT);
+
+    h.agent.setConfig({ ...h.config, exec: { ...h.config.exec, maxConcurrent: 2 } });
+    const long = [exec(h.session, sh('sleep 1')), exec(h.session, sh('sleep 1'))];
+    await sleep(200);
+    await assert.rejects(exec(h.session, argv('true')), (e: PortholeError) =>
+      e.code === E.ERROR_CODE_RESOURCE_EXHAUSTED && e.rule === 'exec.max_concurrent = 2');
+    await Promise.all(long);
+    assert.equal((await exec(h.session, argv('true'))).exit.code, 0, 'allowed again once they finished');
+
+    h.agent.setConfig({ ...h.config, exec: { ...h.config.exec, enabled: false } });
+    await assert.rejects(exec(h.session, argv('true')), (e: PortholeError) =>
+      e.code === E.ERROR_CODE_POLICY_DENIED && e.rule === 'exec.enabled = false' && /disabled by the guest's owner/.test(e.message));
+    const now = await info(h.session);
+    assert.ok(!now.hello!.capabilities!.includes(v1.Capability.CAPABILITY_EXEC), 'info shows the current policy');
+    assert.ok(h.session.peerHello!.capabilities.includes(v1.Capability.CAPABILITY_EXEC), 'the hello showed the policy at connect time');
+  });
+});

@@ -1,0 +1,246 @@
+// `porthole payload ...`: build payload media, attach/eject them over QMP, and
+// edit libvirt domain XML. Registered into the porthole CLI by the broker.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { Command, Option } from 'commander';
+import { ejectPayloadMedium, insertPayloadMedium, attachPayloadToDomainXml, detachPayloadFromDomainXml, BlockInfo } from './attach';
+import { buildPayloadMedium, BuildResult } from './build';
+import { Availability, MediumKind } from './manifest';
+import { connectQmpSocket, QmpConnection } from './qmp-socket';
+import { parsePayloadSpec, PayloadEntry, PayloadSpec } from './spec';
+
+export interface PayloadCommandOptions {
+  /**
+   * Opens QMP for `attach`/`eject` TARGET when no --qmp SOCKET is given (the
+   * broker maps a VM name to its QMP). Default: TARGET is a QMP socket path.
+   */
+  connectTarget?: (target: string) => Promise<QmpConnection>;
+}
+
+/** An option value with its position on the command line, so --owner/--group/--mode apply to the entries after them. */
+interface Ordered {
+  seq: number;
+  value: string;
+}
+let sequence = 0;
+const ordered = (value: string, previous: Ordered[] | undefined): Ordered[] => [...(previous ?? []), { seq: sequence++, value }];
+
+interface BuildFlags {
+  cd?: boolean;
+  floppy?: boolean;
+  output: string;
+  entry?: Ordered[];
+  b64?: Ordered[];
+  owner?: Ordered[];
+  group?: Ordered[];
+  mode?: Ordered[];
+  manifest?: string;
+  run?: string[];
+  runOnce?: boolean;
+  id?: string;
+  json?: boolean;
+}
+
+/** GUESTPATH=VALUE split at the first "=" (a guest path containing "=" needs a spec file). */
+function splitAssignment(text: string, flag: string): [string, string] {
+  const eq = text.indexOf('=');
+  if (eq <= 0) throw new Error(`${flag} expects GUESTPATH=VALUE, got ${JSON.stringify(text)}`);
+  return [text.slice(0, eq), text.slice(eq + 1)];
+}
+
+/** --run value: a JSON array is an argv, anything else a /bin/sh -c script. */
+function commandArgv(text: string): string[] {
+  if (text.trim().startsWith('[')) {
+    let argv: unknown;
+    try {
+      argv = JSON.parse(text);
+    } catch (e) {
+      throw new Error(`--run: not a JSON argv array: ${(e as Error).message}`);
+    }
+    if (!Array.isArray(argv) || !argv.every((a) => typeof a === 'string')) throw new Error('--run: a JSON argv must be an array of strings');
+    return argv;
+  }
+  return ['/bin/sh', '-c', text];
+}
+
+function entriesFromFlags(f: BuildFlags): PayloadEntry[] {
+  const events = [
+    ...(f.entry ?? []).map((o) => ({ ...o, kind: 'entry' as const })),
+    ...(f.b64 ?? []).map((o) => ({ ...o, kind: 'b64' as const })),
+    ...(f.owner ?? []).map((o) => ({ ...o, kind: 'owner' as const })),
+    ...(f.group ?? []).map((o) => ({ ...o, kind: 'group' as const })),
+    ...(f.mode ?? []).map((o) => ({ ...o, kind: 'mode' as const })),
+  ].sort((a, b) => a.seq - b.seq);
+  const attrs: Pick<PayloadEntry, 'owner' | 'group' | 'mode'> = {};
+  const entries: PayloadEntry[] = [];
+  for (const ev of events) {
+    if (ev.kind === 'owner' || ev.kind === 'group' || ev.kind === 'mode') attrs[ev.kind] = ev.value;
+    else {
+      const [guestPath, value] = splitAssignment(ev.value, ev.kind === 'entry' ? '--entry' : '--b64');
+      entries.push({ guestPath, content: ev.kind === 'entry' ? { localFile: resolve(value) } : { base64: value }, ...attrs });
+    }
+  }
+  return entries;
+}
+
+function buildSpecs(f: BuildFlags): PayloadSpec[] {
+  const availability: Availability | undefined = f.runOnce ? 'run-once' : undefined;
+  const specs = f.manifest ? parsePayloadSpec(readFileSync(f.manifest, 'utf8'), dirname(resolve(f.manifest))) : [];
+  for (const s of specs) s.availability ??= availability;
+  const entries = entriesFromFlags(f);
+  const commands = (f.run ?? []).map(commandArgv);
+  if (entries.length > 0 || commands.length > 0 || f.id !== undefined) specs.push({ id: f.id, availability, entries, commands });
+  if (specs.length === 0) throw new Error('nothing to build: give --entry, --b64, --run or --manifest');
+  return specs;
+}
+
+/** The build result for --json: manifest hashes and counts, no file contents. */
+function resultSummary(r: BuildResult): Record<string, unknown> {
+  return {
+    path: r.path,
+    medium: r.medium,
+    label: r.label,
+    ...(r.serial ? { serial: r.serial } : {}),
+    imageBytes: r.imageBytes,
+    tool: r.tool,
+    manifestSha256: r.manifest.manifestSha256,
+    payloads: r.manifest.payloads.map((p) => ({
+      id: p.id,
+      availability: p.availability,
+      contentSha256: p.contentSha256,
+      files: p.files.map((f) => ({ path: f.pathText, pathB64: f.path.toString('base64'), size: f.size, sha256: f.sha256 })),
+      commands: p.commands.length,
+    })),
+  };
+}
+
+function driveName(b: BlockInfo): string {
+  return b.device || b.qdev || '?';
+}
+
+/** Runs an action; a failure becomes commander's "error: ..." with exit code 1 instead of a stack trace. */
+function guarded<A extends unknown[]>(cmd: () => Command, action: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await action(...args);
+    } catch (e) {
+      cmd().error(`error: ${(e as Error).message}`, { exitCode: 1, code: 'porthole.payload' });
+    }
+  };
+}
+
+/** Adds `payload build|attach|eject|xml` to a commander program. */
+export function registerPayloadCommands(program: Command, options: PayloadCommandOptions = {}): Command {
+  const payload = program.command('payload').description('build payload media (CD or floppy) and attach them to VMs');
+
+  const openQmp = (target: string, socket: string | undefined): Promise<QmpConnection> =>
+    socket !== undefined ? connectQmpSocket(socket) : (options.connectTarget ?? connectQmpSocket)(target);
+  const withQmp = async <T>(target: string, socket: string | undefined, f: (q: QmpConnection) => Promise<T>): Promise<T> => {
+    const qmp = await openQmp(target, socket);
+    try {
+      return await f(qmp);
+    } finally {
+      qmp.close();
+    }
+  };
+
+  const build: Command = payload
+    .command('build')
+    .description('build a payload image from guest-path/content pairs (all payloads of a VM use one method: CD or floppy)')
+    .addOption(new Option('--cd', 'ISO 9660 image (Rock Ridge + Joliet)').conflicts('floppy'))
+    .addOption(new Option('--floppy', '1.44 MB FAT floppy image').conflicts('cd'))
+    .requiredOption('-o, --output <file>', 'image to write (mode 0600)')
+    .option('--entry <guestpath=localfile>', 'a file from the host (repeatable)', ordered)
+    .option('--b64 <guestpath=base64>', 'content given as base64 (repeatable)', ordered)
+    .option('--owner <user>', 'owner (name or uid) of the entries that follow', ordered)
+    .option('--group <group>', 'group (name or gid) of the entries that follow', ordered)
+    .option('--mode <octal>', 'mode (e.g. 0640) of the entries that follow', ordered)
+    .option('--manifest <file>', 'JSON build spec with payloads (see FORMAT.md, "Build spec")')
+    .option('--run <cmd>', 'command to run after the files are in place: a JSON argv array, or a /bin/sh -c script (repeatable)', (v: string, p: string[] | undefined) => [...(p ?? []), v])
+    .option('--run-once', 'attach for the next start only (default: permanent)')
+    .option('--id <id>', 'payload id (default: derived from the content)')
+    .option('--json', 'print the result as JSON')
+    .action(
+      guarded(
+        () => build,
+        async (f: BuildFlags) => {
+          if (!f.cd && !f.floppy) throw new Error('choose the medium: --cd or --floppy');
+          const medium: MediumKind = f.cd ? 'cd' : 'floppy';
+          const r = await buildPayloadMedium(medium, buildSpecs(f), resolve(f.output));
+          if (f.json) process.stdout.write(`${JSON.stringify(resultSummary(r), null, 2)}\n`);
+          else {
+            process.stdout.write(`built ${medium} payload ${r.path} (${r.imageBytes} bytes, label ${r.label}, manifest sha256 ${r.manifest.manifestSha256})\n`);
+            for (const p of r.manifest.payloads) {
+              process.stdout.write(`  payload ${p.id}: ${p.availability}, ${p.files.length} files, ${p.commands.length} commands, content sha256 ${p.contentSha256}\n`);
+            }
+          }
+        },
+      ),
+    );
+
+  const attach: Command = payload
+    .command('attach <target> <image>')
+    .description('insert a payload image into a running QEMU VM over QMP (TARGET: the VM, or its QMP socket)')
+    .option('--floppy', 'the image is a floppy (default: CD)')
+    .option('--qmp <socket>', 'QMP Unix socket of the VM')
+    .option('--device <id>', 'drive to use (block device name or qdev id); default: the porthole-payload drive or an empty one')
+    .action(
+      guarded(
+        () => attach,
+        async (target: string, image: string, f: { floppy?: boolean; qmp?: string; device?: string }) => {
+          const path = resolve(image);
+          const drive = await withQmp(target, f.qmp, (q) => insertPayloadMedium(q, path, { medium: f.floppy ? 'floppy' : 'cd', device: f.device }));
+          process.stdout.write(`inserted ${path} into drive ${driveName(drive)} of ${target}\n`);
+        },
+      ),
+    );
+
+  const eject: Command = payload
+    .command('eject <target>')
+    .description('eject the payload medium from a running QEMU VM over QMP')
+    .option('--floppy', 'eject the floppy (default: CD)')
+    .option('--qmp <socket>', 'QMP Unix socket of the VM')
+    .option('--device <id>', 'drive to eject (block device name or qdev id)')
+    .option('--force', 'eject even if the guest has locked the tray')
+    .action(
+      guarded(
+        () => eject,
+        async (target: string, f: { floppy?: boolean; qmp?: string; device?: string; force?: boolean }) => {
+          const drive = await withQmp(target, f.qmp, (q) => ejectPayloadMedium(q, { medium: f.floppy ? 'floppy' : 'cd', device: f.device, force: f.force }));
+          process.stdout.write(`ejected drive ${driveName(drive)} of ${target}\n`);
+        },
+      ),
+    );
+
+  const xml: Command = payload
+    .command('xml')
+    .description('add the payload disk to a libvirt domain XML (permanent: for virsh define; --run-once: for a transient virsh create)')
+    .requiredOption('--domain-xml <file>', 'domain XML to modify')
+    .option('--image <img>', 'payload image')
+    .option('--floppy', 'attach as a floppy (default: CD-ROM)')
+    .option('--run-once', 'the run-once form, for a transient start')
+    .option('--detach', 'remove the payload disk instead')
+    .option('-o, --output <file>', 'write the XML here (default: stdout)')
+    .action(
+      guarded(
+        () => xml,
+        async (f: { domainXml: string; image?: string; floppy?: boolean; runOnce?: boolean; detach?: boolean; output?: string }) => {
+          const input = readFileSync(f.domainXml, 'utf8');
+          let out: string;
+          if (f.detach) out = detachPayloadFromDomainXml(input);
+          else {
+            if (!f.image) throw new Error('--image is required (or --detach)');
+            out = attachPayloadToDomainXml(input, {
+              image: resolve(f.image),
+              medium: f.floppy ? 'floppy' : 'cd',
+              availability: f.runOnce ? 'run-once' : 'permanent',
+            });
+          }
+          if (f.output) writeFileSync(f.output, out);
+          else process.stdout.write(`${out}\n`);
+        },
+      ),
+    );
+
+  return payload;
+}

@@ -1,0 +1,3 @@
+export { connect, PortholeClient, ExecTask, Task, describeError, ConnectOptions, InstallOptions, InstallSource, InstallResult, ReadResult, ExecOptions, ExitStatus } from './client';
+export { connectorForTarget, libvirtChannelSocket, PORTHOLE_PORT_NAME } from './targets';
+export { BROKER_VERSION } from './version';

@@ -1,0 +1,57 @@
+import { execFileSync } from 'node:child_process';
+import { Connector, UnixSocketConnector, SerialConnector } from '@porthole/transport';
+
+export const PORTHOLE_PORT_NAME = 'org.porthole.agent.0';
+
+/** The unix socket path of a libvirt domain's Porthole channel, from `virsh dumpxml`. */
+export function libvirtChannelSocket(domain: string, portName = PORTHOLE_PORT_NAME, virsh = 'virsh'): string {
+  let xml: string;
+  try {
+    xml = execFileSync(virsh, ['dumpxml', domain], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT') throw new Error('libvirt targets need virsh (Debian package libvirt-clients)');
+    throw new Error(`virsh dumpxml ${domain} failed: ${(e.stderr ?? e.message).trim()}`);
+  }
+  for (const m of xml.matchAll(/<channel\b[^>]*type=['"]unix['"][^>]*>([\s\S]*?)<\/channel>/g)) {
+    const body = m[1];
+    const name = /<target\b[^>]*name=['"]([^'"]+)['"]/.exec(body)?.[1];
+    const path = /<source\b[^>]*path=['"]([^'"]+)['"]/.exec(body)?.[1];
+    if (name === portName && path) return path;
+  }
+  throw new Error(`domain ${domain} has no unix channel named ${portName} (add <channel type="unix"><target type="virtio" name="${portName}"/></channel>)`);
+}
+
+/**
+ * A VM addressed by its channel: `unix:/path` (QEMU chardev socket),
+ * `libvirt:DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`.
+ */
+export function connectorForTarget(target: string): Connector {
+  const colon = target.indexOf(':');
+  const kind = colon > 0 ? target.slice(0, colon) : '';
+  const rest = colon > 0 ? target.slice(colon + 1) : '';
+  switch (kind) {
+    case 'unix':
+      if (rest) return new UnixSocketConnector(rest);
+      break;
+    case 'libvirt':
+      if (rest) return new UnixSocketConnector(libvirtChannelSocket(rest));
+      break;
+    case 'serial': {
+      if (!rest) break;
+      const [path, baud] = rest.split('@');
+      return new SerialConnector(path, { baudRate: baud ? Number(baud) : undefined });
+    }
+    case 'xen': {
+      if (!/^\d+$/.test(rest)) break;
+      // Loaded on demand: only Xen hosts need it.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const xen = require('@porthole/xenstore') as { xenstoreHostConnector?: (domid: number) => Connector };
+      if (!xen.xenstoreHostConnector) throw new Error('this build has no xenstore channel');
+      return xen.xenstoreHostConnector(Number(rest));
+    }
+    default:
+      break;
+  }
+  throw new Error(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX or xen:DOMID`);
+}

@@ -1,0 +1,149 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { GUEST_MODULES, INIT_SCRIPT, RAW_TOOL } from './guest-files';
+
+/** Where prepared guests are cached (git-ignored). */
+export const CACHE_DIR = process.env.PORTHOLE_TESTBED_CACHE ?? join(__dirname, '..', '..', '..', '.cache', 'testbed');
+
+const BUSYBOX_APPLETS = ['sh', 'mount', 'umount', 'insmod', 'mkdir', 'ln', 'cat', 'ls', 'echo', 'sleep', 'poweroff', 'reboot',
+  'hostname', 'sed', 'tr', 'basename', 'dirname', 'true', 'false', 'rm', 'cp', 'mv', 'chmod', 'chown', 'stat', 'id', 'env',
+  'printf', 'test', '[', 'head', 'tail', 'wc', 'sha256sum', 'dd', 'kill', 'ps', 'grep', 'date', 'touch', 'find', 'xargs',
+  'mknod', 'blkid', 'losetup', 'sync', 'df', 'du', 'yes', 'seq', 'timeout', 'awk', 'cut', 'sort', 'uname', 'whoami', 'nproc', 'pidof', 'pgrep', 'pkill', 'free', 'cmp'];
+
+function need(path: string, debPackage: string): string {
+  if (!existsSync(path)) throw new Error(`test bed needs ${path}: install the Debian package ${debPackage} (scripts/setup.sh does)`);
+  return path;
+}
+
+export function hostKernel(): { version: string; vmlinuz: string } {
+  const versions = readdirSync('/lib/modules').filter((v) => existsSync(`/boot/vmlinuz-${v}`)).sort();
+  const version = versions[versions.length - 1];
+  if (!version) throw new Error('no kernel with modules found (/boot/vmlinuz-* and /lib/modules/*): install linux-image-amd64');
+  return { version, vmlinuz: `/boot/vmlinuz-${version}` };
+}
+
+function libsOf(binary: string): string[] {
+  const out = execFileSync('ldd', [binary], { encoding: 'utf8' });
+  return [...out.matchAll(/(\/[^\s)]+)/g)].map((m) => m[1]).filter((p) => existsSync(p));
+}
+
+function copyInto(root: string, path: string, as = path): void {
+  const target = join(root, as);
+  mkdirSync(dirname(target), { recursive: true });
+  copyFileSync(path, target);
+  chmodSync(target, statSync(path).mode & 0o7777);
+}
+
+/** Pack a directory as a newc cpio archive (the format the kernel unpacks), owned by root. */
+export function packCpio(dir: string, out: string): void {
+  const list = execFileSync('find', ['.', '-mindepth', '1'], { cwd: dir, encoding: 'buffer', maxBuffer: 64 << 20 });
+  execFileSync('cpio', ['-o', '-H', 'newc', '-R', '0:0', '--quiet', '-O', out], { cwd: dir, input: list });
+}
+
+function fingerprint(paths: string[]): string {
+  const h = createHash('sha256');
+  h.update(INIT_SCRIPT).update(RAW_TOOL).update(GUEST_MODULES.join(','));
+  for (const p of paths) {
+    const st = statSync(p);
+    h.update(`${p}:${st.size}:${st.mtimeMs}`);
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/**
+ * The cached part of every guest: kernel modules, busybox, node (with the
+ * libraries ldd lists), qemu-guest-agent, the raw-port tool. Rebuilt only when
+ * one of those inputs changes.
+ */
+export function prepareBaseImage(log: (m: string) => void = () => undefined): { initramfs: string; kernel: string } {
+  const kernel = hostKernel();
+  const busybox = need('/bin/busybox', 'busybox-static');
+  const qga = existsSync('/usr/sbin/qemu-ga') ? '/usr/sbin/qemu-ga' : undefined;
+  const node = process.execPath;
+  const modules = GUEST_MODULES.map((m) => {
+    const path = execFileSync('modinfo', ['-k', kernel.version, '-n', m], { encoding: 'utf8' }).trim();
+    return { name: m, path };
+  });
+  const key = fingerprint([kernel.vmlinuz, busybox, node, ...(qga ? [qga] : []), ...modules.map((m) => m.path)]);
+  const out = join(CACHE_DIR, `base-${key}.cpio`);
+  if (existsSync(out)) return { initramfs: out, kernel: kernel.vmlinuz };
+
+  log(`preparing the guest image (once; cached in ${CACHE_DIR})`);
+  mkdirSync(CACHE_DIR, { recursive: true });
+  const root = mkdtempSync(join(tmpdir(), 'porthole-guest-'));
+  try {
+    for (const d of ['bin', 'sbin', 'etc/testbed', 'etc/porthole', 'proc', 'sys', 'dev', 'tmp', 'run', 'root', 'lib/modules', 'opt/testbed', 'usr/bin', 'usr/sbin', 'var/lib']) {
+      mkdirSync(join(root, d), { recursive: true });
+    }
+    copyInto(root, busybox, '/bin/busybox');
+    for (const applet of BUSYBOX_APPLETS) symlinkSync('busybox', join(root, 'bin', applet));
+    for (const m of modules) {
+      if (m.path.endsWith('.ko')) copyFileSync(m.path, join(root, 'lib/modules', `${m.name}.ko`));
+    }
+    writeFileSync(join(root, 'etc/testbed/modules'), modules.filter((m) => m.path.endsWith('.ko')).map((m) => m.name).join('\n') + '\n');
+    copyInto(root, node, '/usr/bin/node');
+    for (const lib of libsOf(node)) copyInto(root, lib);
+    if (qga) {
+      copyInto(root, qga, '/usr/sbin/qemu-ga');
+      for (const lib of libsOf(qga)) copyInto(root, lib);
+    }
+    writeFileSync(join(root, 'opt/testbed/raw.js'), RAW_TOOL);
+    writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n');
+    writeFileSync(join(root, 'etc/group'), 'root:x:0:\ndaemon:x:1:\nusers:x:100:tester\nnogroup:x:65534:\ntester:x:1000:\n');
+    mkdirSync(join(root, 'home/tester'), { recursive: true });
+    const init = join(root, 'init');
+    writeFileSync(init, INIT_SCRIPT, { mode: 0o755 });
+    const tmpOut = `${out}.${process.pid}.tmp`;
+    packCpio(root, tmpOut);
+    renameSync(tmpOut, out);
+    return { initramfs: out, kernel: kernel.vmlinuz };
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+export type AgentSource = { bundle: string } | { executable: string };
+
+export interface GuestOptions {
+  /** The agent to run: a JS bundle (run with node) or a single executable. */
+  agent?: AgentSource;
+  /** Text of /etc/porthole/agent.conf (the owner's policy). */
+  agentConfig?: string;
+  /** Shell run at boot before the agent starts (output on the console, prefixed [boot]). */
+  bootScript?: string;
+  files?: Array<{ path: string; content: string | Buffer; mode?: number }>;
+}
+
+/** The per-boot part, as a second cpio archive the kernel unpacks over the base. */
+export function buildOverlay(options: GuestOptions, out: string): void {
+  const root = mkdtempSync(join(tmpdir(), 'porthole-overlay-'));
+  try {
+    const put = (path: string, content: string | Buffer, mode = 0o644) => {
+      mkdirSync(dirname(join(root, path)), { recursive: true });
+      writeFileSync(join(root, path), content, { mode });
+    };
+    if (options.agent) {
+      if ('bundle' in options.agent) {
+        copyInto(root, options.agent.bundle, '/opt/porthole/porthole-agent.cjs');
+        put('/etc/testbed/agent-cmd', '/usr/bin/node /opt/porthole/porthole-agent.cjs\n');
+      } else {
+        copyInto(root, options.agent.executable, '/opt/porthole/porthole-agent');
+        put('/etc/testbed/agent-cmd', '/opt/porthole/porthole-agent\n');
+      }
+    }
+    put('/etc/porthole/agent.conf', options.agentConfig ?? '# test bed default: everything on\n');
+    if (options.bootScript) put('/etc/testbed/boot.sh', `#!/bin/sh\n${options.bootScript}\n`, 0o755);
+    for (const f of options.files ?? []) put(f.path, f.content, f.mode ?? 0o644);
+    packCpio(root, out);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+/** Base + overlay in one file (QEMU takes one -initrd). */
+export function concatInitramfs(base: string, overlay: string, out: string): void {
+  execFileSync('sh', ['-c', 'cat "$1" "$2" > "$3"', 'sh', base, overlay, out]);
+}

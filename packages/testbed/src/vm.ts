@@ -1,0 +1,173 @@
+import { spawn, ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connectQmpSocket, QmpConnection } from '@porthole/media';
+import { AGENT_PORT_NAME, QGA_PORT_NAME, rawPortName } from './guest-files';
+import { buildOverlay, concatInitramfs, GuestOptions, prepareBaseImage } from './guest-image';
+
+export interface BootOptions extends GuestOptions {
+  memoryMb?: number;
+  cpus?: number;
+  /** Extra virtio-serial ports for raw throughput measurements. */
+  rawPorts?: number;
+  /** A port for qemu-guest-agent (Debian's qemu-ga runs in the guest on it). */
+  qemuGuestAgent?: boolean;
+  cdrom?: string;
+  floppy?: string;
+  /** More QEMU arguments, as they are. */
+  qemuArgs?: string[];
+  /** Wait for this console line before returning (default: the test bed's "services started"). */
+  readyPattern?: RegExp;
+  bootTimeoutMs?: number;
+  /** Progress messages (e.g. for the demo). */
+  log?: (message: string) => void;
+}
+
+/** A running test VM. Always call shutdown() (it also removes the VM's files). */
+export class Vm {
+  private exited: Promise<number | null>;
+  private qmpConnection?: QmpConnection;
+
+  constructor(
+    readonly dir: string,
+    private readonly child: ChildProcess,
+    readonly agentSocketPath: string,
+    readonly qmpSocketPath: string,
+    readonly rawSocketPaths: string[],
+    readonly qgaSocketPath: string | undefined,
+    readonly consoleLogPath: string,
+  ) {
+    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  }
+
+  /** The agent's channel as a broker target string. */
+  get target(): string {
+    return `unix:${this.agentSocketPath}`;
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  console(): string {
+    try {
+      return readFileSync(this.consoleLogPath, 'utf8').replace(/\r/g, '');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Resolves with the first console line matching; rejects (with the console tail) on timeout or QEMU exit. */
+  async waitForConsole(pattern: RegExp, timeoutMs = 60000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const line = this.console().split('\n').find((l) => pattern.test(l));
+      if (line) return line;
+      if (!this.running) throw new Error(`QEMU exited before the console showed ${pattern}\n${this.consoleTail()}`);
+      if (Date.now() > deadline) throw new Error(`the console did not show ${pattern} within ${timeoutMs} ms\n${this.consoleTail()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  consoleTail(lines = 40): string {
+    return `--- guest console (${this.consoleLogPath}), last ${lines} lines ---\n${this.console().split('\n').slice(-lines).join('\n')}\n---`;
+  }
+
+  async qmp(): Promise<QmpConnection> {
+    this.qmpConnection ??= await connectQmpSocket(this.qmpSocketPath);
+    return this.qmpConnection;
+  }
+
+  /** Stop QEMU (QMP quit, then SIGKILL after a timeout) and remove the VM's directory. */
+  async shutdown(timeoutMs = 10000): Promise<void> {
+    if (this.running) {
+      try {
+        await Promise.race([(await this.qmp()).execute('quit'), new Promise((r) => setTimeout(r, 2000))]);
+      } catch {
+        // QMP unavailable: kill below
+      }
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+      if (this.running) this.child.kill('SIGTERM');
+      await this.exited;
+      clearTimeout(timer);
+    }
+    this.qmpConnection?.close();
+    if (!process.env.PORTHOLE_KEEP_VM) rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+const QEMU = 'qemu-system-x86_64';
+
+/**
+ * Boot a throwaway VM under TCG (KVM hangs on these machines, see
+ * shared/TESTBED.md) with the agent's virtio-serial port, a QMP socket and the
+ * options' extra ports and drives.
+ */
+export async function bootVm(options: BootOptions = {}): Promise<Vm> {
+  const log = options.log ?? (() => undefined);
+  const base = prepareBaseImage(log);
+  const dir = mkdtempSync(join(tmpdir(), 'porthole-vm-'));
+  const overlay = join(dir, 'overlay.cpio');
+  buildOverlay(options, overlay);
+  const initramfs = join(dir, 'initramfs.cpio');
+  concatInitramfs(base.initramfs, overlay, initramfs);
+  rmSync(overlay);
+
+  const agentSock = join(dir, 'agent.sock');
+  const qmpSock = join(dir, 'qmp.sock');
+  const consoleLog = join(dir, 'console.log');
+  const args = [
+    '-accel', 'tcg', '-machine', 'pc', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', String(options.memoryMb ?? 1536),
+    '-display', 'none', '-monitor', 'none', '-no-reboot', '-nodefaults',
+    '-chardev', `file,id=console,path=${consoleLog}`, '-serial', 'chardev:console',
+    '-kernel', base.kernel, '-initrd', initramfs,
+    '-append', 'console=ttyS0 panic=-1 quiet loglevel=3',
+    '-qmp', `unix:${qmpSock},server=on,wait=off`,
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-chardev', `socket,id=agent,path=${agentSock},server=on,wait=off`,
+    '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+  ];
+  const rawSockets: string[] = [];
+  for (let i = 0; i < (options.rawPorts ?? 0); i++) {
+    const path = join(dir, `raw${i}.sock`);
+    rawSockets.push(path);
+    args.push('-chardev', `socket,id=raw${i},path=${path},server=on,wait=off`, '-device', `virtserialport,bus=vser0.0,chardev=raw${i},name=${rawPortName(i)}`);
+  }
+  let qgaSock: string | undefined;
+  if (options.qemuGuestAgent) {
+    qgaSock = join(dir, 'qga.sock');
+    args.push('-chardev', `socket,id=qga,path=${qgaSock},server=on,wait=off`, '-device', `virtserialport,bus=vser0.0,chardev=qga,name=${QGA_PORT_NAME}`);
+  }
+  // A CD drive is always there (empty unless given), so media can be inserted later over QMP.
+  args.push('-drive', `if=ide,index=1,media=cdrom,id=cd0,readonly=on${options.cdrom ? `,file=${options.cdrom},format=raw` : ''}`);
+  if (options.floppy) args.push('-drive', `if=floppy,index=0,id=fd0,format=raw,file=${options.floppy}`);
+  args.push(...(options.qemuArgs ?? []));
+
+  log('starting QEMU (TCG)');
+  const child = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const spawnError = await new Promise<Error | null>((resolve) => {
+    child.once('spawn', () => resolve(null));
+    child.once('error', resolve);
+  });
+  if (spawnError) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`cannot start ${QEMU}: ${spawnError.message} (install qemu-system-x86)`);
+  }
+  const vm = new Vm(dir, child, agentSock, qmpSock, rawSockets, qgaSock, consoleLog);
+  try {
+    await vm.waitForConsole(options.readyPattern ?? /porthole-testbed: services started/, options.bootTimeoutMs ?? 120000);
+  } catch (err) {
+    const message = `${(err as Error).message}${stderr ? `\nQEMU stderr: ${stderr.trim()}` : ''}`;
+    await vm.shutdown();
+    throw new Error(message);
+  }
+  log('guest booted');
+  return vm;
+}

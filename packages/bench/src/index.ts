@@ -1,0 +1,3 @@
+export * from './table';
+export { benchChannel } from './channel';
+export { SECTIONS, BenchSection } from './sections';

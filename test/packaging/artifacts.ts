@@ -1,0 +1,42 @@
+import { execFile } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+export const ROOT = join(__dirname, '..', '..');
+export const SEA = join(ROOT, 'packages/agent/dist/porthole-agent');
+export const AGENT_VERSION = (JSON.parse(readFileSync(join(ROOT, 'packages/agent/package.json'), 'utf8')) as { version: string }).version;
+
+/** Run a command; on failure the error carries its stderr (the cause). */
+export async function sh(cmd: string, args: string[], opts: { cwd?: string; timeout?: number } = {}): Promise<string> {
+  try {
+    const { stdout } = await run(cmd, args, { cwd: opts.cwd ?? ROOT, timeout: opts.timeout ?? 300_000, maxBuffer: 64 * 2 ** 20 });
+    return stdout;
+  } catch (err) {
+    const e = err as Error & { stderr?: string; stdout?: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${(e.stderr || e.stdout || e.message).trim()}`);
+  }
+}
+
+let seaBuilt: Promise<string> | undefined;
+/** The single executable, built once per test run exactly as `npm run build:sea` does. */
+export function buildSea(): Promise<string> {
+  seaBuilt ??= sh(process.execPath, [join(ROOT, 'packages/agent/scripts/sea.mjs')]).then(() => SEA);
+  return seaBuilt;
+}
+
+/** `node installers/build.mjs deb|tar` into outDir; returns the artifact's path. */
+export async function buildInstaller(kind: 'deb' | 'tar', outDir: string, version = AGENT_VERSION): Promise<string> {
+  await buildSea();
+  await sh(process.execPath, [join(ROOT, 'installers/build.mjs'), kind, '--version', version, '--out', outDir]);
+  const name = kind === 'deb' ? `porthole-agent_${version}_amd64.deb` : `porthole-agent-${version}-linux-x64.tar.gz`;
+  const path = join(outDir, name);
+  if (!existsSync(path)) throw new Error(`installers/build.mjs did not produce ${name} (found: ${readdirSync(outDir).join(', ')})`);
+  return path;
+}
+
+/** Run a command chrooted into a guest root, with a root shell's plain environment (not this test's). */
+export function chroot(root: string, args: string[]): Promise<string> {
+  return sh('env', ['-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LANG=C.UTF-8', 'chroot', root, ...args]);
+}

@@ -3,12 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { Session } from '@porthole/protocol';
-import { UnixSocketConnector } from '@porthole/transport';
+import { Channel, Connector, UnixSocketConnector } from '@porthole/transport';
 import { Agent, AgentConfig, createAuditLogger, defaultConfig } from '@porthole/agent';
 
 /**
- * The real agent (in this process) on one end of a Unix socket, and a broker
- * session on the other, as QEMU's chardev socket would connect them.
+ * The real agent (in this process) on one end of a link (by default a Unix
+ * socket, as QEMU's chardev socket), and a broker session on the other.
  */
 export interface AgentHarness {
   /** Temporary directory of this harness; `root` below it is where tests write. */
@@ -25,7 +25,25 @@ export interface AgentHarness {
   cleanup(): Promise<void>;
 }
 
-export async function startAgentHarness(tune: (config: AgentConfig, root: string) => void = () => undefined): Promise<AgentHarness> {
+/** How the agent and the broker are connected: the agent's connector and the broker's next channel. */
+export interface AgentLink {
+  agent: Connector;
+  /** The broker's side of the next connection (again after a reconnect). */
+  broker(): Promise<Channel>;
+  close(): Promise<void> | void;
+}
+
+/** A Unix socket the broker listens on, as QEMU's chardev socket. */
+export function socketLink(dir: string): AgentLink {
+  const sock = join(dir, 'agent.sock');
+  const listener = new UnixSocketConnector(sock, { listen: true });
+  return { agent: new UnixSocketConnector(sock), broker: () => listener.connect(), close: () => listener.close() };
+}
+
+export async function startAgentHarness(
+  tune: (config: AgentConfig, root: string) => void = () => undefined,
+  makeLink: (dir: string) => AgentLink | Promise<AgentLink> = socketLink,
+): Promise<AgentHarness> {
   const dir = mkdtempSync(join(tmpdir(), 'porthole-agent-'));
   const root = join(dir, 'root');
   mkdirSync(root);
@@ -47,16 +65,15 @@ export async function startAgentHarness(tune: (config: AgentConfig, root: string
   });
   const log = createAuditLogger({ silent: true, stream: lines, level: 'info' });
 
-  const sock = join(dir, 'agent.sock');
-  const listener = new UnixSocketConnector(sock, { listen: true });
+  const link = await makeLink(dir);
   const accept = async () => {
-    const channel = await listener.connect();
+    const channel = await link.broker();
     const session = new Session(channel, { role: 'broker', hello: { softwareVersion: 'test-broker' }, keepaliveIntervalMs: 0 });
     await session.ready(5000);
     return session;
   };
   const first = accept();
-  const agent = new Agent({ connector: new UnixSocketConnector(sock), config, log });
+  const agent = new Agent({ connector: link.agent, config, log });
   const running = agent.run().catch(() => undefined);
 
   const h: AgentHarness = {
@@ -69,7 +86,7 @@ export async function startAgentHarness(tune: (config: AgentConfig, root: string
     async cleanup() {
       agent.stop();
       h.session.close();
-      listener.close();
+      await link.close();
       await running;
       log.close();
       rmSync(dir, { recursive: true, force: true });

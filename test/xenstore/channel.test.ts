@@ -36,7 +36,7 @@ describe('XenstoreChannel (packets over xenstore keys)', function () {
   const open: Channel[] = [];
   const pair = async (tuning: { window?: number } = {}) => {
     const host = await connectXenstoreHost(fx.domid, { socketPath: fx.socket, ...tuning }).connect();
-    const guest = await connectXenstoreGuest({ socketPath: fx.guestSocket, ...tuning }).connect();
+    const guest = await connectXenstoreGuest({ path: fx.guestSocket, ...tuning }).connect();
     open.push(host, guest);
     return { host, guest };
   };

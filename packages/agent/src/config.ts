@@ -10,6 +10,8 @@ export interface AgentConfig {
   exec: { enabled: boolean; users: string[]; commands: string[]; maxConcurrent: number; secretArgs: string[] };
   payload: { enabled: boolean; runCommands: boolean; stateDir: string };
   transfers: { stateDir: string; abandonAfterSeconds: number };
+  /** Nova-style requests in xenstore (data/host → data/guest), served with a xenstore channel only. */
+  nova: { enabled: boolean };
   log: { file: string; level: string };
 }
 
@@ -25,6 +27,7 @@ export function defaultConfig(): AgentConfig {
     exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [] },
     payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
     transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400 },
+    nova: { enabled: true },
     log: { file: '', level: 'info' },
   };
 }
@@ -37,6 +40,7 @@ const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' 
   exec: { enabled: 'bool', users: 'strings', commands: 'strings', max_concurrent: 'int', secret_args: 'strings' },
   payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string' },
   transfers: { state_dir: 'string', abandon_after_seconds: 'int' },
+  nova: { enabled: 'bool' },
   log: { file: 'string', level: 'string' },
 };
 

@@ -18,6 +18,7 @@ function describePolicy(policy: Policy, source: string): string {
     `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}`,
     `  payload:    ${onOff(c.payload.enabled)}; run_commands ${c.payload.runCommands}; state_dir ${c.payload.stateDir}`,
     `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}`,
+    `  nova:       ${onOff(c.nova.enabled)} (xenstore data/host requests, with --channel xen)`,
     `  log:        file ${c.log.file || '(stderr only)'}; level ${c.log.level}`,
   ].join('\n');
 }
@@ -25,7 +26,7 @@ function describePolicy(policy: Policy, source: string): string {
 export async function main(argv = process.argv): Promise<void> {
   const program = new Command('porthole-agent')
     .description('Porthole guest agent: serves file injection, file read-back and exec to the host over virtio-serial, a serial port or xenstore')
-    .option('--channel <spec>', 'virtio[:NAME] | virtio-path:DEV | unix:PATH | unix-listen:PATH | serial:DEV[@BAUD] | xen', `virtio:${DEFAULT_PORT_NAME}`)
+    .option('--channel <spec>', 'virtio[:NAME] | virtio-path:DEV | unix:PATH | unix-listen:PATH | serial:DEV[@BAUD] | xen[:DEV]', `virtio:${DEFAULT_PORT_NAME}`)
     .option('--config <file>', 'owner policy file (TOML)', DEFAULT_CONFIG_PATH)
     .option('--check-config', 'validate the config, print the effective policy and exit (0 valid, 1 invalid)')
     .option('--log-file <file>', 'also write the audit log to this file')

@@ -1,7 +1,8 @@
 import { loadConfig, DEFAULT_CONFIG_PATH, LOG_LEVELS } from './config';
 import { createAuditLogger, AuditLogger } from './audit';
 import { Agent } from './agent';
-import { connectorFor } from './channels';
+import { connectorFor, xenbusPathOf } from './channels';
+import { NovaRequests } from './nova';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
 import { AGENT_VERSION } from './version';
 
@@ -36,6 +37,10 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
   const log = options.log ?? createAuditLogger({ file: options.logFile ?? (loaded.config.log.file || undefined), level });
   const agent = new Agent({ connector: connectorFor(channel), config: loaded.config, log });
   log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found });
+  // Xen hosts may also send Nova-style requests through xenstore.
+  const xenbus = xenbusPathOf(channel);
+  const nova = xenbus !== undefined ? new NovaRequests({ path: xenbus, agent }) : undefined;
+  nova?.apply(loaded.config.nova.enabled);
   return {
     agent,
     log,
@@ -44,6 +49,7 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
       try {
         const next = loadConfig(configPath);
         agent.setConfig(next.config);
+        nova?.apply(next.config.nova.enabled);
         log.info('config reloaded', { config: configPath, found: next.found });
         return true;
       } catch (err) {
@@ -53,6 +59,7 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
     },
     stop() {
       agent.stop();
+      nova?.stop();
     },
   };
 }

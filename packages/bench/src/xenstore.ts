@@ -73,7 +73,7 @@ export async function benchXenstore(opts: { bytes?: number; roundTrips?: number 
       worker.once('error', reject);
     });
     const host = await connectXenstoreHost(DOMID, { socketPath: join(dir, 'socket') }).connect();
-    const guest = await connectXenstoreGuest({ socketPath: join(dir, 'guest') }).connect();
+    const guest = await connectXenstoreGuest({ path: join(dir, 'guest') }).connect();
     try {
       const up = mibPerSecond(bytes, await throughput(guest, host, bytes, packet));
       const down = mibPerSecond(bytes, await throughput(host, guest, bytes, packet));

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { Connector, UnixSocketConnector, SerialConnector } from '@porthole/transport';
+import { connectXenstoreHost } from '@porthole/xenstore';
 
 export const PORTHOLE_PORT_NAME = 'org.porthole.agent.0';
 
@@ -42,14 +43,10 @@ export function connectorForTarget(target: string): Connector {
       const [path, baud] = rest.split('@');
       return new SerialConnector(path, { baudRate: baud ? Number(baud) : undefined });
     }
-    case 'xen': {
-      if (!/^\d+$/.test(rest)) break;
-      // Loaded on demand: only Xen hosts need it.
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const xen = require('@porthole/xenstore') as { xenstoreHostConnector?: (domid: number) => Connector };
-      if (!xen.xenstoreHostConnector) throw new Error('this build has no xenstore channel');
-      return xen.xenstoreHostConnector(Number(rest));
-    }
+    case 'xen':
+      // dom0's xenstored socket: $XENSTORED_PATH or /var/run/xenstored/socket.
+      if (/^\d+$/.test(rest)) return connectXenstoreHost(Number(rest));
+      break;
     default:
       break;
   }

@@ -1,6 +1,7 @@
 import { Channel, ChannelBase, Connector } from '@porthole/transport';
 import { XenstoreClient } from './client';
 import { XenstoreError, XsPermission } from './wire';
+import { DEFAULT_XENBUS_DEVICE } from './transport';
 
 /**
  * Packets over xenstore. Each direction is a directory of numbered keys
@@ -282,16 +283,15 @@ export function connectXenstoreHost(domid: number, options: XenstoreChannelTunin
 }
 
 /**
- * The guest side: the xenbus device (`devicePath`, default /dev/xen/xenbus)
- * or a socket that acts as this guest (`socketPath`, tests). Paths are
- * relative to the guest's own /local/domain/<domid> unless `domid` is given.
+ * The guest side: `path` is the xenbus device (default /dev/xen/xenbus) or a
+ * Unix socket that acts as this guest (a test xenstored). Paths are relative
+ * to the guest's own /local/domain/<domid>.
  */
-export function connectXenstoreGuest(options: XenstoreChannelTuning & { devicePath?: string; socketPath?: string; domid?: number } = {}): Connector {
-  const base = options.domid !== undefined ? `/local/domain/${options.domid}/${XENSTORE_CHANNEL_BASE}` : XENSTORE_CHANNEL_BASE;
-  const where = options.socketPath ?? options.devicePath ?? '/dev/xen/xenbus';
-  return new XenstoreConnector(
-    `xen-guest:${where}`,
-    () => (options.socketPath ? XenstoreClient.connect({ socketPath: options.socketPath }) : XenstoreClient.connectGuest(options.devicePath)),
-    { ...options, outDir: `${base}/to-host`, inDir: `${base}/to-guest` },
-  );
+export function connectXenstoreGuest(options: XenstoreChannelTuning & { path?: string } = {}): Connector {
+  const path = options.path ?? DEFAULT_XENBUS_DEVICE;
+  return new XenstoreConnector(`xen-guest:${path}`, () => XenstoreClient.connectGuest(path), {
+    ...options,
+    outDir: `${XENSTORE_CHANNEL_BASE}/to-host`,
+    inDir: `${XENSTORE_CHANNEL_BASE}/to-guest`,
+  });
 }

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { statSync } from 'node:fs';
 import {
   XsType, XsMessage, XsPermission, XenstoreError, MessageDecoder, XENSTORE_PAYLOAD_MAX,
   encodeMessage, strings, splitStrings, formatPerms, parsePerm, isValidPath,
@@ -249,9 +250,19 @@ export class XenstoreClient extends XenstoreOps {
     return new XenstoreClient(transport);
   }
 
-  /** Connect to the guest device (default /dev/xen/xenbus). */
-  static connectGuest(devicePath = DEFAULT_XENBUS_DEVICE): Promise<XenstoreClient> {
-    return XenstoreClient.connect({ devicePath });
+  /**
+   * Connect as the guest: the xenbus device (default /dev/xen/xenbus), or,
+   * when `path` is a Unix socket, a xenstored socket that serves this guest's
+   * view (the test server's listenDomain, a stand-in for the device).
+   */
+  static connectGuest(path = DEFAULT_XENBUS_DEVICE): Promise<XenstoreClient> {
+    let socket = false;
+    try {
+      socket = statSync(path).isSocket();
+    } catch {
+      // missing: openDevice names the cause
+    }
+    return XenstoreClient.connect(socket ? { socketPath: path } : { devicePath: path });
   }
 
   /** Called once when the connection ends (at once if it already has). */

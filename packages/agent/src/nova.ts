@@ -1,0 +1,189 @@
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { v1, PortholeError } from '@porthole/protocol';
+import { XenstoreClient } from '@porthole/xenstore';
+import { Agent } from './agent';
+import { writeFileAtomic } from './files';
+import { showPath } from './paths';
+import { AGENT_VERSION } from './version';
+
+/**
+ * Requests the way Xen hosts (Nova's xenapi "agent" plugin) send them to a
+ * guest agent: dom0 writes data/host/<id> = JSON {"name", "value"}; the agent
+ * deletes it and answers data/guest/<id> = JSON {"returncode", "message"}
+ * (both relative to the guest's /local/domain/<domid>). Return codes follow
+ * the classic Unix agent: "0" done, "404" no such command, "500" failed;
+ * Porthole adds "403" for a refusal by the owner's policy.
+ */
+
+export const NOVA_REQUEST_DIR = 'data/host';
+export const NOVA_REPLY_DIR = 'data/guest';
+
+export interface NovaReply {
+  returncode: string;
+  message: string;
+}
+
+/** Commands of the Nova agents that Porthole deliberately does not implement. */
+const NOT_SUPPORTED: Readonly<Record<string, string>> = {
+  password: 'setting the password',
+  key_init: 'the key exchange for setting the password',
+  resetnetwork: 'resetting the network configuration',
+  agentupdate: 'updating itself',
+  kmsactivate: 'Windows KMS activation',
+};
+
+/** A reply is one xenstore value: keep it well inside the guest's 2048-byte node limit. */
+const MAX_MESSAGE = 1024;
+
+class BadRequest extends Error {}
+
+function strictBase64(text: unknown, what: string): Buffer {
+  if (typeof text !== 'string') throw new BadRequest(`${what} must be a base64 string`);
+  const compact = text.replace(/\s+/g, '');
+  if (!/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(compact)) {
+    throw new BadRequest(`${what} is not valid base64`);
+  }
+  return Buffer.from(compact, 'base64');
+}
+
+const reply = (returncode: string, message: string): NovaReply => ({
+  returncode,
+  message: message.length > MAX_MESSAGE ? `${message.slice(0, MAX_MESSAGE)}…` : message,
+});
+
+/**
+ * Serves data/host on its own xenbus connection next to the channel's.
+ * `apply(false)` (the owner's nova.enabled = false) leaves data/host alone, so
+ * another agent can serve it.
+ */
+export class NovaRequests {
+  /** Bumped by every apply(): a serve loop of an older generation ends. */
+  private generation = 0;
+  private enabled = false;
+  private client?: XenstoreClient;
+  private readonly busy = new Set<string>();
+
+  constructor(private readonly options: { path: string; agent: Agent; retryMs?: number }) {}
+
+  private get log() {
+    return this.options.agent.log;
+  }
+
+  apply(enabled: boolean): void {
+    if (enabled === this.enabled) return;
+    this.enabled = enabled;
+    const gen = ++this.generation;
+    this.client?.close();
+    this.client = undefined;
+    if (enabled) void this.serve(gen);
+  }
+
+  stop(): void {
+    this.apply(false);
+  }
+
+  private async serve(gen: number): Promise<void> {
+    const retryMs = this.options.retryMs ?? 2000;
+    for (let failures = 0; gen === this.generation; failures++) {
+      try {
+        const client = await XenstoreClient.connectGuest(this.options.path);
+        if (gen !== this.generation) {
+          client.close();
+          return;
+        }
+        this.client = client;
+        failures = 0;
+        this.log.info('serving Nova-compatible requests', { at: `${NOVA_REQUEST_DIR}/<id>`, xenstore: client.description });
+        for await (const id of client.watchChildren(NOVA_REQUEST_DIR)) void this.handle(client, id);
+      } catch (err) {
+        if (gen === this.generation && failures % 30 === 0) {
+          this.log.warn('Nova-compatible requests: xenstore not available, retrying', { error: (err as Error).message });
+        }
+      }
+      if (gen === this.generation) await sleep(retryMs, undefined, { ref: false });
+    }
+  }
+
+  private async handle(client: XenstoreClient, id: string): Promise<void> {
+    if (this.busy.has(id)) return;
+    this.busy.add(id);
+    const started = Date.now();
+    const audit: Record<string, unknown> = { request: 'nova', requestId: id };
+    try {
+      const raw = await client.tryRead(`${NOVA_REQUEST_DIR}/${id}`);
+      if (raw === undefined) return; // already taken
+      await client.rm(`${NOVA_REQUEST_DIR}/${id}`);
+      const answer = await this.answer(id, raw, audit);
+      await client.write(`${NOVA_REPLY_DIR}/${id}`, JSON.stringify(answer));
+      const level = answer.returncode === '0' ? 'info' : 'warn';
+      this.log.log(level, 'request done', { ...audit, result: answer.returncode, error: answer.returncode === '0' ? undefined : answer.message, durationMs: Date.now() - started });
+    } catch (err) {
+      if (!client.closed) this.log.warn('Nova-compatible request could not be answered', { ...audit, error: (err as Error).message });
+    } finally {
+      this.busy.delete(id);
+    }
+  }
+
+  /** The reply for one request value. */
+  async answer(id: string, raw: Buffer, audit: Record<string, unknown> = {}): Promise<NovaReply> {
+    let request: { name?: unknown; value?: unknown };
+    try {
+      request = JSON.parse(raw.toString('utf8')) as typeof request;
+    } catch {
+      return reply('500', `request ${id} is not JSON`);
+    }
+    if (typeof request !== 'object' || request === null || typeof request.name !== 'string') return reply('500', "Request is missing 'name' key");
+    const name = request.name;
+    audit.request = `nova:${name}`;
+    try {
+      switch (name) {
+        case 'version':
+          return reply('0', AGENT_VERSION.replace(/^porthole-agent /, ''));
+        case 'features':
+          return reply('0', this.features().join(','));
+        case 'file_inject': {
+          const v = request.value as { b64_path?: unknown; b64_file?: unknown } | null;
+          if (typeof v !== 'object' || v === null) throw new BadRequest('file_inject needs a value {"b64_path", "b64_file"}');
+          return await this.inject(strictBase64(v.b64_path, 'b64_path'), strictBase64(v.b64_file, 'b64_file'), audit);
+        }
+        case 'injectfile': {
+          // The legacy form: base64 of "path,contents"; a path never contains the comma that separates them.
+          const both = strictBase64(request.value, 'injectfile value');
+          const comma = both.indexOf(0x2c);
+          if (comma < 0) throw new BadRequest('injectfile value must be base64 of "path,contents" (no comma found)');
+          return await this.inject(both.subarray(0, comma), both.subarray(comma + 1), audit);
+        }
+        default:
+          if (NOT_SUPPORTED[name]) {
+            return reply('404', `porthole-agent does not support ${name} (${NOT_SUPPORTED[name]}); it serves ${this.features().join(', ')}`);
+          }
+          return reply('404', `No such agent command '${name}'`);
+      }
+    } catch (err) {
+      if (err instanceof BadRequest) return reply('500', err.message);
+      const e = PortholeError.from(err);
+      const denied = e.code === v1.ErrorCode.ERROR_CODE_POLICY_DENIED;
+      return reply(denied ? '403' : '500', e.rule ? `${e.message} (${e.rule})` : e.message);
+    }
+  }
+
+  /** What Nova's plugin asks for before it injects (it picks file_inject over injectfile). */
+  private features(): string[] {
+    const inject = this.options.agent.currentPolicy.config.fileWrite.enabled ? ['file_inject', 'injectfile'] : [];
+    return ['version', 'features', ...inject];
+  }
+
+  /** Through the one atomic write path, under the owner's file_write policy. */
+  private async inject(path: Buffer, content: Buffer, audit: Record<string, unknown>): Promise<NovaReply> {
+    audit.path = showPath(path);
+    const { result } = await writeFileAtomic(
+      this.options.agent.fileContext,
+      `nova:${randomUUID()}`,
+      { path, mkdirParents: true, size: content.length, sizeKnown: true },
+      (async function* () { yield { offset: 0, data: content }; })(),
+    );
+    Object.assign(audit, { size: Number(result.size), sha256: result.sha256, mode: `0${(result.mode ?? 0).toString(8)}` });
+    return reply('0', `wrote ${showPath(path)} (${content.length} bytes, sha256 ${result.sha256})`);
+  }
+}

@@ -16,7 +16,10 @@ export interface ImagesPluginOptions {
 
 type Req = FastifyRequest<{ Params: { ticket: string; id: string }; Querystring: Record<string, string | undefined>; Body: unknown }>;
 
-const FEATURES = ['extents', 'zero', 'flush', 'finalize', 'cancel', 'checksum', 'import'];
+const FEATURES = ['extents', 'zero', 'flush', 'finalize', 'cancel', 'checksum'];
+const WRITE_FEATURES = ['zero', 'flush', 'finalize', 'cancel'];
+/** Parallel connections a client should open per ticket (what the CLI uses at most). */
+export const MAX_CONNECTIONS = 8;
 
 /** Loopback host names and addresses (what "local" means for plain HTTP and the control API). */
 export function isLoopback(host: string): boolean {
@@ -43,8 +46,6 @@ function checkLocal(request: FastifyRequest): void {
  */
 export const imagesPlugin: FastifyPluginAsync<ImagesPluginOptions> = async (app, opts) => {
   const svc = opts.service;
-  // Bodies of PUT are streamed straight to the image; no parser may buffer them.
-  app.addContentTypeParser('*', (_req, _payload, done) => done(null));
   app.setErrorHandler((err: Error & { statusCode?: number }, _request, reply) => {
     const status = err instanceof ImageError ? err.status : err.statusCode && err.statusCode < 500 ? err.statusCode : 500;
     if (err instanceof ImageError) reply.headers(err.headers);
@@ -83,17 +84,22 @@ export const imagesPlugin: FastifyPluginAsync<ImagesPluginOptions> = async (app,
     },
   });
 
-  app.put('/images/:ticket', async (request: Req, reply) => {
-    const t = svc.authorize(request.params.ticket, 'write');
-    if (request.headers['content-length'] === undefined) throw new ImageError(411, 'Content-Length is required');
-    const length = Number(request.headers['content-length']);
-    const cr = request.headers['content-range'];
-    const span = cr ? parseContentRange(cr, t.size) : { start: 0, end: length };
-    if (!cr && length > t.size) throw new ImageError(416, `body of ${length} bytes is larger than the image (${t.size} bytes)`, { 'content-range': `bytes */${t.size}` });
-    if (span.end - span.start !== length) throw new ImageError(400, `Content-Range covers ${span.end - span.start} bytes but Content-Length is ${length}`);
-    const written = await tracked(t, request, () => svc.write(t, span.start, request.raw));
-    if (request.query.flush === 'y') await svc.flush(t);
-    return reply.send({ written, resumeOffset: t.written.contiguousFromZero() });
+  await app.register(async (data) => {
+    // Bodies of PUT are streamed straight to the image whatever their content type: no parser may buffer them.
+    data.removeAllContentTypeParsers();
+    data.addContentTypeParser('*', (_req, _payload, done) => done(null));
+    data.put('/images/:ticket', async (request: Req, reply) => {
+      const t = svc.authorize(request.params.ticket, 'write');
+      if (request.headers['content-length'] === undefined) throw new ImageError(411, 'Content-Length is required');
+      const length = Number(request.headers['content-length']);
+      const cr = request.headers['content-range'];
+      const span = cr ? parseContentRange(cr, t.size) : { start: 0, end: length };
+      if (!cr && length > t.size) throw new ImageError(416, `body of ${length} bytes is larger than the image (${t.size} bytes)`, { 'content-range': `bytes */${t.size}` });
+      if (span.end - span.start !== length) throw new ImageError(400, `Content-Range covers ${span.end - span.start} bytes but Content-Length is ${length}`);
+      const written = await tracked(t, request, () => svc.write(t, span.start, request.raw));
+      if (request.query.flush === 'y') await svc.flush(t);
+      return reply.send({ written, resumeOffset: t.written.contiguousFromZero() });
+    });
   });
 
   app.patch('/images/:ticket', async (request: Req) => {
@@ -118,10 +124,13 @@ export const imagesPlugin: FastifyPluginAsync<ImagesPluginOptions> = async (app,
 
   app.delete('/images/:ticket', async (request: Req) => svc.cancel(svc.authorize(request.params.ticket, 'write')));
 
+  // OPTIONS * tells what the server can do; OPTIONS on a ticket narrows it to what that ticket allows.
   app.options('/images/:ticket', async (request: Req, reply) => {
-    if (request.params.ticket !== '*') anyOp(request.params.ticket);
-    reply.header('allow', 'OPTIONS, GET, HEAD, PUT, PATCH, DELETE');
-    return { features: FEATURES, ranges: 'bytes', maxConnections: 8 };
+    const ops = request.params.ticket === '*' ? ['read', 'write'] : anyOp(request.params.ticket).ops;
+    const methods = ['OPTIONS', ...(ops.includes('read') ? ['GET', 'HEAD'] : []), ...(ops.includes('write') ? ['PUT', 'PATCH', 'DELETE'] : [])];
+    reply.header('allow', methods.join(', '));
+    const features = ops.includes('write') ? FEATURES : FEATURES.filter((f) => !WRITE_FEATURES.includes(f));
+    return { features, ranges: 'bytes', maxConnections: MAX_CONNECTIONS };
   });
 
   app.get('/images/:ticket/info', async (request: Req) => anyOp(request.params.ticket).status());

@@ -119,7 +119,8 @@ export class ImageService {
 
   /** The ticket behind an id; unknown ids get the same answer whether they never existed or were forgotten. */
   get(id: string): Ticket {
-    const t = typeof id === 'string' ? this.tickets.get(id) : undefined;
+    if (typeof id !== 'string' || id === '') throw new ImageError(403, 'no ticket given: data requests go to /images/<ticket id>');
+    const t = this.tickets.get(id);
     if (!t) throw new ImageError(403, 'no such ticket');
     return t;
   }
@@ -276,28 +277,42 @@ export class ImageService {
    * hidden ".NAME.refused" so nothing opens it by its name.
    */
   async finalize(t: Ticket): Promise<TicketStatus> {
-    await this.flush(t);
-    const report = await checkImage(t.path, { maxVirtualSize: t.maxVirtualSize, expectFormat: t.format });
-    t.check = report;
-    if (!report.ok) {
-      t.state = 'refused';
-      t.endedAt = Date.now();
-      t.closeConnections();
-      if (t.mode === 'new') await unlink(t.path).catch(() => undefined);
-      else await rename(t.path, join(this.storageDir, `.${t.image}.refused`));
-      throw new ImageError(422, `image refused: ${report.reason}`);
-    }
+    if (t.finalizing) throw new ImageError(409, 'finalize is already running for this ticket');
     if (t.mode === 'new') {
-      try {
-        await link(t.path, t.finalPath);
-      } catch (err) {
-        throw new ImageError(409, `cannot publish image ${t.image}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'the name was taken meanwhile' : (err as Error).message}`);
+      // A cut or partial upload must never be published; zero ranges count as written (clients skip holes that way).
+      const gaps = t.written.missing(t.size);
+      if (gaps.length) {
+        const first = gaps[0];
+        throw new ImageError(409, `upload incomplete: ${t.size - t.written.covered()} bytes not written yet (first gap ${first.start}-${first.end - 1}); resume at byte ${first.start}`);
       }
-      await unlink(t.path);
-      t.path = t.finalPath;
     }
-    t.state = 'finalized';
-    return t.status();
+    t.finalizing = true;
+    try {
+      await this.flush(t);
+      const report = await checkImage(t.path, { maxVirtualSize: t.maxVirtualSize, expectFormat: t.format });
+      t.check = report;
+      if (!report.ok) {
+        t.state = 'refused';
+        t.endedAt = Date.now();
+        t.closeConnections();
+        if (t.mode === 'new') await unlink(t.path).catch(() => undefined);
+        else await rename(t.path, join(this.storageDir, `.${t.image}.refused`));
+        throw new ImageError(422, `image refused: ${report.reason}`);
+      }
+      if (t.mode === 'new') {
+        try {
+          await link(t.path, t.finalPath);
+        } catch (err) {
+          throw new ImageError(409, `cannot publish image ${t.image}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'the name was taken meanwhile' : (err as Error).message}`);
+        }
+        await unlink(t.path);
+        t.path = t.finalPath;
+      }
+      t.state = 'finalized';
+      return t.status();
+    } finally {
+      t.finalizing = false;
+    }
   }
 
   /** Discards a staged upload (only a new image; an in-place ticket cannot undo its writes). */
@@ -328,8 +343,13 @@ export class ImageService {
     void finished.then(
       async () => {
         this.imports.delete(t.id);
-        progress.state = 'done';
-        await this.finalize(t).catch((err: Error) => Object.assign(progress, { state: 'failed', error: err.message }));
+        // "done" only once the image is checked and published under its name; reads are refused until then.
+        try {
+          await this.finalize(t);
+          progress.state = 'done';
+        } catch (err) {
+          Object.assign(progress, { state: 'failed', error: (err as Error).message });
+        }
       },
       async (err: Error) => {
         this.imports.delete(t.id);

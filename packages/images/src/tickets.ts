@@ -72,6 +72,8 @@ export class Ticket {
   bytesWritten = 0;
   importProgress?: ImportProgress;
   check?: FormatReport;
+  /** Set while the format check of finalize runs: writes then would change what is being checked. */
+  finalizing = false;
 
   constructor(
     readonly image: string,
@@ -113,6 +115,7 @@ export class Ticket {
     if (!this.ops.includes(op)) throw new ImageError(403, `ticket does not allow ${op}`);
     if (this.importRunning()) throw new ImageError(409, 'the image is still being imported');
     if (op === 'write' && this.state === 'finalized') throw new ImageError(409, 'upload already finalized; writes are closed');
+    if (op === 'write' && this.finalizing) throw new ImageError(409, 'the upload is being finalized; writes are closed');
     this.lastActivity = Date.now();
   }
 

@@ -1,0 +1,244 @@
+// `porthole image ...`: run the image server, manage tickets, upload, download and import images.
+// Registered into the porthole CLI by the broker.
+import { readFileSync, statSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Command, Option } from 'commander';
+import { downloadImage, ImageEndpoint, readCa, uploadImage } from './client';
+import { createImageServer } from './server';
+import type { TicketOp, TicketStatus } from './tickets';
+
+/** Where the CLI finds a local image server unless told otherwise. */
+export const DEFAULT_SERVER = process.env.PORTHOLE_IMAGES ?? 'unix:/run/porthole/images.sock';
+
+interface ClientFlags {
+  server: string;
+  url?: string;
+  ticket?: string;
+  ca?: string;
+  insecure?: boolean;
+  connections: string;
+  resume?: boolean;
+  json?: boolean;
+  timeout: string;
+  inactivityTimeout: string;
+  format?: 'raw' | 'qcow2';
+}
+
+const int = (what: string, min: number, max = Number.MAX_SAFE_INTEGER) => (v: string): string => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`${what} must be an integer ${min}..${max}, not ${JSON.stringify(v)}`);
+  return v;
+};
+
+function progress(label: string): { update(done: number, total: number): void; stop(): void } {
+  if (!process.stderr.isTTY) return { update() {}, stop() {} };
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress');
+  const bar = new SingleBar({ stream: process.stderr, format: `${label} {bar} {percentage}% | {value}/{total} bytes | {speed} MiB/s | eta {eta}s`, hideCursor: true }, Presets.shades_classic);
+  const started = Date.now();
+  let running = false;
+  return {
+    update(done, total) {
+      const speed = ((done / 2 ** 20) / Math.max(0.001, (Date.now() - started) / 1000)).toFixed(1);
+      if (!running) bar.start(total, done, { speed });
+      running = true;
+      bar.update(done, { speed });
+    },
+    stop: () => running && bar.stop(),
+  };
+}
+
+function endpoint(o: ClientFlags): ImageEndpoint {
+  if (o.url && !o.ticket) throw new Error('--url needs --ticket (tickets are created through the local --server)');
+  return new ImageEndpoint(o.url ?? o.server, { ca: readCa(o.ca), insecure: o.insecure, connections: Number(o.connections) });
+}
+
+function print(o: { json?: boolean }, value: unknown, human: string): void {
+  process.stdout.write((o.json ? JSON.stringify(value) : human) + '\n');
+}
+
+/** Runs an action; a failure prints its cause (and a hint, when there is one) and sets exit code 1. */
+function act<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      process.stderr.write(`porthole: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
+  };
+}
+
+function clientOptions(cmd: Command, connections: boolean): Command {
+  cmd
+    .option('--server <addr>', 'local image server with the ticket control API: unix:PATH or http://127.0.0.1:PORT', DEFAULT_SERVER)
+    .option('--url <addr>', 'image data server to use with --ticket (https://HOST:PORT), e.g. a remote one')
+    .option('--ticket <id>', 'use this existing ticket instead of creating one through --server')
+    .option('--ca <file>', 'PEM CA to trust for https')
+    .option('--insecure', 'do not verify the https certificate')
+    .option('--json', 'print the result as JSON');
+  if (connections) cmd.option('--connections <n>', 'parallel connections', int('--connections', 1, 16), '4').option('--resume', 'continue an earlier transfer that was cut');
+  return cmd;
+}
+
+const ticketFlags = (cmd: Command): Command =>
+  cmd
+    .option('--timeout <seconds>', 'ticket lifetime', int('--timeout', 1, 30 * 86400), '3600')
+    .option('--inactivity-timeout <seconds>', 'ticket expires after this long without requests (0: never)', int('--inactivity-timeout', 0, 30 * 86400), '300')
+    .addOption(new Option('--format <format>', 'format the image must have').choices(['raw', 'qcow2']));
+
+function describe(t: TicketStatus): string {
+  const lines = [
+    `ticket ${t.id}`,
+    `  image ${t.image} (${t.size} bytes, ${t.mode}), ops ${t.ops.join(',')}, state ${t.state}`,
+    `  expires ${t.expires}, idle ${t.idleSeconds} s of ${t.inactivityTimeout || '∞'}, ${t.activeConnections} connection(s)`,
+    `  transferred: read ${t.transferred.read}, written ${t.transferred.written}; upload covers ${t.upload.covered} bytes, resume at ${t.upload.resumeOffset}`,
+  ];
+  if (t.import) lines.push(`  import ${t.import.url}: ${t.import.state}, ${t.import.bytes}/${t.import.total ?? '?'} bytes, attempt ${t.import.attempts}${t.import.error ? `, ${t.import.error}` : ''}`);
+  if (t.check) lines.push(`  check: ${t.check.ok ? `ok, ${t.check.format}${t.check.content ? ` (${t.check.content})` : ''}, virtual size ${t.check.virtualSize}` : `refused: ${t.check.reason}`}`);
+  return lines.join('\n');
+}
+
+export function registerImageCommands(program: Command): Command {
+  const image = program.command('image').description('image transfer: serve a storage directory, tickets, upload, download, import from a URL');
+
+  image
+    .command('serve')
+    .description('run the ticketed image data server over a storage directory (https, or plain http on loopback / a Unix socket)')
+    .requiredOption('--storage <dir>', 'directory holding the images')
+    .option('--listen <addr...>', 'unix:PATH or tcp:HOST:PORT; tcp on a non-loopback address needs --cert/--key', [DEFAULT_SERVER])
+    .option('--cert <file>', 'PEM certificate (chain) for https')
+    .option('--key <file>', 'PEM private key for https')
+    .option('--default-timeout <seconds>', 'ticket lifetime when a request names none', int('--default-timeout', 1), '300')
+    .option('--default-inactivity-timeout <seconds>', 'inactivity timeout when a request names none', int('--default-inactivity-timeout', 0), '60')
+    .action(act(async (o: { storage: string; listen: string[]; cert?: string; key?: string; defaultTimeout: string; defaultInactivityTimeout: string }) => {
+      if (!!o.cert !== !!o.key) throw new Error('--cert and --key go together');
+      const server = await createImageServer({
+        storageDir: o.storage,
+        listen: o.listen,
+        defaultTimeout: Number(o.defaultTimeout),
+        defaultInactivityTimeout: Number(o.defaultInactivityTimeout),
+        ...(o.cert && o.key ? { tls: { cert: readFileSync(o.cert), key: readFileSync(o.key) } } : {}),
+      });
+      for (const u of server.urls) process.stdout.write(`image server listening on ${u}\n`);
+      process.stdout.write(`upload page: <server>/upload#ticket=<ticket id>\n`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await server.close();
+    }));
+
+  clientOptions(ticketFlags(image.command('upload <file> <name>')), true)
+    .description('upload a local disk image or ISO as NAME (format-checked before it is published)')
+    .action(act(async (file: string, name: string, o: ClientFlags) => {
+      const size = statSync(file).size;
+      const ep = endpoint(o);
+      let ticket = o.ticket;
+      let created = false;
+      try {
+        if (!ticket && o.resume) {
+          const open = (await ep.listTickets()).find((t) => t.image === name && t.mode === 'new' && t.state === 'active' && t.ops.includes('write'));
+          if (!open) throw new Error(`--resume: there is no unfinished upload of ${name} on ${o.server}`);
+          ticket = open.id;
+        }
+        if (!ticket) {
+          const ops: TicketOp[] = ['write'];
+          ticket = (await ep.createTicket({ image: name, size, ops, timeout: Number(o.timeout), inactivityTimeout: Number(o.inactivityTimeout), ...(o.format ? { format: o.format } : {}) })).id;
+          created = true;
+        }
+        const bar = progress(`upload ${name}`);
+        const result = await uploadImage(ep, ticket, file, { connections: Number(o.connections), resume: o.resume, onProgress: (d, t) => bar.update(d, t) }).finally(() => bar.stop());
+        const c = result.status.check;
+        print(o, { ok: true, image: name, size, sent: result.sent, check: c }, `${name}: ${size} bytes uploaded (${result.sent} sent now)${c ? `, ${c.format}${c.content ? ` (${c.content})` : ''}` : ''}`);
+        if (created) await ep.revokeTicket(ticket);
+      } catch (err) {
+        const hint = ticket && !/refused|differ/.test((err as Error).message) ? ` (resume with: porthole image upload ${file} ${name} --resume${o.ticket || o.url ? ` --ticket ${ticket}` : ''})` : '';
+        throw new Error(`${(err as Error).message}${hint}`);
+      } finally {
+        ep.close();
+      }
+    }));
+
+  clientOptions(image.command('download <name> <file>'), true)
+    .description('download image NAME to FILE (written as FILE.part, renamed when complete)')
+    .action(act(async (name: string, file: string, o: ClientFlags) => {
+      const ep = endpoint(o);
+      let created: string | undefined;
+      try {
+        const ticket = o.ticket ?? (created = (await ep.createTicket({ image: name, ops: ['read'], timeout: 3600, inactivityTimeout: 300 })).id);
+        const bar = progress(`download ${name}`);
+        const r = await downloadImage(ep, ticket, file, { connections: Number(o.connections), resume: o.resume, onProgress: (d, t) => bar.update(d, t) }).finally(() => bar.stop());
+        print(o, { ok: true, image: name, file, size: r.size, fetched: r.fetched }, `${file}: ${r.size} bytes (${r.fetched} fetched now, the rest zero extents or resumed)`);
+      } catch (err) {
+        throw new Error(`${(err as Error).message}${o.resume ? '' : ` (resume with --resume${o.ticket ? ` --ticket ${o.ticket}` : ''})`}`);
+      } finally {
+        if (created) await ep.revokeTicket(created).catch(() => undefined);
+        ep.close();
+      }
+    }));
+
+  ticketFlags(image.command('import <url> <name>'))
+    .description('have the server download an https URL into image NAME (resumes after a cut; checked before it is published)')
+    .option('--server <addr>', 'local image server', DEFAULT_SERVER)
+    .option('--ca <file>', 'PEM CA the server should trust for this URL')
+    .option('--no-wait', 'print the ticket and return; progress is in `porthole image ticket status`')
+    .option('--json', 'print the final ticket status as JSON')
+    .action(act(async (url: string, name: string, o: ClientFlags & { wait: boolean }) => {
+      const ep = endpoint({ ...o, url: undefined, connections: '1' });
+      try {
+        const ca = o.ca ? readFileSync(o.ca, 'utf8') : undefined;
+        let t = await ep.importUrl({ url, image: name, timeout: Number(o.timeout), inactivityTimeout: Number(o.inactivityTimeout), ...(ca ? { ca } : {}), ...(o.format ? { format: o.format } : {}) });
+        const bar = progress(`import ${name}`);
+        while (o.wait && t.import?.state === 'running') {
+          bar.update(t.import.bytes, t.import.total ?? 0);
+          await sleep(300);
+          t = await ep.ticketStatus(t.id);
+        }
+        bar.stop();
+        print(o, t, describe(t));
+        if (o.wait && t.import?.state !== 'done') process.exitCode = 1;
+      } finally {
+        ep.close();
+      }
+    }));
+
+  const ticket = image.command('ticket').description('create, inspect, extend and revoke tickets on a local image server');
+  const control = (cmd: Command) => cmd.option('--server <addr>', 'local image server', DEFAULT_SERVER).option('--json', 'print JSON');
+  const withEp = async (o: { server: string }, fn: (ep: ImageEndpoint) => Promise<void>) => {
+    const ep = new ImageEndpoint(o.server, { connections: 1 });
+    try {
+      await fn(ep);
+    } finally {
+      ep.close();
+    }
+  };
+  control(ticketFlags(ticket.command('create <name>')))
+    .description('create a ticket for image NAME (a new image needs --size)')
+    .option('--size <bytes>', 'size of a new image', int('--size', 0))
+    .option('--ops <ops>', 'read, write or read,write', 'read')
+    .action(act(async (name: string, o: ClientFlags & { size?: string; ops: string }) => withEp(o, async (ep) => {
+      const t = await ep.createTicket({
+        image: name, ops: o.ops.split(',').map((s) => s.trim()) as TicketOp[], timeout: Number(o.timeout), inactivityTimeout: Number(o.inactivityTimeout),
+        ...(o.size !== undefined ? { size: Number(o.size) } : {}), ...(o.format ? { format: o.format } : {}),
+      });
+      print(o, t, `${describe(t)}\n  data URL: <server>/images/${t.id}   upload page: <server>/upload#ticket=${t.id}`);
+    })));
+  control(ticket.command('status <id>')).description('show a ticket').action(act(async (id: string, o: ClientFlags) => withEp(o, async (ep) => {
+    const t = await ep.ticketStatus(id);
+    print(o, t, describe(t));
+  })));
+  control(ticket.command('list')).description('list tickets').action(act(async (o: ClientFlags) => withEp(o, async (ep) => {
+    const all = await ep.listTickets();
+    print(o, all, all.map(describe).join('\n') || 'no tickets');
+  })));
+  control(ticket.command('extend <id> <seconds>')).description('make the ticket expire SECONDS from now').action(act(async (id: string, seconds: string, o: ClientFlags) => withEp(o, async (ep) => {
+    const t = await ep.extendTicket(id, Number(int('seconds', 1, 30 * 86400)(seconds)));
+    print(o, t, describe(t));
+  })));
+  control(ticket.command('revoke <id>')).description('end the ticket now and close its connections').action(act(async (id: string, o: ClientFlags) => withEp(o, async (ep) => {
+    const t = await ep.revokeTicket(id);
+    print(o, t, describe(t));
+  })));
+  return image;
+}

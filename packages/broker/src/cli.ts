@@ -4,6 +4,7 @@ import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
 import { connect, describeError, PortholeClient } from './client';
 import { parseManifest } from './manifest';
+import { registerServeCommand } from './serve/command';
 import { BROKER_VERSION } from './version';
 
 /** Exit codes of `porthole` (besides a remote command's own code for `exec`). */
@@ -240,6 +241,7 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
       }
     });
 
+  registerServeCommand(program, EXIT);
   mountPluginCommands(program);
   program.addOption(new Option('--debug').hideHelp());
   return program;

@@ -253,8 +253,8 @@ export class PortholeClient extends EventEmitter {
       const path = Buffer.isBuffer(options.path) ? options.path : Buffer.from(options.path);
       const request: v1.FileWriteRequest.$Properties = {
         path,
-        size: content.size ?? 0,
-        sizeKnown: content.size !== undefined,
+        size: content.size ?? options.size ?? 0,
+        sizeKnown: (content.size ?? options.size) !== undefined,
         sha256: options.sha256 ?? '',
         owner: principal(options.owner),
         group: principal(options.group),

@@ -36,6 +36,16 @@ const NOT_SUPPORTED: Readonly<Record<string, string>> = {
 /** A reply is one xenstore value: keep it well inside the guest's 2048-byte node limit. */
 const MAX_MESSAGE = 1024;
 
+/**
+ * Nova's plugin reads replies with xenstore-read, which escapes backslashes
+ * and bytes outside printable ASCII: anything JSON would escape, or that would
+ * be escaped, breaks its json.loads. So messages stay printable ASCII without
+ * quotes or backslashes.
+ */
+function plainAscii(text: string): string {
+  return text.replace(/"/g, "'").replace(/\\/g, '/').replace(/[^\x20-\x7e]/g, '?');
+}
+
 class BadRequest extends Error {}
 
 function strictBase64(text: unknown, what: string): Buffer {
@@ -49,7 +59,7 @@ function strictBase64(text: unknown, what: string): Buffer {
 
 const reply = (returncode: string, message: string): NovaReply => ({
   returncode,
-  message: message.length > MAX_MESSAGE ? `${message.slice(0, MAX_MESSAGE)}…` : message,
+  message: plainAscii(message.length > MAX_MESSAGE ? `${message.slice(0, MAX_MESSAGE)}...` : message),
 });
 
 /**
@@ -144,14 +154,14 @@ export class NovaRequests {
           return reply('0', this.features().join(','));
         case 'file_inject': {
           const v = request.value as { b64_path?: unknown; b64_file?: unknown } | null;
-          if (typeof v !== 'object' || v === null) throw new BadRequest('file_inject needs a value {"b64_path", "b64_file"}');
+          if (typeof v !== 'object' || v === null) throw new BadRequest('file_inject needs a value with b64_path and b64_file');
           return await this.inject(strictBase64(v.b64_path, 'b64_path'), strictBase64(v.b64_file, 'b64_file'), audit);
         }
         case 'injectfile': {
           // The legacy form: base64 of "path,contents"; a path never contains the comma that separates them.
           const both = strictBase64(request.value, 'injectfile value');
           const comma = both.indexOf(0x2c);
-          if (comma < 0) throw new BadRequest('injectfile value must be base64 of "path,contents" (no comma found)');
+          if (comma < 0) throw new BadRequest('injectfile value must be base64 of path,contents (no comma found)');
           return await this.inject(both.subarray(0, comma), both.subarray(comma + 1), audit);
         }
         default:

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface TestCert {
@@ -31,4 +31,47 @@ export function makeTestIso(dir: string, volume: string, fileName = 'test.iso'):
   const iso = join(dir, fileName);
   execFileSync('xorriso', ['-as', 'mkisofs', '-V', volume, '-o', iso, root], { stdio: 'ignore' });
   return iso;
+}
+
+const LOCAL_CA_DIR = '/usr/local/share/ca-certificates';
+const SYSTEM_CERTS_DIR = '/etc/ssl/certs';
+const TEST_CA_PREFIX = 'porthole-test-ca-';
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes one test CA out of the system store: its file, the .pem and hash links update-ca-certificates made, the bundle. */
+function untrust(name: string): void {
+  rmSync(join(LOCAL_CA_DIR, `${name}.crt`), { force: true });
+  // update-ca-certificates only prunes links when it also adds one, so remove ours ourselves.
+  for (const entry of readdirSync(SYSTEM_CERTS_DIR)) {
+    const path = join(SYSTEM_CERTS_DIR, entry);
+    if (lstatSync(path).isSymbolicLink() && (entry === `${name}.pem` || readlinkSync(path) === `${name}.pem`)) rmSync(path);
+  }
+  execFileSync('update-ca-certificates', [], { stdio: 'ignore' });
+}
+
+/**
+ * Adds a test CA to the system trust store with update-ca-certificates (QEMU's curl driver trusts only that store and
+ * has no CA option); the returned function removes it again. Also removes CAs left by test runs that died. Needs root.
+ */
+export function trustSystemWide(caFile: string): () => void {
+  for (const f of readdirSync(LOCAL_CA_DIR)) {
+    const m = new RegExp(`^(${TEST_CA_PREFIX}(\\d+))\\.crt$`).exec(f);
+    if (m && Number(m[2]) !== process.pid && !pidAlive(Number(m[2]))) untrust(m[1]);
+  }
+  const name = `${TEST_CA_PREFIX}${process.pid}`;
+  try {
+    copyFileSync(caFile, join(LOCAL_CA_DIR, `${name}.crt`));
+  } catch (err) {
+    throw new Error(`cannot add the test CA to ${LOCAL_CA_DIR} (${(err as NodeJS.ErrnoException).code}): this test needs root`);
+  }
+  execFileSync('update-ca-certificates', [], { stdio: 'ignore' });
+  return () => untrust(name);
 }

@@ -143,7 +143,20 @@ export function buildOverlay(options: GuestOptions, out: string): void {
   }
 }
 
-/** Base + overlay in one file (QEMU takes one -initrd). */
+/** Base + overlay in one file (QEMU and boot loaders take one initramfs). */
 export function concatInitramfs(base: string, overlay: string, out: string): void {
   execFileSync('sh', ['-c', 'cat "$1" "$2" > "$3"', 'sh', base, overlay, out]);
+}
+
+/** This guest's whole initramfs (cached base + its overlay) at `out`; returns the kernel to boot it with. */
+export function buildGuestInitramfs(options: GuestOptions, out: string, log: (m: string) => void = () => undefined): { kernel: string } {
+  const base = prepareBaseImage(log);
+  const overlay = `${out}.overlay`;
+  try {
+    buildOverlay(options, overlay);
+    concatInitramfs(base.initramfs, overlay, out);
+  } finally {
+    rmSync(overlay, { force: true });
+  }
+  return { kernel: base.kernel };
 }

@@ -4,7 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectQmpSocket, QmpConnection } from '@porthole/media';
 import { AGENT_PORT_NAME, QGA_PORT_NAME, rawPortName } from './guest-files';
-import { buildOverlay, concatInitramfs, GuestOptions, prepareBaseImage } from './guest-image';
+import { buildGuestInitramfs, GuestOptions } from './guest-image';
+
+/** The guest kernel's command line, for direct kernel boot and boot media alike. */
+export const GUEST_KERNEL_CMDLINE = 'console=ttyS0 panic=-1 quiet loglevel=3';
 
 export interface BootOptions extends GuestOptions {
   memoryMb?: number;
@@ -17,6 +20,11 @@ export interface BootOptions extends GuestOptions {
   floppy?: string;
   /** More QEMU arguments, as they are. */
   qemuArgs?: string[];
+  /**
+   * Boot through the firmware from a device in qemuArgs (e.g. a CD with bootindex=0) instead of loading the test
+   * bed's kernel and initramfs directly; the guest options then live on that medium (see buildBootIso).
+   */
+  firmwareBoot?: boolean;
   /** Wait for this console line before returning (default: the test bed's "services started"). */
   readyPattern?: RegExp;
   bootTimeoutMs?: number;
@@ -110,13 +118,16 @@ const QEMU = 'qemu-system-x86_64';
  */
 export async function bootVm(options: BootOptions = {}): Promise<Vm> {
   const log = options.log ?? (() => undefined);
-  const base = prepareBaseImage(log);
+  if (options.firmwareBoot && (options.agent || options.agentConfig !== undefined || options.bootScript || options.files)) {
+    throw new Error('bootVm: with firmwareBoot, agent, agentConfig, bootScript and files belong on the boot medium (buildBootIso)');
+  }
   const dir = mkdtempSync(join(tmpdir(), 'porthole-vm-'));
-  const overlay = join(dir, 'overlay.cpio');
-  buildOverlay(options, overlay);
-  const initramfs = join(dir, 'initramfs.cpio');
-  concatInitramfs(base.initramfs, overlay, initramfs);
-  rmSync(overlay);
+  let kernelArgs: string[] = [];
+  if (!options.firmwareBoot) {
+    const initramfs = join(dir, 'initramfs.cpio');
+    const { kernel } = buildGuestInitramfs(options, initramfs, log);
+    kernelArgs = ['-kernel', kernel, '-initrd', initramfs, '-append', GUEST_KERNEL_CMDLINE];
+  }
 
   const agentSock = join(dir, 'agent.sock');
   const qmpSock = join(dir, 'qmp.sock');
@@ -125,8 +136,7 @@ export async function bootVm(options: BootOptions = {}): Promise<Vm> {
     '-accel', 'tcg', '-machine', 'pc', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', String(options.memoryMb ?? 1536),
     '-display', 'none', '-monitor', 'none', '-no-reboot', '-nodefaults',
     '-chardev', `file,id=console,path=${consoleLog}`, '-serial', 'chardev:console',
-    '-kernel', base.kernel, '-initrd', initramfs,
-    '-append', 'console=ttyS0 panic=-1 quiet loglevel=3',
+    ...kernelArgs,
     '-qmp', `unix:${qmpSock},server=on,wait=off`,
     '-device', 'virtio-serial-pci,id=vser0',
     '-chardev', `socket,id=agent,path=${agentSock},server=on,wait=off`,

@@ -10,4 +10,5 @@ export { NovaRequests, NovaReply, NOVA_REQUEST_DIR, NOVA_REPLY_DIR } from './nov
 export { showPath, normalize, isWithin } from './paths';
 export { AGENT_VERSION } from './version';
 export { main } from './main';
+export { applyPayloadMedium, probeMedium, PayloadWatcher, ApplyOptions, MediumSource, MediumProbe, WatcherOptions, currentBootId } from './payload';
 export { startAgent, StartAgentOptions, RunningAgent } from './start';

@@ -5,6 +5,7 @@ import { connectorFor, xenbusPathOf } from './channels';
 import { NovaRequests } from './nova';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
 import { AGENT_VERSION } from './version';
+import { PayloadWatcher } from './payload';
 
 export interface StartAgentOptions {
   /** `--channel` syntax; default virtio:org.porthole.agent.0. */
@@ -41,6 +42,9 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
   const xenbus = xenbusPathOf(channel);
   const nova = xenbus !== undefined ? new NovaRequests({ path: xenbus, agent }) : undefined;
   nova?.apply(loaded.config.nova.enabled);
+  // Payload media are looked for at start and then polled (see payload.ts); the policy is read on every pass.
+  const payloads = new PayloadWatcher(agent);
+  payloads.start();
   return {
     agent,
     log,
@@ -58,6 +62,7 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
       }
     },
     stop() {
+      payloads.stop();
       agent.stop();
       nova?.stop();
     },

@@ -8,7 +8,7 @@ export const rawPortName = (n: number) => `org.porthole.raw.${n}`;
 export const GUEST_MODULES = [
   'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_console',
   'scsi_common', 'scsi_mod', 'cdrom', 'sr_mod', 'libata', 'ata_piix', 'ata_generic', 'libahci', 'ahci',
-  'isofs', 'floppy', 'fat', 'vfat',
+  'isofs', 'floppy', 'fat', 'vfat', 'nls_cp437', 'nls_ascii',
 ];
 
 /**

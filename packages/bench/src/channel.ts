@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Session, Stream, CHUNK_SIZE, crc32cIsNative } from '@porthole/protocol';
-import { SocketChannel, UnixSocketConnector } from '@porthole/transport';
+import { Channel, SocketChannel, UnixSocketConnector } from '@porthole/transport';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
 
 type Mode = 'raw' | 'porthole';
@@ -25,18 +25,22 @@ function farSide(path: string, mode: Mode): void {
       });
       return;
     }
-    const channel = new SocketChannel(socket, 'bench-far');
-    new Session(channel, {
-      role: 'agent',
-      hello: { softwareVersion: 'bench' },
-      onStream: (stream: Stream) => void (async () => {
-        for await (const m of stream) void m;
-        if (stream.open.request === 'info') await stream.send({ info: {} });
-        stream.end();
-      })().catch(() => undefined),
-    });
+    serveAsAgent(new SocketChannel(socket, 'bench-far'));
   });
   server.listen(path, () => parentPort!.postMessage('listening'));
+}
+
+/** An "agent" session that discards what is written to it and answers info: the protocol cost without the disk. */
+export function serveAsAgent(channel: Channel): Session {
+  return new Session(channel, {
+    role: 'agent',
+    hello: { softwareVersion: 'bench' },
+    onStream: (stream: Stream) => void (async () => {
+      for await (const m of stream) void m;
+      if (stream.open.request === 'info') await stream.send({ info: {} });
+      stream.end();
+    })().catch(() => undefined),
+  });
 }
 
 if (!isMainThread && (workerData as { benchChannel?: boolean })?.benchChannel) {
@@ -81,14 +85,18 @@ async function smallRequest(session: Session): Promise<number> {
   return performance.now() - t;
 }
 
-async function portholeRun(bytes: number): Promise<{ ms: number; idle: number[]; loaded: number[] }> {
-  const far = await startFar('porthole', bytes);
-  const session = new Session(await new UnixSocketConnector(far.path).connect(), {
-    role: 'broker', hello: { softwareVersion: 'bench' }, keepaliveIntervalMs: 0,
-  });
-  await session.ready();
+export interface SessionFigures {
+  /** Time of the bulk write. */
+  ms: number;
+  /** Small-request times with nothing else going on, then during the bulk write. */
+  idle: number[];
+  loaded: number[];
+}
+
+/** `idleRequests` small requests, then a `bytes` file-write stream with small requests alongside it. */
+export async function measureSession(session: Session, bytes: number, idleRequests = 200): Promise<SessionFigures> {
   const idle: number[] = [];
-  for (let i = 0; i < 200; i++) idle.push(await smallRequest(session));
+  for (let i = 0; i < idleRequests; i++) idle.push(await smallRequest(session));
   const chunk = randomBytes(CHUNK_SIZE);
   const t0 = performance.now();
   let bulkDone = false;
@@ -106,11 +114,22 @@ async function portholeRun(bytes: number): Promise<{ ms: number; idle: number[];
     await new Promise((r) => setTimeout(r, 5));
   }
   await bulk;
-  const ms = performance.now() - t0;
-  session.close();
-  await far.worker.terminate();
-  rmSync(far.dir, { recursive: true, force: true });
-  return { ms, idle, loaded };
+  return { ms: performance.now() - t0, idle, loaded };
+}
+
+async function portholeRun(bytes: number): Promise<SessionFigures> {
+  const far = await startFar('porthole', bytes);
+  const session = new Session(await new UnixSocketConnector(far.path).connect(), {
+    role: 'broker', hello: { softwareVersion: 'bench' }, keepaliveIntervalMs: 0,
+  });
+  await session.ready();
+  try {
+    return await measureSession(session, bytes);
+  } finally {
+    session.close();
+    await far.worker.terminate();
+    rmSync(far.dir, { recursive: true, force: true });
+  }
 }
 
 export async function benchChannel(opts: { bytes?: number } = {}): Promise<BenchTable> {

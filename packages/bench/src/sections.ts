@@ -1,5 +1,6 @@
 import { BenchTable } from './table';
 import { benchChannel } from './channel';
+import { benchXenstore } from './xenstore';
 
 export interface BenchSection {
   name: string;
@@ -9,4 +10,5 @@ export interface BenchSection {
 /** In the order they run. */
 export const SECTIONS: BenchSection[] = [
   { name: 'channel', run: () => benchChannel() },
+  { name: 'xenstore', run: () => benchXenstore() },
 ];

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { open, rename, rm, stat, writeFile, readFile } from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -309,32 +309,33 @@ export async function downloadImage(ep: ImageEndpoint, ticket: string, file: str
   await saveState();
   const meter = progressMeter(done.covered(), size, opts.onProgress);
   let fetched = 0;
+  await parallel(chunks(done.missing(size), opts.chunkSize ?? 64 * MiB), opts.connections ?? 4, (c) =>
+    withRetries(opts.attempts ?? 3, async () => {
+      const what = `GET bytes ${c.start}-${c.end - 1}`;
+      const res = await ep.request('GET', dataPath(ticket), { headers: { range: `bytes=${c.start}-${c.end - 1}` } });
+      if ((res.statusCode ?? 0) >= 400) await readJson(res, what);
+      if (res.statusCode !== 206) {
+        res.destroy();
+        throw new ImageClientError(502, `${what}: the server answered ${res.statusCode}, not 206`);
+      }
+      const undo = meter.track(res);
+      let moved = 0;
+      res.on('data', (b: Buffer) => (moved += b.length));
+      try {
+        await pipeline(res, createWriteStream(part, { flags: 'r+', start: c.start, highWaterMark: MiB }));
+        if (moved !== c.end - c.start) throw new ImageClientError(0, `${what}: the connection ended after ${moved} bytes`);
+      } catch (err) {
+        undo();
+        throw err instanceof ImageClientError ? err : new ImageClientError(0, `${what}: ${(err as Error).message}`);
+      }
+      fetched += moved;
+      done.add(c.start, c.end);
+      await saveState();
+    }),
+  );
+  await saving;
   const fh = await open(part, 'r+');
   try {
-    await parallel(chunks(done.missing(size), opts.chunkSize ?? 64 * MiB), opts.connections ?? 4, (c) =>
-      withRetries(opts.attempts ?? 3, async () => {
-        const what = `GET bytes ${c.start}-${c.end - 1}`;
-        const res = await ep.request('GET', dataPath(ticket), { headers: { range: `bytes=${c.start}-${c.end - 1}` } });
-        if ((res.statusCode ?? 0) >= 400) await readJson(res, what);
-        if (res.statusCode !== 206) {
-          res.destroy();
-          throw new ImageClientError(502, `${what}: the server answered ${res.statusCode}, not 206`);
-        }
-        const undo = meter.track(res);
-        let moved = 0;
-        res.on('data', (b: Buffer) => (moved += b.length));
-        try {
-          await pipeline(res, fh.createWriteStream({ start: c.start, autoClose: false, highWaterMark: MiB }));
-          if (moved !== c.end - c.start) throw new ImageClientError(0, `${what}: the connection ended after ${moved} bytes`);
-        } catch (err) {
-          undo();
-          throw err instanceof ImageClientError ? err : new ImageClientError(0, `${what}: ${(err as Error).message}`);
-        }
-        fetched += moved;
-        done.add(c.start, c.end);
-        await saveState();
-      }),
-    );
     await fh.sync();
   } finally {
     await fh.close();

@@ -292,9 +292,9 @@ export class ImageService {
       const report = await checkImage(t.path, { maxVirtualSize: t.maxVirtualSize, expectFormat: t.format });
       t.check = report;
       if (!report.ok) {
+        // Not closing connections here: this request is one of them and must carry the refusal back.
         t.state = 'refused';
         t.endedAt = Date.now();
-        t.closeConnections();
         if (t.mode === 'new') await unlink(t.path).catch(() => undefined);
         else await rename(t.path, join(this.storageDir, `.${t.image}.refused`));
         throw new ImageError(422, `image refused: ${report.reason}`);

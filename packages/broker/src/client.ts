@@ -424,6 +424,7 @@ export class ExecTask extends EventEmitter {
   readonly started: Promise<number>;
   private stream?: Stream;
   private readonly pendingControl: v1.StreamMessage.$Properties[] = [];
+  private localEnded = false;
 
   constructor(client: PortholeClient, command: string[] | { shell: string }, options: ExecOptions) {
     super();
@@ -444,7 +445,7 @@ export class ExecTask extends EventEmitter {
           done(err as Error);
         }
       }
-      if (stdinEnded) this.stream.end();
+      if (stdinEnded) this.endStream();
     };
     this.stdin = new Writable({
       highWaterMark: 256 * 1024,
@@ -475,9 +476,9 @@ export class ExecTask extends EventEmitter {
         },
       });
       this.stream = stream;
-      for (const m of this.pendingControl.splice(0)) void stream.send(m).catch(() => undefined);
-      if (!options.stdin) stream.end();
-      else void pump();
+      for (const m of this.pendingControl.splice(0)) this.control(m);
+      // Without stdin the host side stays open until the exit, so cancel and signals can still be sent.
+      if (options.stdin) void pump();
       try {
         for await (const m of stream) {
           if (m.body === 'execStarted') markStarted(m.execStarted!.pid ?? 0);
@@ -487,6 +488,7 @@ export class ExecTask extends EventEmitter {
             if (!out.write(Buffer.from(m.execOutput!.data ?? []))) await new Promise((r) => out.once('drain', r));
           } else if (m.body === 'execExit') {
             const x = m.execExit!;
+            this.endStream();
             this.stdout.end();
             this.stderr.end();
             return {
@@ -521,9 +523,16 @@ export class ExecTask extends EventEmitter {
     this.control({ cancel: { reason } });
   }
 
+  private endStream(): void {
+    this.localEnded = true;
+    this.stream?.end();
+  }
+
   private control(message: v1.StreamMessage.$Properties): void {
-    if (this.stream) void this.stream.send(message).catch(() => undefined);
-    else this.pendingControl.push(message);
+    if (!this.stream) this.pendingControl.push(message);
+    else if (!this.localEnded) void this.stream.send(message).catch(() => undefined);
+    // Stdin was closed, which ends the host's side: only a reset can still stop the command (no exit status then).
+    else if (message.cancel) this.stream.reset(errors.cancelled(message.cancel.reason ?? 'cancelled by the host'));
   }
 }
 

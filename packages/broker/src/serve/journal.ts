@@ -160,10 +160,15 @@ export class TaskJournal {
     held.retained += chunk.data.length;
     this.liveBytes += chunk.data.length;
     held.task.outputBytes = chunk.offset + chunk.data.length;
-    while (held.retained > this.outputRetention && held.chunks.length) {
-      const dropped = held.chunks.shift()!;
-      held.retained -= dropped.data.length;
-      this.liveBytes -= dropped.data.length;
+    while (held.retained > this.outputRetention) {
+      const first = held.chunks[0];
+      const excess = held.retained - this.outputRetention;
+      // The oldest chunk goes, or its oldest bytes when it holds more than the excess.
+      const cut = Math.min(excess, first.data.length);
+      if (cut === first.data.length) held.chunks.shift();
+      else held.chunks[0] = { offset: first.offset + cut, fd: first.fd, data: Buffer.from(first.data.subarray(cut)) };
+      held.retained -= cut;
+      this.liveBytes -= cut;
     }
     held.task.outputRetainedFrom = held.chunks[0]?.offset ?? held.task.outputBytes;
   }

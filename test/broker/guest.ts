@@ -1,0 +1,76 @@
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { UnixSocketConnector } from '@porthole/transport';
+import { Agent, AgentConfig, createAuditLogger, defaultConfig } from '@porthole/agent';
+
+/**
+ * The real agent serving a Unix socket, as a guest behind QEMU's chardev socket
+ * looks to the broker: the broker connects to `target`.
+ */
+export interface Guest {
+  dir: string;
+  /** Where tests write in the "guest". */
+  root: string;
+  target: string;
+  config: AgentConfig;
+  stop(): Promise<void>;
+}
+
+export async function startGuest(tune: (config: AgentConfig, root: string) => void = () => undefined): Promise<Guest> {
+  const dir = mkdtempSync(join(tmpdir(), 'porthole-broker-'));
+  const root = join(dir, 'root');
+  mkdirSync(root);
+  const config = defaultConfig();
+  config.transfers.stateDir = join(dir, 'state');
+  config.payload.stateDir = join(dir, 'payloads');
+  tune(config, root);
+  const sock = join(dir, 'vm.sock');
+  const log = createAuditLogger({ silent: true, stream: new PassThrough().resume(), level: 'info' });
+  const connector = new UnixSocketConnector(sock, { listen: true });
+  const agent = new Agent({ connector, config, log });
+  const running = agent.run().catch(() => undefined);
+  // The socket exists once the agent waits for its first connection.
+  for (let i = 0; i < 100 && !(await exists(sock)); i++) await new Promise((r) => setTimeout(r, 10));
+  return {
+    dir, root, config, target: `unix:${sock}`,
+    async stop() {
+      agent.stop();
+      connector.close();
+      await running;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  const { access } = await import('node:fs/promises');
+  return access(path).then(() => true, () => false);
+}
+
+const REPO = join(__dirname, '../..');
+
+export interface CliRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** `porthole ARGS` as a child process, from the TypeScript sources (stdin: a buffer, or none). */
+export function porthole(args: string[], opts: { stdin?: Buffer | string; env?: NodeJS.ProcessEnv; onStdout?: (b: Buffer) => void; onSpawn?: (pid: number) => void } = {}): Promise<CliRun> {
+  const child = spawn(process.execPath, ['--conditions=porthole-src', '--require', 'tsx/cjs', join(REPO, 'packages/broker/src/cli.ts'), ...args], {
+    cwd: REPO, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  opts.onSpawn?.(child.pid!);
+  const out: Buffer[] = [];
+  let err = '';
+  child.stdout.on('data', (b: Buffer) => { out.push(b); opts.onStdout?.(b); });
+  child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+  if (opts.stdin !== undefined) child.stdin.end(opts.stdin);
+  return new Promise((resolve) => {
+    child.on('close', (code, signal) => resolve({ code, signal, stdout: Buffer.concat(out), stderr: err }));
+  });
+}

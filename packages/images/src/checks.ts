@@ -106,7 +106,8 @@ export async function checkImage(path: string, limits: CheckLimits): Promise<For
   }
   if (info['backing-filename'] || info['full-backing-filename']) return { ok: false, format, reason: 'image has a backing file' };
   if (info['format-specific']?.data?.['data-file']) return { ok: false, format, reason: 'image has an external data file' };
-  const virtualSize = Number(info['virtual-size'] ?? size);
+  // qemu-img rounds a raw image's virtual size up to 512 bytes; the guest sees the file size.
+  const virtualSize = format === 'raw' ? size : Number(info['virtual-size']);
   const content = format === 'raw' && size >= 0x8006 ? await isoSignature(path) : undefined;
   if (limits.expectFormat && limits.expectFormat !== format) {
     return { ok: false, format, virtualSize, reason: `expected a ${limits.expectFormat} image, found ${format}` };

@@ -18,8 +18,7 @@ interface ClientFlags {
   insecure?: boolean;
   connections: string;
   resume?: boolean;
-  json?: boolean;
-  timeout: string;
+  ticketTimeout: string;
   inactivityTimeout: string;
   format?: 'raw' | 'qcow2';
 }
@@ -53,8 +52,9 @@ function endpoint(o: ClientFlags): ImageEndpoint {
   return new ImageEndpoint(o.url ?? o.server, { ca: readCa(o.ca), insecure: o.insecure, connections: Number(o.connections) });
 }
 
-function print(o: { json?: boolean }, value: unknown, human: string): void {
-  process.stdout.write((o.json ? JSON.stringify(value) : human) + '\n');
+/** `--json` may be this command's or, when the porthole program defines it too, the program's (it parses it first). */
+function print(cmd: Command, value: unknown, human: string): void {
+  process.stdout.write((cmd.optsWithGlobals<{ json?: boolean }>().json ? JSON.stringify(value) : human) + '\n');
 }
 
 /** Runs an action; a failure prints its cause (and a hint, when there is one) and sets exit code 1. */
@@ -83,7 +83,7 @@ function clientOptions(cmd: Command, connections: boolean): Command {
 
 const ticketFlags = (cmd: Command): Command =>
   cmd
-    .option('--timeout <seconds>', 'ticket lifetime', int('--timeout', 1, 30 * 86400), '3600')
+    .option('--ticket-timeout <seconds>', 'ticket lifetime', int('--ticket-timeout', 1, 30 * 86400), '3600')
     .option('--inactivity-timeout <seconds>', 'ticket expires after this long without requests (0: never)', int('--inactivity-timeout', 0, 30 * 86400), '300')
     .addOption(new Option('--format <format>', 'format the image must have').choices(['raw', 'qcow2']));
 
@@ -131,7 +131,7 @@ export function registerImageCommands(program: Command): Command {
 
   clientOptions(ticketFlags(image.command('upload <file> <name>')), true)
     .description('upload a local disk image or ISO as NAME (format-checked before it is published)')
-    .action(act(async (file: string, name: string, o: ClientFlags) => {
+    .action(act(async (file: string, name: string, o: ClientFlags, cmd: Command) => {
       const size = statSync(file).size;
       const ep = endpoint(o);
       let ticket = o.ticket;
@@ -144,13 +144,13 @@ export function registerImageCommands(program: Command): Command {
         }
         if (!ticket) {
           const ops: TicketOp[] = ['write'];
-          ticket = (await ep.createTicket({ image: name, size, ops, timeout: Number(o.timeout), inactivityTimeout: Number(o.inactivityTimeout), ...(o.format ? { format: o.format } : {}) })).id;
+          ticket = (await ep.createTicket({ image: name, size, ops, timeout: Number(o.ticketTimeout), inactivityTimeout: Number(o.inactivityTimeout), ...(o.format ? { format: o.format } : {}) })).id;
           created = true;
         }
         const bar = progress(`upload ${name}`);
         const result = await uploadImage(ep, ticket, file, { connections: Number(o.connections), resume: o.resume, onProgress: (d, t) => bar.update(d, t) }).finally(() => bar.stop());
         const c = result.status.check;
-        print(o, { ok: true, image: name, size, sent: result.sent, check: c }, `${name}: ${size} bytes uploaded (${result.sent} sent now)${c ? `, ${c.format}${c.content ? ` (${c.content})` : ''}` : ''}`);
+        print(cmd, { ok: true, image: name, size, sent: result.sent, check: c }, `${name}: ${size} bytes uploaded (${result.sent} sent now)${c ? `, ${c.format}${c.content ? ` (${c.content})` : ''}` : ''}`);
         if (created) await ep.revokeTicket(ticket);
       } catch (err) {
         const hint = ticket && !/refused|differ/.test((err as Error).message) ? ` (resume with: porthole image upload ${file} ${name} --resume${o.ticket || o.url ? ` --ticket ${ticket}` : ''})` : '';
@@ -162,14 +162,14 @@ export function registerImageCommands(program: Command): Command {
 
   clientOptions(image.command('download <name> <file>'), true)
     .description('download image NAME to FILE (written as FILE.part, renamed when complete)')
-    .action(act(async (name: string, file: string, o: ClientFlags) => {
+    .action(act(async (name: string, file: string, o: ClientFlags, cmd: Command) => {
       const ep = endpoint(o);
       let created: string | undefined;
       try {
         const ticket = o.ticket ?? (created = (await ep.createTicket({ image: name, ops: ['read'], timeout: 3600, inactivityTimeout: 300 })).id);
         const bar = progress(`download ${name}`);
         const r = await downloadImage(ep, ticket, file, { connections: Number(o.connections), resume: o.resume, onProgress: (d, t) => bar.update(d, t) }).finally(() => bar.stop());
-        print(o, { ok: true, image: name, file, size: r.size, fetched: r.fetched }, `${file}: ${r.size} bytes (${r.fetched} fetched now, the rest zero extents or resumed)`);
+        print(cmd, { ok: true, image: name, file, size: r.size, fetched: r.fetched }, `${file}: ${r.size} bytes (${r.fetched} fetched now, the rest zero extents or resumed)`);
       } catch (err) {
         throw new Error(`${(err as Error).message}${o.resume ? '' : ` (resume with --resume${o.ticket ? ` --ticket ${o.ticket}` : ''})`}`);
       } finally {
@@ -184,11 +184,11 @@ export function registerImageCommands(program: Command): Command {
     .option('--ca <file>', 'PEM CA the server should trust for this URL')
     .option('--no-wait', 'print the ticket and return; progress is in `porthole image ticket status`')
     .option('--json', 'print the final ticket status as JSON')
-    .action(act(async (url: string, name: string, o: ClientFlags & { wait: boolean }) => {
+    .action(act(async (url: string, name: string, o: ClientFlags & { wait: boolean }, cmd: Command) => {
       const ep = endpoint({ ...o, url: undefined, connections: '1' });
       try {
         const ca = o.ca ? readFileSync(o.ca, 'utf8') : undefined;
-        let t = await ep.importUrl({ url, image: name, timeout: Number(o.timeout), inactivityTimeout: Number(o.inactivityTimeout), ...(ca ? { ca } : {}), ...(o.format ? { format: o.format } : {}) });
+        let t = await ep.importUrl({ url, image: name, timeout: Number(o.ticketTimeout), inactivityTimeout: Number(o.inactivityTimeout), ...(ca ? { ca } : {}), ...(o.format ? { format: o.format } : {}) });
         const bar = progress(`import ${name}`);
         while (o.wait && t.import?.state === 'running') {
           bar.update(t.import.bytes, t.import.total ?? 0);
@@ -196,7 +196,7 @@ export function registerImageCommands(program: Command): Command {
           t = await ep.ticketStatus(t.id);
         }
         bar.stop();
-        print(o, t, describe(t));
+        print(cmd, t, describe(t));
         if (o.wait && t.import?.state !== 'done') process.exitCode = 1;
       } finally {
         ep.close();
@@ -217,28 +217,28 @@ export function registerImageCommands(program: Command): Command {
     .description('create a ticket for image NAME (a new image needs --size)')
     .option('--size <bytes>', 'size of a new image', int('--size', 0))
     .option('--ops <ops>', 'read, write or read,write', 'read')
-    .action(act(async (name: string, o: ClientFlags & { size?: string; ops: string }) => withEp(o, async (ep) => {
+    .action(act(async (name: string, o: ClientFlags & { size?: string; ops: string }, cmd: Command) => withEp(o, async (ep) => {
       const t = await ep.createTicket({
-        image: name, ops: o.ops.split(',').map((s) => s.trim()) as TicketOp[], timeout: Number(o.timeout), inactivityTimeout: Number(o.inactivityTimeout),
+        image: name, ops: o.ops.split(',').map((s) => s.trim()) as TicketOp[], timeout: Number(o.ticketTimeout), inactivityTimeout: Number(o.inactivityTimeout),
         ...(o.size !== undefined ? { size: Number(o.size) } : {}), ...(o.format ? { format: o.format } : {}),
       });
-      print(o, t, `${describe(t)}\n  data URL: <server>/images/${t.id}   upload page: <server>/upload#ticket=${t.id}`);
+      print(cmd, t, `${describe(t)}\n  data URL: <server>/images/${t.id}   upload page: <server>/upload#ticket=${t.id}`);
     })));
-  control(ticket.command('status <id>')).description('show a ticket').action(act(async (id: string, o: ClientFlags) => withEp(o, async (ep) => {
+  control(ticket.command('status <id>')).description('show a ticket').action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const t = await ep.ticketStatus(id);
-    print(o, t, describe(t));
+    print(cmd, t, describe(t));
   })));
-  control(ticket.command('list')).description('list tickets').action(act(async (o: ClientFlags) => withEp(o, async (ep) => {
+  control(ticket.command('list')).description('list tickets').action(act(async (o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const all = await ep.listTickets();
-    print(o, all, all.map(describe).join('\n') || 'no tickets');
+    print(cmd, all, all.map(describe).join('\n') || 'no tickets');
   })));
-  control(ticket.command('extend <id> <seconds>')).description('make the ticket expire SECONDS from now').action(act(async (id: string, seconds: string, o: ClientFlags) => withEp(o, async (ep) => {
+  control(ticket.command('extend <id> <seconds>')).description('make the ticket expire SECONDS from now').action(act(async (id: string, seconds: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const t = await ep.extendTicket(id, Number(int('seconds', 1, 30 * 86400)(seconds)));
-    print(o, t, describe(t));
+    print(cmd, t, describe(t));
   })));
-  control(ticket.command('revoke <id>')).description('end the ticket now and close its connections').action(act(async (id: string, o: ClientFlags) => withEp(o, async (ep) => {
+  control(ticket.command('revoke <id>')).description('end the ticket now and close its connections').action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const t = await ep.revokeTicket(id);
-    print(o, t, describe(t));
+    print(cmd, t, describe(t));
   })));
   return image;
 }

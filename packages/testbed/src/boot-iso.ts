@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { buildGuestInitramfs, CACHE_DIR, GuestOptions, hostKernel, prepareBaseImage } from './guest-image';
+import { buildGuestInitramfs, CACHE_DIR, GuestOptions, prepareBaseImage } from './guest-image';
 import { GUEST_KERNEL_CMDLINE } from './vm';
 
 const ISOLINUX_BIN = { path: '/usr/lib/ISOLINUX/isolinux.bin', deb: 'isolinux' };
@@ -70,7 +70,7 @@ export function buildBootIso(options: BootIsoOptions, log: (m: string) => void =
   const isolinux = need(ISOLINUX_BIN);
   const ldlinux = need(LDLINUX_C32);
   const base = prepareBaseImage(log);
-  const out = join(CACHE_DIR, `bootiso-${cacheKey(options, base.initramfs, hostKernel().vmlinuz, isolinuxCfg)}.iso`);
+  const out = join(CACHE_DIR, `bootiso-${cacheKey(options, base.initramfs, base.kernel, isolinuxCfg)}.iso`);
   if (existsSync(out)) return { path: out, volumeId, isolinuxCfg };
 
   log(`building the bootable guest ISO (cached in ${CACHE_DIR})`);

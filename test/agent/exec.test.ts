@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
 import { v1, PortholeError, Stream } from '@porthole/protocol';
-import { AgentHarness, startAgentHarness } from './harness';
+import { AgentHarness, TRANSPORTS, startAgentHarness } from './harness';
 import { exec, info } from './client';
 
 const E = v1.ErrorCode;
@@ -31,12 +31,12 @@ async function waitGone(pid: number, ms = 5000): Promise<boolean> {
   return gone(pid);
 }
 
-describe('agent: exec over a socket', function () {
+for (const transport of TRANSPORTS) describe(`agent: exec over ${transport.name}`, function () {
   this.timeout(30000);
   let h: AgentHarness;
   const spawned: number[] = [];
   beforeEach(async () => {
-    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; });
+    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; }, transport.link);
   });
   afterEach(async () => {
     for (const pid of spawned.splice(0)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }

@@ -5,7 +5,7 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, 
 import { join } from 'node:path';
 import { v1, PortholeError } from '@porthole/protocol';
 import { AgentConfig, TransferStore } from '@porthole/agent';
-import { AgentHarness, startAgentHarness } from './harness';
+import { AgentHarness, TRANSPORTS, startAgentHarness } from './harness';
 import { readFile, sha256, transferStatus, writeFile } from './client';
 
 const E = v1.ErrorCode;
@@ -17,11 +17,11 @@ const code = (c: v1.ErrorCode) => (e: PortholeError) => {
 /** Files in a directory that are not the named ones (left-over temporaries). */
 const extras = (dir: string, ...expected: string[]) => readdirSync(dir).filter((n) => !expected.includes(n));
 
-describe('agent: file write and read over a socket', function () {
+for (const transport of TRANSPORTS) describe(`agent: file write and read over ${transport.name}`, function () {
   this.timeout(30000);
   let h: AgentHarness;
   beforeEach(async () => {
-    h = await startAgentHarness();
+    h = await startAgentHarness(undefined, transport.link);
   });
   afterEach(async () => h.cleanup());
 

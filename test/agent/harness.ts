@@ -5,6 +5,7 @@ import { PassThrough } from 'node:stream';
 import { Session } from '@porthole/protocol';
 import { Channel, Connector, UnixSocketConnector } from '@porthole/transport';
 import { Agent, AgentConfig, createAuditLogger, defaultConfig } from '@porthole/agent';
+import { XenstoreServer, connectXenstoreGuest, connectXenstoreHost } from '@porthole/xenstore';
 
 /**
  * The real agent (in this process) on one end of a link (by default a Unix
@@ -39,6 +40,29 @@ export function socketLink(dir: string): AgentLink {
   const listener = new UnixSocketConnector(sock, { listen: true });
   return { agent: new UnixSocketConnector(sock), broker: () => listener.connect(), close: () => listener.close() };
 }
+
+/** The agent as guest 5 of a test xenstored (its xenbus), the broker as dom0: the xenstore channel. */
+export async function xenstoreLink(dir: string): Promise<AgentLink & { server: XenstoreServer }> {
+  const domid = 5;
+  const server = new XenstoreServer();
+  const socket = join(dir, 'xenstored.sock');
+  const guest = join(dir, `domain-${domid}`);
+  await server.listen(socket);
+  await server.listenDomain(domid, guest);
+  server.introduceDomain(domid);
+  return {
+    server,
+    agent: connectXenstoreGuest({ path: guest }),
+    broker: () => connectXenstoreHost(domid, { socketPath: socket }).connect(),
+    close: () => server.close(),
+  };
+}
+
+/** The channels the integration tests run over. */
+export const TRANSPORTS: ReadonlyArray<{ name: string; link: (dir: string) => AgentLink | Promise<AgentLink> }> = [
+  { name: 'a socket', link: socketLink },
+  { name: 'xenstore', link: xenstoreLink },
+];
 
 export async function startAgentHarness(
   tune: (config: AgentConfig, root: string) => void = () => undefined,

@@ -1,35 +1,19 @@
-// The agent's integration tests run over the xenstore channel instead of a
-// socket pair: the real agent (in this process) as guest 5 of the test
-// xenstored, a broker session as dom0.
+// What is particular to the xenstore channel under the agent (test/agent's
+// file and exec suites also run over it, see TRANSPORTS): the real agent (in
+// this process) as guest 5 of the test xenstored, a broker session as dom0.
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { v1, PortholeError } from '@porthole/protocol';
-import { XenstoreServer, connectXenstoreGuest, connectXenstoreHost } from '@porthole/xenstore';
-import { AgentHarness, AgentLink, startAgentHarness } from '../agent/harness';
+import { XenstoreServer } from '@porthole/xenstore';
+import { AgentHarness, startAgentHarness, xenstoreLink } from '../agent/harness';
 import { exec, info, readFile, sha256, writeFile } from '../agent/client';
 
 const DOMID = 5;
 const E = v1.ErrorCode;
 const b = (s: string) => Buffer.from(s);
 const sh = (script: string): v1.ExecRequest.$Properties => ({ argv: [b('/bin/sh'), b('-c'), b(script)] });
-
-/** A test xenstored: the agent connects as guest DOMID (its xenbus), the broker as dom0. */
-export async function xenstoreLink(dir: string): Promise<AgentLink & { server: XenstoreServer }> {
-  const server = new XenstoreServer();
-  const socket = join(dir, 'xenstored.sock');
-  const guest = join(dir, `domain-${DOMID}`);
-  await server.listen(socket);
-  await server.listenDomain(DOMID, guest);
-  server.introduceDomain(DOMID);
-  return {
-    server,
-    agent: connectXenstoreGuest({ path: guest }),
-    broker: () => connectXenstoreHost(DOMID, { socketPath: socket }).connect(),
-    close: () => server.close(),
-  };
-}
 
 describe('agent over the xenstore channel', function () {
   this.timeout(120000);
@@ -77,22 +61,6 @@ describe('agent over the xenstore channel', function () {
     }
     assert.ok(server.entries(DOMID) < 1000, 'the guest stayed inside its xenstore quota');
     console.log(`      16 MiB injected over xenstore in ${writeMs} ms (${(16 / (writeMs / 1000)).toFixed(1)} MiB/s)`);
-  });
-
-  it('streams exec output while the command runs, stdin in, exit code out', async () => {
-    await start();
-    const arrivals: number[] = [];
-    const t0 = Date.now();
-    const r = await exec(h.session, sh('echo one; sleep 0.6; echo two >&2; sleep 0.6; echo three; exit 3'), {
-      onOutput: () => void arrivals.push(Date.now() - t0),
-    });
-    assert.equal(r.stdout.toString(), 'one\nthree\n');
-    assert.equal(r.stderr.toString(), 'two\n');
-    assert.equal(r.exit.code, 3);
-    assert.equal(arrivals.length, 3);
-    assert.ok(arrivals[0] < 500 && arrivals[1] >= 500 && arrivals[2] >= 1100, `output arrived as written, at ${arrivals.join(', ')} ms`);
-    const piped = await exec(h.session, { argv: [b('sha256sum')] }, { stdin: [randomBytes(100000), b('end')] });
-    assert.match(piped.stdout.toString(), /^[0-9a-f]{64} {2}-\n$/);
   });
 
   it('refuses what the owner\'s policy forbids, naming the rule, and leaves nothing behind', async () => {

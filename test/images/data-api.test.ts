@@ -5,7 +5,7 @@ import { closeSync, existsSync, openSync, readdirSync, statSync, writeFileSync, 
 import * as http from 'node:http';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { TicketStatus } from '@porthole/images';
+import { ImageService, type TicketStatus } from '@porthole/images';
 import { call, randomFile, sha256, sha256File, startRig, type Rig } from './helpers';
 
 const MiB = 1024 * 1024;
@@ -270,6 +270,14 @@ describe('images: data API', function () {
     assert.equal(r.json().state, 'cancelled');
     assert.deepEqual(readdirSync(rig.storage), []);
     assert.equal((await put(t.id, Buffer.from('x'), [0, MiB])).status, 403);
+  });
+
+  it('a restarted service removes staging files of tickets that are gone, and nothing else', async () => {
+    writeFileSync(join(rig.storage, '.old.raw.abcdef.upload'), 'stale');
+    writeFileSync(join(rig.storage, 'keep.raw'), 'image');
+    const svc = new ImageService({ storageDir: rig.storage });
+    svc.close();
+    assert.deepEqual(readdirSync(rig.storage), ['keep.raw']);
   });
 
   it('a PUT of text/plain or JSON content is stored as bytes, not parsed', async () => {

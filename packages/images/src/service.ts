@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { constants as fsc, mkdirSync } from 'node:fs';
+import { constants as fsc, mkdirSync, readdirSync, unlinkSync } from 'node:fs';
 import { lstat, open, link, unlink, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -51,6 +51,8 @@ export class ImageService {
   constructor(opts: ImageServiceOptions) {
     this.storageDir = opts.storageDir;
     mkdirSync(this.storageDir, { recursive: true });
+    // Tickets live in memory: staging files of an earlier run belong to tickets that are gone and can never be finished.
+    for (const f of readdirSync(this.storageDir)) if (/^\..+\.upload$/.test(f)) unlinkSync(join(this.storageDir, f));
     this.defaults = {
       timeout: opts.defaultTimeout ?? 300,
       inactivity: opts.defaultInactivityTimeout ?? 60,

@@ -109,7 +109,7 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
         const c = await client(program, target);
         const info = await c.info();
         const h = hello(info.hello);
-        output(program, { ok: true, ...h, uptimeMs: Number(info.uptimeMs), activeExecs: info.activeExecs },
+        output(program, { ok: true, ...h, protocol: c.hello?.protocolVersion, uptimeMs: Number(info.uptimeMs), activeExecs: info.activeExecs },
           [`agent:        ${h.agent} (protocol v${c.hello?.protocolVersion})`, `guest:        ${h.hostname} ${h.os}/${h.arch} ${h.kernel}`,
             `capabilities: ${h.capabilities.join(', ') || 'none'}`, `write allow:  ${h.limits.writeAllow.join(', ')}  deny: ${h.limits.writeDeny.join(', ') || '-'}`,
             `read allow:   ${h.limits.readAllow.join(', ')}  deny: ${h.limits.readDeny.join(', ') || '-'}`,
@@ -171,6 +171,8 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
         if (exit.signal) process.exit(128 + ((osConstants.signals as Record<string, number>)[exit.signal] ?? 0));
         process.exit(exit.code ?? EXIT.FAILED);
       } catch (err) {
+        // With stdin closed, a cancel can only reset the command's stream: it ends without a status.
+        if (interrupted) process.exit(EXIT.INTERRUPTED);
         fail(program, err);
       }
     });

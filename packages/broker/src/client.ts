@@ -333,13 +333,15 @@ export class PortholeClient extends EventEmitter {
         }
       }
       const sha256 = hash.digest('hex');
-      await stream.send({ fileWriteEnd: { sha256 } });
+      // An append's sha256 covers the old content too, which only the guest has: it is not checked here.
+      const append = request.overwrite === v1.OverwritePolicy.OVERWRITE_APPEND;
+      await stream.send({ fileWriteEnd: { sha256: append ? '' : sha256 } });
       stream.end();
       const msg = await answer;
       await drain(stream);
       if (msg?.body !== 'fileWriteResult') throw errors.protocol('the agent answered a write with something else');
       const result = toResult(msg.fileWriteResult!);
-      if (result.sha256 !== sha256) throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `the guest reports sha256 ${result.sha256}, sent ${sha256}`);
+      if (!append && result.sha256 !== sha256) throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `the guest reports sha256 ${result.sha256}, sent ${sha256}`);
       return result;
     } catch (err) {
       // Prefer the agent's reason (e.g. policy) over the send error it caused.

@@ -12,25 +12,35 @@ export interface ManifestFile {
 }
 
 function decode(content: unknown, encoding: unknown, where: string): Buffer {
-  const text = content === undefined || content === null ? '' : String(content);
+  // YAML's !!binary (cloud-init's usual form for gzip content) arrives as bytes already.
+  const bytes = content instanceof Uint8Array ? Buffer.from(content) : undefined;
+  const text = bytes ? bytes.toString('latin1') : content === undefined || content === null ? '' : String(content);
   const enc = String(encoding ?? 'text/plain').toLowerCase();
   switch (enc) {
     case 'text/plain':
     case 'text':
-      return Buffer.from(text, 'utf8');
+      return bytes ?? Buffer.from(text, 'utf8');
     case 'b64':
     case 'base64':
       return strictBase64(text, where);
     case 'gz':
     case 'gzip':
-      return gunzipSync(Buffer.from(text, 'latin1'));
+      return gunzip(bytes ?? Buffer.from(text, 'latin1'), where);
     case 'gz+b64':
     case 'gzip+base64':
     case 'gz+base64':
     case 'gzip+b64':
-      return gunzipSync(strictBase64(text, where));
+      return gunzip(strictBase64(text, where), where);
     default:
       throw new Error(`${where}: unknown encoding ${JSON.stringify(encoding)} (use b64, gzip, gz+b64 or text/plain)`);
+  }
+}
+
+function gunzip(data: Buffer, where: string): Buffer {
+  try {
+    return gunzipSync(data);
+  } catch (err) {
+    throw new Error(`${where}: content is not gzip data (${(err as Error).message})`);
   }
 }
 
@@ -56,7 +66,8 @@ function parseMode(v: unknown, where: string): number | undefined {
 export function parseManifest(text: string): ManifestFile[] {
   let doc: unknown;
   try {
-    doc = parseYaml(text); // YAML is a superset of JSON
+    // YAML 1.1, as cloud-init reads it (PyYAML): 0644 is octal, yes/no are booleans. YAML is a superset of JSON.
+    doc = parseYaml(text, { version: '1.1' });
   } catch (err) {
     throw new Error(`manifest is neither YAML nor JSON: ${(err as Error).message}`);
   }

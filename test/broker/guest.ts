@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,12 +59,17 @@ export interface CliRun {
   stderr: string;
 }
 
-/** `porthole ARGS` as a child process, from the TypeScript sources (stdin: a buffer, or none). */
-export function porthole(args: string[], opts: { stdin?: Buffer | string; env?: NodeJS.ProcessEnv; onStdout?: (b: Buffer) => void; onSpawn?: (pid: number) => void } = {}): Promise<CliRun> {
-  const child = spawn(process.execPath, ['--conditions=porthole-src', '--require', 'tsx/cjs', join(REPO, 'packages/broker/src/cli.ts'), ...args], {
-    cwd: REPO, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'],
+/** Start `porthole ARGS` from the TypeScript sources. */
+export function spawnPorthole(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, ['--conditions=porthole-src', '--require', 'tsx/cjs', join(REPO, 'packages/broker/src/cli.ts'), ...args], {
+    cwd: REPO, env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'],
   });
-  opts.onSpawn?.(child.pid!);
+}
+
+/** `porthole ARGS` run to its end (stdin: a buffer, or left open). */
+export function porthole(args: string[], opts: { stdin?: Buffer | string; env?: NodeJS.ProcessEnv; onStdout?: (b: Buffer) => void; onSpawn?: (pid: number) => void } = {}): Promise<CliRun> {
+  const child = spawnPorthole(args, opts.env);
+  opts.onSpawn?.(child.pid);
   const out: Buffer[] = [];
   let err = '';
   child.stdout.on('data', (b: Buffer) => { out.push(b); opts.onStdout?.(b); });

@@ -69,7 +69,7 @@ export function spawnPorthole(args: string[], env: NodeJS.ProcessEnv = {}): Chil
 /** `porthole ARGS` run to its end (stdin: a buffer, or left open). */
 export function porthole(args: string[], opts: { stdin?: Buffer | string; env?: NodeJS.ProcessEnv; onStdout?: (b: Buffer) => void; onSpawn?: (pid: number) => void } = {}): Promise<CliRun> {
   const child = spawnPorthole(args, opts.env);
-  opts.onSpawn?.(child.pid);
+  opts.onSpawn?.(child.pid!);
   const out: Buffer[] = [];
   let err = '';
   child.stdout.on('data', (b: Buffer) => { out.push(b); opts.onStdout?.(b); });

@@ -227,6 +227,14 @@ describe('images: data API', function () {
       assert.equal((await call(rig.ep, 'DELETE', `/images/${t.id}`)).status, 403);
     });
 
+    it('a write-only ticket cannot hash what it did not write (no byte-by-byte read through checksums)', async () => {
+      const t = await rig.server.tickets.create({ image: 'keep.raw', ops: ['write'] });
+      const r = await call(rig.ep, 'GET', `/images/${t.id}/checksum?offset=0&length=1`);
+      assert.equal(r.status, 403);
+      assert.match(r.json().error, /can only checksum ranges it has written/);
+      assert.equal((await get(t.id, 'bytes=0-0')).status, 403);
+    });
+
     it('range past the end: 416 with Content-Range bytes */size', async () => {
       const t = await rig.server.tickets.create({ image: 'keep.raw', ops: ['read', 'write'] });
       const w = await put(t.id, evil, [data.length - 100, data.length]);

@@ -37,7 +37,8 @@ describe('images: browser upload page (headless Debian chromium)', function () {
     await page.goto(`${rig.server.url}/upload#ticket=${ticket}&chunk=${MiB}`);
     return page;
   }
-  const progressOf = (page: Page) => page.$eval('#bar', (b) => (b as HTMLProgressElement).value);
+  const progressOf = (page: Page) => page.$eval('#bar', (b) => (b as unknown as { value: number }).value);
+  const status = (page: Page, text: RegExp, timeout = 15_000) => page.locator('#status', { hasText: text }).waitFor({ timeout });
   async function waitProgress(page: Page, atLeast: number): Promise<void> {
     while ((await progressOf(page)) < atLeast) await sleep(20);
   }
@@ -50,7 +51,7 @@ describe('images: browser upload page (headless Debian chromium)', function () {
     await page.click('#start');
     await waitProgress(page, 5 * MiB);
     await page.click('#pause');
-    await page.waitForFunction(() => document.getElementById('status')!.textContent!.startsWith('Paused at byte'));
+    await status(page, /^Paused at byte/);
     await sleep(300);
     const paused = rig.server.tickets.status(t.id);
     assert.ok(paused.upload.resumeOffset >= 5 * MiB && paused.upload.resumeOffset < file.data.length, `server holds ${paused.upload.resumeOffset}`);
@@ -61,8 +62,8 @@ describe('images: browser upload page (headless Debian chromium)', function () {
     await page.reload();
     await page.setInputFiles('#file', file.path);
     await page.click('#start');
-    await page.waitForFunction(() => /Continuing at byte \d+ \(same file confirmed\)|Upload complete/.test(document.getElementById('status')!.textContent!));
-    await page.waitForFunction(() => document.getElementById('status')!.textContent!.startsWith('Upload complete'), undefined, { timeout: 60_000 });
+    await status(page, /^Continuing at byte \d+ \(same file confirmed\)|^Upload complete/);
+    await status(page, /^Upload complete/, 60_000);
     assert.equal(await page.textContent('#status'), `Upload complete: raw, ${file.data.length} bytes.`);
     assert.equal(await page.textContent('#pct'), `100% (${file.data.length} of ${file.data.length} bytes)`);
     const st = rig.server.tickets.status(t.id);
@@ -85,8 +86,8 @@ describe('images: browser upload page (headless Debian chromium)', function () {
     await page.reload();
     await page.setInputFiles('#file', other.path);
     await page.click('#start');
-    await page.waitForFunction(() => document.getElementById('status')!.textContent!.startsWith('This is not the file uploaded before'));
-    await page.waitForFunction(() => document.getElementById('status')!.textContent!.startsWith('Upload complete'), undefined, { timeout: 60_000 });
+    await status(page, /^This is not the file uploaded before/);
+    await status(page, /^Upload complete/, 60_000);
     assert.equal(await sha256File(join(rig.storage, 'swap.img')), sha256(other.data));
     await page.close();
   });
@@ -98,7 +99,7 @@ describe('images: browser upload page (headless Debian chromium)', function () {
     await page.click('#start');
     await waitProgress(page, 2 * MiB);
     await page.click('#cancel');
-    await page.waitForFunction(() => document.getElementById('status')!.textContent!.startsWith('Upload cancelled'));
+    await status(page, /^Upload cancelled/);
     assert.equal(rig.server.tickets.status(t.id).state, 'cancelled');
     assert.deepEqual(readdirSync(rig.storage).filter((f) => f.includes('cancelled')), []);
     await page.close();
@@ -108,7 +109,7 @@ describe('images: browser upload page (headless Debian chromium)', function () {
     const page = await openPage('not-a-ticket');
     await page.setInputFiles('#file', file.path);
     await page.click('#start');
-    await page.waitForFunction(() => document.getElementById('status')!.textContent!.length > 0);
+    await status(page, /./);
     assert.equal(await page.textContent('#status'), 'Cannot upload: no such ticket');
     await page.close();
   });

@@ -75,6 +75,11 @@ export class IntervalSet {
     return this.list[0]?.start === 0 ? this.list[0].end : 0;
   }
 
+  /** True when [start, end) lies inside one interval of the set. */
+  contains(start: number, end: number): boolean {
+    return this.list.some((iv) => iv.start <= start && end <= iv.end);
+  }
+
   covered(): number {
     return this.list.reduce((n, iv) => n + iv.end - iv.start, 0);
   }

@@ -138,6 +138,8 @@ export const imagesPlugin: FastifyPluginAsync<ImagesPluginOptions> = async (app,
   app.get('/images/:ticket/checksum', async (request: Req) => {
     const t = anyOp(request.params.ticket);
     const span = checkSpan(Number(request.query.offset ?? 0), Number(request.query.length ?? t.size), t.size);
+    // Without read, hashes of small ranges would reveal the image byte by byte: only what this ticket wrote may be hashed.
+    if (!t.ops.includes('read') && !t.written.contains(span.start, span.end)) throw new ImageError(403, 'a write-only ticket can only checksum ranges it has written');
     return { offset: span.start, length: span.end - span.start, sha256: await svc.checksum(t, span) };
   });
 

@@ -25,7 +25,7 @@ describe('broker: porthole CLI against the real agent', function () {
       assert.ok(examples.length >= 5);
       for (const e of examples) assert.match(help, new RegExp(`^  ${e}\\b`, 'm'), `example uses unknown command ${e}`);
       assert.match(help, /Exit codes: 0 ok; 1 failed .*; 2 usage; 3 VM or agent unreachable/s);
-      assert.match(help, /128\+N for signal N, 124 on --timeout,\s+130 when interrupted/);
+      assert.match(help, /128\+N for signal N, 124 on\s+--command-timeout, 130 when interrupted/);
       const serve = (await porthole(['serve', '--help'])).stdout.toString();
       assert.match(serve, /--listen <spec>/);
       assert.match(serve, /porthole serve --listen tcp:127\.0\.0\.1:8750 --token-file/);

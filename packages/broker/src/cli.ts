@@ -98,10 +98,11 @@ Examples:
   porthole cp ./app.conf unix:/run/vm1.sock:/etc/app/app.conf --owner root --group app --mode 0640 --mkdir
   porthole cp unix:/run/vm1.sock:/var/log/syslog ./syslog
   porthole inject libvirt:web1 user-data.yaml        # cloud-init write_files
+  porthole serve --listen tcp:127.0.0.1:8750 --token-file /etc/porthole/broker.token
 
 Exit codes: 0 ok; 1 failed (the reason is printed); 2 usage; 3 VM or agent unreachable (no socket, no answer, version
-mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 128+N for signal N, 124 on --timeout,
-130 when interrupted.`);
+mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 128+N for signal N, 124 on
+--command-timeout, 130 when interrupted.`);
 
   program.command('info').argument('<target>').description('agent version, OS, enabled capabilities and policy limits')
     .action(async (target: string) => {

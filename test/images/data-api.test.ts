@@ -263,8 +263,8 @@ describe('images: data API', function () {
       res.on('error', (e) => resolve(`error ${e.message}`));
       res.on('close', () => resolve('closed'));
     });
-    res.resume();
     await rig.server.tickets.revoke(t.id);
+    res.resume();
     assert.match(await ended, /aborted|closed|error/);
     assert.ok(rig.server.tickets.status(t.id).transferred.read < 512 * MiB, 'the download was cut, not completed');
     assert.equal(rig.server.tickets.status(t.id).activeConnections, 0);

@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { createHash, randomBytes } from 'node:crypto';
+import * as http from 'node:http';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { BrokerServer, startBrokerServer } from '@porthole/broker';
@@ -179,6 +180,26 @@ describe('broker: REST API end to end (real agent, real HTTP client)', function 
     assert.match(body.error.message, /disabled by the guest's owner/);
     assert.equal(body.task.status, 'failed');
     assert.deepEqual(readdirSync(join(guest.root, 'denied')), []);
+  });
+
+  it('an upload cut short fails its task and leaves no file at the target', async () => {
+    const path = join(guest.root, 'cut.bin');
+    const url = new URL(`${server.address}/v1/tasks/inject?${new URLSearchParams({ target: guest.target, path })}`);
+    const req = http.request({ host: url.hostname, port: url.port, path: url.pathname + url.search, method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/octet-stream', 'content-length': 8 * 1024 * 1024 } });
+    req.on('error', () => undefined);
+    req.write(Buffer.alloc(1024 * 1024, 5));
+    let task: Task | undefined;
+    for (let i = 0; i < 100 && !task; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      task = ((await (await api('/v1/tasks?kind=inject')).json()) as { tasks: Task[] }).tasks[0];
+    }
+    req.destroy();
+    const end = (await output(task!.id)).pop()!;
+    assert.equal(end.task!.status, 'failed', JSON.stringify(end.task));
+    assert.equal(existsSync(path), false);
+    // The agent drops its partial temporary file once it hears of the failure.
+    for (let i = 0; i < 50 && readdirSync(guest.root).length; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(readdirSync(guest.root), [], JSON.stringify(end.task));
   });
 
   it('answers 400 for bad requests and 502 for an unreachable VM, before any task exists', async () => {

@@ -346,7 +346,10 @@ export class PortholeClient extends EventEmitter {
     } catch (err) {
       // Prefer the agent's reason (e.g. policy) over the send error it caused.
       const agentReason = await Promise.race([answer.then(() => undefined, (e: unknown) => e), new Promise((r) => setTimeout(r, 50))]);
-      throw PortholeError.from(agentReason ?? err);
+      const e = PortholeError.from(agentReason ?? err);
+      // A failed source (e.g. a cut upload) must not leave the agent waiting for the rest; no-op after a reset.
+      stream.reset(e);
+      throw e;
     } finally {
       signal.removeEventListener('abort', onAbort);
     }

@@ -38,7 +38,13 @@ export class QgaClient {
   private onData(text: string): void {
     // 0xFF precedes the guest-sync-delimited answer; anything before it is stale.
     const ff = text.lastIndexOf('\xff');
-    this.buffer = ff >= 0 ? text.slice(ff + 1) : this.buffer + text;
+    // Replies to guest-file-read are megabytes long: look for the newline in the new text only.
+    if (ff >= 0) {
+      this.buffer = '';
+      text = text.slice(ff + 1);
+    }
+    this.buffer += text;
+    if (!text.includes('\n')) return;
     let nl: number;
     while ((nl = this.buffer.indexOf('\n')) >= 0) {
       const line = this.buffer.slice(0, nl).trim();
@@ -78,6 +84,19 @@ export class QgaClient {
       await this.command('guest-file-write', { handle, 'buf-b64': data.subarray(off, off + chunk).toString('base64') });
     }
     await this.command('guest-file-close', { handle });
+  }
+
+  /** Read a file the same way: open, guest-file-read base64 chunks until EOF, close. */
+  async readFile(path: string, chunk = 1024 * 1024): Promise<Buffer> {
+    const handle = await this.command<number>('guest-file-open', { path, mode: 'r' });
+    const parts: Buffer[] = [];
+    for (;;) {
+      const r = await this.command<{ count: number; 'buf-b64': string; eof: boolean }>('guest-file-read', { handle, count: chunk });
+      parts.push(Buffer.from(r['buf-b64'], 'base64'));
+      if (r.eof || r.count === 0) break;
+    }
+    await this.command('guest-file-close', { handle });
+    return Buffer.concat(parts);
   }
 
   /** guest-exec, then poll guest-exec-status until it exits (qemu-ga has no other way). */

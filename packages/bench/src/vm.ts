@@ -1,0 +1,262 @@
+// One test-bed VM (QEMU TCG) with the agent, a raw virtio-serial port and
+// qemu-guest-agent on ports of the same virtio-serial bus: file throughput both
+// ways, exec round trip, time to the first output line and idle RSS, side by side.
+import * as net from 'node:net';
+import { createHash, randomBytes } from 'node:crypto';
+import { connect, PortholeClient } from '@porthole/broker';
+import { CHUNK_SIZE } from '@porthole/protocol';
+import { bootVm, Vm, agentBundlePath } from '@porthole/testbed';
+import { QgaClient } from './qga';
+import { BenchTable, MiB, mibPerSecond, percentile } from './table';
+
+export interface VmBenchSizes {
+  /** Bytes of the file moved each way. */
+  fileBytes: number;
+  /** Timed runs of /bin/true per tool. */
+  execRuns: number;
+  /** Runs of the print-then-sleep command per tool. */
+  firstLineRuns: number;
+}
+
+/** Bytes per guest-file-write / guest-file-read: qga clients send a few hundred KiB to 1 MiB per command. */
+const QGA_CHUNK = 1 * MiB;
+const FIRST_LINE_SLEEP_S = 2;
+const GUEST_FILE = '/tmp/bench-porthole.bin';
+const QGA_FILE = '/tmp/bench-qga.bin';
+
+/** The host end of the test bed's raw port tool (guest-files.ts RAW_TOOL): 'U'/'D' + u64 length. */
+class RawPort {
+  private waiting?: (chunk: Buffer) => void;
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => this.waiting?.(chunk));
+  }
+
+  static async connect(path: string): Promise<RawPort> {
+    const socket = net.connect(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', (err) => reject(new Error(`raw port ${path}: ${err.message}`)));
+    });
+    return new RawPort(socket);
+  }
+
+  private header(kind: 'U' | 'D', length: number): Buffer {
+    const h = Buffer.alloc(9);
+    h.write(kind, 0, 'latin1');
+    h.writeBigUInt64BE(BigInt(length), 1);
+    return h;
+  }
+
+  /** Received bytes are counted until `until` says stop. */
+  private receive(until: (total: number, chunk: Buffer) => boolean): Promise<void> {
+    let total = 0;
+    return new Promise((resolve, reject) => {
+      const onClose = () => reject(new Error('the raw port closed during the run (did the guest tool exit?)'));
+      this.socket.once('close', onClose);
+      this.waiting = (chunk) => {
+        total += chunk.length;
+        if (!until(total, chunk)) return;
+        this.waiting = undefined;
+        this.socket.off('close', onClose);
+        resolve();
+      };
+    });
+  }
+
+  /** Host → guest: ms until the guest acknowledged every byte. */
+  async upload(data: Buffer): Promise<number> {
+    const acked = this.receive((_n, chunk) => chunk.includes(0x4b));
+    const t0 = performance.now();
+    this.socket.write(this.header('U', data.length));
+    for (let off = 0; off < data.length; off += MiB) {
+      if (!this.socket.write(data.subarray(off, off + MiB))) await new Promise((r) => this.socket.once('drain', r));
+    }
+    await acked;
+    return performance.now() - t0;
+  }
+
+  /** Guest → host: ms until `length` bytes arrived. */
+  async download(length: number): Promise<number> {
+    const all = this.receive((n) => n >= length);
+    const t0 = performance.now();
+    this.socket.write(this.header('D', length));
+    await all;
+    return performance.now() - t0;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+async function timed(run: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await run();
+  return performance.now() - t0;
+}
+
+async function portholeRead(client: PortholeClient, path: string): Promise<{ sha256: string; length: number }> {
+  const task = client.readFile(path);
+  task.data.resume();
+  return task.result;
+}
+
+async function portholeExec(client: PortholeClient, command: string[] | { shell: string }): Promise<{ firstOutputMs: number; exitMs: number; code: number | null }> {
+  const t0 = performance.now();
+  const task = client.exec(command);
+  let firstOutputMs = NaN;
+  task.stdout.once('data', () => { firstOutputMs = performance.now() - t0; });
+  task.stdout.resume();
+  task.stderr.resume();
+  const exit = await task.exit;
+  return { firstOutputMs, exitMs: performance.now() - t0, code: exit.code };
+}
+
+/**
+ * Prints "agent <kB>" and "qga <kB>" (VmRSS). Matched on argv[0]/argv[1] so the
+ * shell running this script, whose command line holds these names too, is not counted.
+ */
+const RSS_PROBE = `for p in /proc/[0-9]*; do
+  set -- $(tr '\\0' ' ' < $p/cmdline 2>/dev/null)
+  case "$1|$2" in
+    */porthole-agent\\|*|*/node\\|*/porthole-agent.cjs) echo "agent $(awk '/^VmRSS/{print $2}' $p/status)";;
+    */qemu-ga\\|*) echo "qga $(awk '/^VmRSS/{print $2}' $p/status)";;
+  esac
+done`;
+
+function parseRss(text: string, who: 'agent' | 'qga'): number {
+  const m = new RegExp(`^${who} (\\d+)$`, 'm').exec(text);
+  if (!m) throw new Error(`the RSS probe found no ${who} process in the guest (output: ${JSON.stringify(text.slice(0, 200))})`);
+  return Number(m[1]) / 1024;
+}
+
+/** Each agent's RSS in MiB, measured by the other one so the measured one is idle. */
+async function idleRss(client: PortholeClient, qga: QgaClient): Promise<{ agent: number; qga: number }> {
+  const viaQga = await qga.exec('/bin/sh', ['-c', RSS_PROBE]);
+  const task = client.exec({ shell: RSS_PROBE });
+  const out: Buffer[] = [];
+  task.stdout.on('data', (d: Buffer) => out.push(d));
+  await task.exit;
+  return { agent: parseRss(viaQga.stdout.toString(), 'agent'), qga: parseRss(Buffer.concat(out).toString(), 'qga') };
+}
+
+export async function benchVm(sizes: VmBenchSizes, log: (m: string) => void = () => undefined): Promise<BenchTable[]> {
+  const vm: Vm = await bootVm({ agent: { bundle: agentBundlePath() }, rawPorts: 1, qemuGuestAgent: true, log });
+  let client: PortholeClient | undefined;
+  let qga: QgaClient | undefined;
+  let raw: RawPort | undefined;
+  try {
+    client = await connect(vm.target, { timeoutMs: 90000 });
+    qga = await QgaClient.connect(vm.qgaSocketPath!);
+    raw = await RawPort.connect(vm.rawSocketPaths[0]);
+    return await measure(sizes, client, qga, raw, log);
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n${vm.consoleTail(30)}`);
+  } finally {
+    raw?.close();
+    qga?.close();
+    client?.close();
+    await vm.shutdown();
+  }
+}
+
+async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClient, raw: RawPort, log: (m: string) => void): Promise<BenchTable[]> {
+  const bytes = sizes.fileBytes;
+  const data = randomBytes(bytes);
+  const sha = createHash('sha256').update(data).digest('hex');
+
+  log('idle RSS');
+  const rssBefore = await idleRss(client, qga);
+
+  log(`host → guest, ${bytes / MiB} MiB: raw, Porthole, qemu-guest-agent`);
+  const rawUp = await raw.upload(data);
+  let installed = '';
+  const phUp = await timed(async () => { installed = (await client.installFile(data, { path: GUEST_FILE }).result).sha256; });
+  if (installed !== sha) throw new Error(`Porthole wrote sha256 ${installed}, expected ${sha}`);
+  const qgaUp = await timed(() => qga.writeFile(QGA_FILE, data, QGA_CHUNK));
+
+  log(`guest → host, ${bytes / MiB} MiB: raw, Porthole, qemu-guest-agent`);
+  const rawDown = await raw.download(bytes);
+  let readBack = { sha256: '', length: 0 };
+  const phDown = await timed(async () => { readBack = await portholeRead(client, GUEST_FILE); });
+  if (readBack.sha256 !== sha) throw new Error(`Porthole read back sha256 ${readBack.sha256}, expected ${sha}`);
+  let qgaBack: Buffer = Buffer.alloc(0);
+  const qgaDown = await timed(async () => { qgaBack = await qga.readFile(QGA_FILE, QGA_CHUNK); });
+  if (!qgaBack.equals(data)) throw new Error(`qemu-guest-agent read back ${qgaBack.length} bytes that differ from the ${bytes} written`);
+
+  log(`exec /bin/true × ${sizes.execRuns} each`);
+  const phExec: number[] = [];
+  const qgaExec10: number[] = [];
+  const qgaExec0: number[] = [];
+  for (let i = 0; i < sizes.execRuns + 2; i++) {
+    // The first two runs of each warm up caches and are not counted.
+    const p = await portholeExec(client, ['/bin/true']);
+    if (p.code !== 0) throw new Error(`Porthole exec /bin/true exited ${p.code}`);
+    const q10 = await timed(() => qga.exec('/bin/true', [], 10));
+    const q0 = await timed(() => qga.exec('/bin/true', [], 0));
+    if (i < 2) continue;
+    phExec.push(p.exitMs);
+    qgaExec10.push(q10);
+    qgaExec0.push(q0);
+  }
+
+  log(`first output line × ${sizes.firstLineRuns} each (the command sleeps ${FIRST_LINE_SLEEP_S} s after it)`);
+  const script = `echo first; sleep ${FIRST_LINE_SLEEP_S}; echo second`;
+  const phFirst: number[] = [];
+  const phFirstExit: number[] = [];
+  const qgaFirst: number[] = [];
+  for (let i = 0; i < sizes.firstLineRuns; i++) {
+    const p = await portholeExec(client, { shell: script });
+    phFirst.push(p.firstOutputMs);
+    phFirstExit.push(p.exitMs);
+    let out = '';
+    // qemu-guest-agent hands out captured output only once the process exited.
+    qgaFirst.push(await timed(async () => { out = (await qga.exec('/bin/sh', ['-c', script], 10)).stdout.toString(); }));
+    if (!out.startsWith('first\n')) throw new Error(`qemu-guest-agent returned ${JSON.stringify(out)} for the print-then-sleep command`);
+  }
+
+  log('idle RSS after the runs');
+  const rssAfter = await idleRss(client, qga);
+
+  const up = { raw: mibPerSecond(bytes, rawUp), ph: mibPerSecond(bytes, phUp), qga: mibPerSecond(bytes, qgaUp) };
+  const down = { raw: mibPerSecond(bytes, rawDown), ph: mibPerSecond(bytes, phDown), qga: mibPerSecond(bytes, qgaDown) };
+  const med = (v: number[]) => percentile(v, 50);
+  const qgaBest = med(qgaExec0) < med(qgaExec10) ? qgaExec0 : qgaExec10;
+  const throughput: BenchTable = {
+    title: `VM file transfer, ${bytes / MiB} MiB, one QEMU (TCG) guest`,
+    columns: ['direction', 'method', 'MiB/s', 'seconds', 'ratio to raw', 'ratio to qga'],
+    rows: [
+      ['host → guest', 'raw virtio-serial port', up.raw, rawUp / 1000, 1, up.raw / up.qga],
+      ['host → guest', 'Porthole installFile', up.ph, phUp / 1000, up.ph / up.raw, up.ph / up.qga],
+      ['host → guest', 'qemu-guest-agent guest-file-write', up.qga, qgaUp / 1000, up.qga / up.raw, 1],
+      ['guest → host', 'raw virtio-serial port', down.raw, rawDown / 1000, 1, down.raw / down.qga],
+      ['guest → host', 'Porthole readFile', down.ph, phDown / 1000, down.ph / down.raw, down.ph / down.qga],
+      ['guest → host', 'qemu-guest-agent guest-file-read', down.qga, qgaDown / 1000, down.qga / down.raw, 1],
+    ],
+    notes: [
+      'raw: plain bytes through a second port of the same virtio-serial device to a guest process that discards them (or sends zeros) — the limit',
+      `Porthole: ${CHUNK_SIZE / 1024} KiB chunks, written to the guest's tmpfs atomically, sha256 checked both ways; target ratio to raw ≥ 0.9`,
+      `qemu-guest-agent (Debian's qemu-ga in the same guest): guest-file-open/write/close, base64 in JSON, ${QGA_CHUNK / MiB} MiB per command, one command in flight`,
+    ],
+  };
+  const exec: BenchTable = {
+    title: 'VM exec and output latency, one QEMU (TCG) guest',
+    columns: ['measure', 'Porthole', 'qemu-guest-agent', 'ratio Porthole / qga'],
+    rows: [
+      [`exec /bin/true round trip p50, ms (${sizes.execRuns} runs)`, med(phExec), `${med(qgaExec10).toFixed(1)} (poll 10 ms) / ${med(qgaExec0).toFixed(1)} (poll back to back)`, med(phExec) / med(qgaBest)],
+      ['exec /bin/true round trip p95, ms', percentile(phExec, 95), `${percentile(qgaExec10, 95).toFixed(1)} / ${percentile(qgaExec0, 95).toFixed(1)}`, percentile(phExec, 95) / percentile(qgaBest, 95)],
+      [`first output line of "${script}", ms (p50 of ${sizes.firstLineRuns})`, med(phFirst), med(qgaFirst), med(phFirst) / med(qgaFirst)],
+      ['same command, exit seen by the host, ms', med(phFirstExit), med(qgaFirst), med(phFirstExit) / med(qgaFirst)],
+      ['idle RSS after boot, MiB', rssBefore.agent, rssBefore.qga, rssBefore.agent / rssBefore.qga],
+      ['idle RSS after these runs, MiB', rssAfter.agent, rssAfter.qga, rssAfter.agent / rssAfter.qga],
+    ],
+    notes: [
+      'exec ratio against the faster qga polling; target ≤ 0.5',
+      'qemu-guest-agent has no streaming: guest-exec-status returns captured output only once the process exited',
+      'first line: from the host sending the request to the host holding the line (both clocks on the host)',
+      'RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent); the Porthole agent is Node (the JS bundle), qemu-ga is C',
+    ],
+  };
+  return [throughput, exec];
+}

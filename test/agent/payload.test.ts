@@ -4,7 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -167,6 +167,16 @@ describe('agent: payload media (applied from a directory standing in for the mou
     assert.equal(events[1].error!.code, v1.ErrorCode.ERROR_CODE_CHECKSUM_MISMATCH);
     assert.match(events[1].error!.message!, /files\/0003 on the medium \(for .*bad-second\) hashes to/);
     assert.deepEqual(listFiles(f.root), ['good'], 'the refused payload wrote nothing, not even its intact first file');
+  });
+
+  it('refuses a medium whose files directory is a link (it could lead anywhere in the guest)', async () => {
+    const tree = await isoTree(f, [{ id: 'link', entries: [{ guestPath: join(f.root, 'l'), content: { data: Buffer.from('l') } }] }]);
+    renameSync(join(tree, 'files'), join(f.dir, 'elsewhere'));
+    symlinkSync(join(f.dir, 'elsewhere'), join(tree, 'files'));
+    const events = await f.apply(tree);
+    assert.equal(events[0].state, S.PAYLOAD_REFUSED);
+    assert.equal(events[0].error!.message, 'files on the medium is not a directory');
+    assert.deepEqual(listFiles(f.root), []);
   });
 
   it("applies the owner's policy: a path outside the allowed prefixes refuses the payload; payload.enabled = false refuses the medium", async () => {

@@ -99,10 +99,14 @@ class MediumReader {
 
   async find(rel: string): Promise<string> {
     let dir = this.root;
-    for (const part of rel.split('/')) {
+    const parts = rel.split('/');
+    for (const [i, part] of parts.entries()) {
       let names = this.listings.get(dir);
       if (!names) {
-        names = fsp.readdir(dir).catch(() => []);
+        // A directory of the medium must be one, not a link leading elsewhere in the guest.
+        const isDir = dir === this.root || (await fsp.lstat(dir)).isDirectory();
+        names = isDir ? fsp.readdir(dir) : Promise.reject(new PortholeError(E.ERROR_CODE_NOT_A_DIRECTORY, `${parts.slice(0, i).join('/')} on the medium is not a directory`));
+        names.catch(() => undefined); // awaited below; a cached rejection must not count as unhandled
         this.listings.set(dir, names);
       }
       const list = await names;
@@ -461,6 +465,11 @@ export class PayloadWatcher {
         { files: this.host.fileContext, stateDir, bootId: this.options.bootId ?? currentBootId(), commandTimeoutMs: this.options.commandTimeoutMs },
         { root: mountPoint, device, label: probe.label },
       );
+    } catch (err) {
+      // Unexpected (e.g. the state directory cannot be written): reported like any failure, and the watcher goes on.
+      const e = PortholeError.from(err);
+      log.error('payload medium not applied', { device, label: probe.label, error: e.message });
+      return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, error: e.toProto() }];
     } finally {
       await execFileP('umount', [mountPoint]).catch((err: { stderr?: string; message: string }) => {
         log.error('cannot unmount the payload medium', { device, mountPoint, error: (err.stderr || err.message).trim() });

@@ -165,6 +165,9 @@ async function contentOf(source: InstallSource): Promise<Content> {
   throw errors.invalid('unsupported content source');
 }
 
+/** The first handshake attempt's limit; later attempts double it. */
+const HANDSHAKE_ATTEMPT_MS = 3000;
+
 /**
  * A connection to one VM's agent. It reconnects by itself when the channel is
  * lost; requests in flight then fail with SESSION_RESET (an injection of a
@@ -200,7 +203,33 @@ export class PortholeClient extends EventEmitter {
 
   private async open(): Promise<Session> {
     const timeoutMs = this.options.timeoutMs ?? 30000;
-    const started = Date.now();
+    const deadline = Date.now() + timeoutMs;
+    // A byte channel can hold half a frame from a broker that died mid-write (a QEMU
+    // chardev reconnects too fast for the guest to see the gap), and the agent then
+    // reads our hello as the rest of that frame. Hanging up and calling again shows
+    // the guest the break, which resets its decoder: so retry the handshake, waiting
+    // longer each time, until the caller's timeout.
+    for (let attemptMs = HANDSHAKE_ATTEMPT_MS; ; attemptMs *= 2) {
+      const left = deadline - Date.now();
+      const session = await this.openOnce(Math.max(1000, left));
+      try {
+        await session.ready(Math.max(1000, Math.min(attemptMs, deadline - Date.now())));
+      } catch (err) {
+        session.close();
+        const timedOut = err instanceof PortholeError && err.code === E.ERROR_CODE_TIMEOUT;
+        if (!timedOut || Date.now() + 200 >= deadline) {
+          throw timedOut ? errors.timeout(`no agent answered on ${this.connector.description} within ${timeoutMs} ms (is porthole-agent running in the guest?)`) : err;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        continue;
+      }
+      this.session = session;
+      this.emit('connect', session.peerHello);
+      return session;
+    }
+  }
+
+  private async openOnce(timeoutMs: number): Promise<Session> {
     const channel = await connectWithRetry(this.connector, { timeoutMs, maxDelayMs: 1000 }).catch((err: Error) => {
       throw new PortholeError(E.ERROR_CODE_NOT_FOUND, err.message);
     });
@@ -215,14 +244,6 @@ export class PortholeClient extends EventEmitter {
       if (this.session === session) this.session = undefined;
       this.emit('disconnect', err);
     });
-    try {
-      await session.ready(Math.max(1000, timeoutMs - (Date.now() - started)));
-    } catch (err) {
-      session.close();
-      throw err;
-    }
-    this.session = session;
-    this.emit('connect', session.peerHello);
     return session;
   }
 

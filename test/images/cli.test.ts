@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -52,6 +53,8 @@ describe('images: porthole image CLI', function () {
       serve.once('exit', (code) => reject(new Error(`image serve exited with ${code}: ${out}`)));
     });
     ep = new ImageEndpoint(`unix:${sock}`);
+    // An image the server already holds, for the tests that read one (each test can run alone with --grep).
+    writeFileSync(join(storage, 'served.raw'), randomBytes(3 * MiB));
   });
   after(async () => {
     ep?.close();
@@ -118,15 +121,19 @@ describe('images: porthole image CLI', function () {
     assert.equal(up.code, 1);
     assert.match(up.err, /422 image refused: qcow2 image has a backing file/);
     assert.doesNotMatch(up.err, /resume with/);
+    const read = await ep.createTicket({ image: 'served.raw', ops: ['read'] });
+    const down = await porthole(['image', 'download', 'other.raw', join(dir, 'x'), '--url', httpsUrl, '--ticket', read.id, '--ca', pki.caFile]);
+    assert.equal(down.code, 1);
+    assert.match(down.err, new RegExp(`ticket ${read.id} is for image served.raw, not other.raw\n$`));
   });
 
   it('import from an https URL (this server, read ticket) with --wait', async () => {
-    const read = await ep.createTicket({ image: 'disk.raw', ops: ['read'] });
+    const read = await ep.createTicket({ image: 'served.raw', ops: ['read'] });
     const r = await porthole(['image', 'import', `${httpsUrl}/images/${read.id}`, 'copy.raw', '--ca', pki.caFile, '--json', ...server()]);
     assert.equal(r.code, 0, r.err);
     const st = JSON.parse(r.out) as TicketStatus;
     assert.equal(st.import?.state, 'done');
     assert.equal(st.import?.url, `${httpsUrl}/images/${read.id}`);
-    assert.equal(await sha256File(join(storage, 'copy.raw')), await sha256File(join(storage, 'disk.raw')));
+    assert.equal(await sha256File(join(storage, 'copy.raw')), await sha256File(join(storage, 'served.raw')));
   });
 });

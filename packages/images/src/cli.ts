@@ -1,6 +1,6 @@
 // `porthole image ...`: run the image server, manage tickets, upload, download and import images.
 // Registered into the porthole CLI by the broker.
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Option } from 'commander';
 import { downloadImage, ImageEndpoint, readCa, uploadImage } from './client';
@@ -167,11 +167,16 @@ export function registerImageCommands(program: Command): Command {
       let created: string | undefined;
       try {
         const ticket = o.ticket ?? (created = (await ep.createTicket({ image: name, ops: ['read'], timeout: 3600, inactivityTimeout: 300 })).id);
+        if (o.ticket) {
+          const { image: actual } = await ep.json<TicketStatus>('GET', `/images/${encodeURIComponent(o.ticket)}/info`);
+          if (actual !== name) throw new Error(`ticket ${o.ticket} is for image ${actual}, not ${name}`);
+        }
         const bar = progress(`download ${name}`);
         const r = await downloadImage(ep, ticket, file, { connections: Number(o.connections), resume: o.resume, onProgress: (d, t) => bar.update(d, t) }).finally(() => bar.stop());
         print(cmd, { ok: true, image: name, file, size: r.size, fetched: r.fetched }, `${file}: ${r.size} bytes (${r.fetched} fetched now, the rest zero extents or resumed)`);
       } catch (err) {
-        throw new Error(`${(err as Error).message}${o.resume ? '' : ` (resume with --resume${o.ticket ? ` --ticket ${o.ticket}` : ''})`}`);
+        const resumable = !o.resume && existsSync(`${file}.part.json`);
+        throw new Error(`${(err as Error).message}${resumable ? ` (resume with --resume${o.ticket ? ` --ticket ${o.ticket}` : ''})` : ''}`);
       } finally {
         if (created) await ep.revokeTicket(created).catch(() => undefined);
         ep.close();

@@ -68,7 +68,7 @@ async function main(): Promise<void> {
     if (process.exitCode) throw new Error('a section failed: README.md left as it was');
     updateReadme([
       `Measured ${date.slice(0, 10)} on ${machine}.`,
-      `Sizes: ${sizeText}. Reproduce: \`${command}\` (prints these tables, writes \`bench-results/\`).`,
+      `Sizes: ${sizeText}. Reproduce: \`${command}\` (prints these tables, writes \`bench-results/\`; \`-- --readme\` rewrites this section; \`PORTHOLE_BENCH_QUICK=1\` or the \`PORTHOLE_BENCH_*\` sizes in packages/bench/src/sections.ts for a quicker run).`,
       '',
       tables.map((t) => renderTable(t).replace(/^### /, '#### ')).join('\n\n'),
     ].join('\n'));

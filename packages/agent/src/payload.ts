@@ -22,6 +22,12 @@ const execFileP = promisify(execFile);
 
 /** A payload command that runs longer than this is killed (with its process group) and the payload fails. */
 export const PAYLOAD_COMMAND_TIMEOUT_MS = 30 * 60_000;
+/**
+ * Opening an empty floppy drive makes the kernel try to read it and log an I/O
+ * error (an empty CD drive just answers "no medium"), so an empty floppy drive
+ * is checked this seldom; a drive holding a disk is checked on every pass.
+ */
+const EMPTY_FLOPPY_CHECK_MS = 60_000;
 /** Events kept for a broker that is not connected yet (a medium applied at boot); the oldest go first. */
 const MAX_PENDING_EVENTS = 64;
 
@@ -345,7 +351,8 @@ export async function probeMedium(device: string): Promise<MediumProbe | { fsTyp
   try {
     const boot = Buffer.alloc(512);
     const pvd = Buffer.alloc(2048);
-    await fh.read(boot, 0, boot.length, 0);
+    // An empty floppy drive opens but reads nothing.
+    if ((await fh.read(boot, 0, boot.length, 0)).bytesRead < boot.length) return undefined;
     await fh.read(pvd, 0, pvd.length, 16 * 2048);
     const signature = createHash('sha256').update(boot).update(pvd).digest('hex');
     if (pvd[0] === 1 && pvd.toString('latin1', 1, 6) === 'CD001') return { fsType: 'iso9660', label: pvd.toString('latin1', 40, 72).trim(), signature };
@@ -385,12 +392,15 @@ export interface WatcherOptions {
 /**
  * Polls the CD and floppy drives (udev is not guaranteed in a guest, and a
  * minimal init has none): each check opens the device and reads two sectors,
- * which is cheap, and a medium is mounted only when its first sectors changed
- * and its label is a Porthole one. Events go to the connected broker, or wait
+ * which is cheap (an empty floppy drive only once a minute, see
+ * EMPTY_FLOPPY_CHECK_MS), and a medium is mounted only when its first sectors
+ * changed and its label is a Porthole one. Events go to the connected broker, or wait
  * (bounded) for the next one to connect.
  */
 export class PayloadWatcher {
   private readonly seen = new Map<string, string>();
+  /** Empty floppy drives: when each may be checked again. */
+  private readonly emptyFloppyUntil = new Map<string, number>();
   private readonly pending: v1.PayloadEvent.$Properties[] = [];
   private timer?: NodeJS.Timeout;
   private scanning?: Promise<void>;
@@ -413,7 +423,9 @@ export class PayloadWatcher {
 
   /** One pass over the drives; a pass still running is joined, not repeated. */
   scan(): Promise<void> {
-    this.scanning ??= this.scanDrives().finally(() => { this.scanning = undefined; });
+    this.scanning ??= this.scanDrives()
+      .catch((err: Error) => { this.host.log.error('payload media check failed', { error: err.message }); })
+      .finally(() => { this.scanning = undefined; });
     return this.scanning;
   }
 
@@ -432,10 +444,12 @@ export class PayloadWatcher {
       return;
     }
     for (const name of drives) {
+      if ((this.emptyFloppyUntil.get(name) ?? 0) > Date.now()) continue;
       const device = join(this.options.devDir ?? '/dev', name);
       const probe = await probeMedium(device);
       if (!probe) {
         this.seen.delete(name);
+        if (name.startsWith('fd')) this.emptyFloppyUntil.set(name, Date.now() + EMPTY_FLOPPY_CHECK_MS);
         continue;
       }
       if (this.seen.get(name) === probe.signature) continue;

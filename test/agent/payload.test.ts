@@ -8,9 +8,10 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { v1 } from '@porthole/protocol';
+import { v1, Session } from '@porthole/protocol';
+import { UnixSocketConnector } from '@porthole/transport';
 import { buildFloppyPayload, buildIsoPayload, MANIFEST_FILE_NAME, PayloadSpec } from '@porthole/media';
-import { AgentConfig, applyPayloadMedium, createAuditLogger, defaultConfig, Policy, probeMedium, TransferStore, UserDb, ApplyOptions } from '@porthole/agent';
+import { Agent, AgentConfig, applyPayloadMedium, PayloadWatcher, createAuditLogger, defaultConfig, Policy, probeMedium, TransferStore, UserDb, ApplyOptions } from '@porthole/agent';
 
 const S = v1.PayloadState;
 const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
@@ -271,5 +272,50 @@ describe('agent: payload media detection (volume label read from the device)', f
     writeFileSync(join(dir, 'blank'), Buffer.alloc(64 * 1024));
     assert.deepEqual(await probeMedium(join(dir, 'blank')), { fsType: undefined, label: '', signature: (await probeMedium(join(dir, 'blank')))!.signature });
     assert.equal(await probeMedium(join(dir, 'no-such-drive')), undefined);
+  });
+});
+
+describe('agent: payload events reach the broker', function () {
+  this.timeout(30000);
+
+  it('sends an event to the connected broker, and keeps those from before a broker connected until one does', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'porthole-events-'));
+    const config = defaultConfig();
+    config.transfers.stateDir = join(dir, 'transfers');
+    config.payload.stateDir = join(dir, 'payloads');
+    const log = createAuditLogger({ silent: true });
+    const sock = join(dir, 'agent.sock');
+    const listener = new UnixSocketConnector(sock, { listen: true });
+    const accepted = listener.connect();
+    const agent = new Agent({ connector: new UnixSocketConnector(sock), config, log });
+    // No drives here: only the events given below.
+    const watcher = new PayloadWatcher(agent, { sysBlock: join(dir, 'no-drives') });
+    watcher.start();
+    let session: Session | undefined;
+    const running = agent.run().catch(() => undefined);
+    try {
+      watcher.report({ payloadId: 'before', state: S.PAYLOAD_APPLIED, device: '/dev/sr0' });
+      const got: v1.PayloadEvent[] = [];
+      // The broker listens before its handshake, so an event sent right after it is not missed.
+      session = new Session(await accepted, { role: 'broker', hello: { softwareVersion: 'test-broker' }, keepaliveIntervalMs: 0 });
+      session.on('event', (e: v1.Event) => got.push(e.payload as v1.PayloadEvent));
+      await session.ready(5000);
+      const until = async (n: number) => {
+        for (let i = 0; i < 100 && got.length < n; i++) await new Promise((r) => setTimeout(r, 20));
+      };
+      await until(1);
+      assert.deepEqual(got.map((e) => [e.payloadId, e.state]), [['before', S.PAYLOAD_APPLIED]]);
+      watcher.report({ payloadId: 'during', state: S.PAYLOAD_REFUSED, error: { code: v1.ErrorCode.ERROR_CODE_CHECKSUM_MISMATCH, message: 'bad' } });
+      await until(2);
+      assert.deepEqual(got.map((e) => e.payloadId), ['before', 'during']);
+      assert.equal(got[1].error!.code, v1.ErrorCode.ERROR_CODE_CHECKSUM_MISMATCH);
+    } finally {
+      watcher.stop();
+      agent.stop();
+      session?.close();
+      listener.close();
+      await running;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -491,7 +491,8 @@ export class PayloadWatcher {
     }
   }
 
-  private report(event: v1.PayloadEvent.$Properties): void {
+  /** Send an event to the connected broker, or keep it (bounded) for the next one to connect. */
+  report(event: v1.PayloadEvent.$Properties): void {
     if (this.host.currentSession?.sendEvent({ payload: event })) return;
     this.pending.push(event);
     if (this.pending.length > MAX_PENDING_EVENTS) this.pending.shift();

@@ -235,6 +235,7 @@ async function runCommands(opts: ApplyOptions, p: ManifestPayload): Promise<{ re
     if (p.commands.length) log.warn('payload commands not run', { payloadId: p.id, commands: p.commands.length, rule: denied.rule });
     return { results };
   }
+  if (!p.commands.length) return { results };
   await fsp.mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
   const output = await fsp.open(join(opts.stateDir, `${p.id}.log`), fsc.O_WRONLY | fsc.O_CREAT | fsc.O_APPEND, 0o600);
   try {

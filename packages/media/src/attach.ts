@@ -206,7 +206,7 @@ export function qemuPayloadArgs(image: string, medium: MediumKind, driveId: stri
 
 // ---------------------------------------------------------------- QMP
 
-/** What the QMP functions need; @porthole/qemu's QmpClient satisfies it. Errors reject. */
+/** What the QMP functions need (connectQmpSocket gives one). Errors reject. */
 export interface QmpExecutor {
   // The QMP return value's shape depends on the command.
   execute(command: string, args?: Record<string, unknown>): Promise<any>;

@@ -1,6 +1,5 @@
-// A small QMP connection over a Unix socket, enough for `porthole payload
-// attach/eject` to work on its own. The broker passes @porthole/qemu's
-// QmpClient to registerPayloadCommands instead when it has one.
+// A small QMP connection over a Unix socket: what `porthole payload attach/eject`
+// and the test bed need (commands and replies; events are not used).
 import * as net from 'node:net';
 import { QmpExecutor } from './attach';
 

@@ -16,6 +16,7 @@ export interface Guest {
   root: string;
   target: string;
   config: AgentConfig;
+  agent: Agent;
   stop(): Promise<void>;
 }
 
@@ -35,7 +36,7 @@ export async function startGuest(tune: (config: AgentConfig, root: string) => vo
   // The socket exists once the agent waits for its first connection.
   for (let i = 0; i < 100 && !(await exists(sock)); i++) await new Promise((r) => setTimeout(r, 10));
   return {
-    dir, root, config, target: `unix:${sock}`,
+    dir, root, config, agent, target: `unix:${sock}`,
     async stop() {
       agent.stop();
       connector.close();

@@ -165,6 +165,9 @@ async function contentOf(source: InstallSource): Promise<Content> {
   throw errors.invalid('unsupported content source');
 }
 
+/** Events kept for the first 'event' listener. */
+const MAX_UNHEARD_EVENTS = 64;
+
 /** The first handshake attempt's limit; later attempts double it. */
 const HANDSHAKE_ATTEMPT_MS = 3000;
 
@@ -177,9 +180,16 @@ export class PortholeClient extends EventEmitter {
   private session?: Session;
   private connecting?: Promise<Session>;
   private closed = false;
+  /** Agent events that came before anyone listened (e.g. right after the handshake, inside connect()). */
+  private readonly unheardEvents: v1.Event[] = [];
 
   private constructor(readonly target: string, private readonly connector: Connector, private readonly options: ConnectOptions) {
     super();
+    this.on('newListener', (name: string) => {
+      if (name === 'event' && this.unheardEvents.length > 0) {
+        queueMicrotask(() => { for (const e of this.unheardEvents.splice(0)) this.emit('event', e); });
+      }
+    });
   }
 
   static async connect(target: string, options: ConnectOptions = {}): Promise<PortholeClient> {
@@ -238,7 +248,10 @@ export class PortholeClient extends EventEmitter {
       hello: { softwareVersion: BROKER_VERSION },
       logger: this.options.logger,
     });
-    session.on('event', (e: v1.Event) => this.emit('event', e));
+    session.on('event', (e: v1.Event) => {
+      if (this.listenerCount('event') > 0) this.emit('event', e);
+      else if (this.unheardEvents.length < MAX_UNHEARD_EVENTS) this.unheardEvents.push(e);
+    });
     session.on('reset', (e: PortholeError) => this.emit('reset', e));
     session.once('close', (err?: Error) => {
       if (this.session === session) this.session = undefined;

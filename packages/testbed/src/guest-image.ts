@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { GUEST_MODULES, INIT_SCRIPT, RAW_TOOL } from './guest-files';
@@ -105,6 +105,9 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined): { 
   }
 }
 
+/** The native CRC32C addon's packages (Linux x64: the test bed's guests run the host's kernel and node). */
+const CRC32C_ADDON = ['@node-rs/crc32', '@node-rs/crc32-linux-x64-gnu'];
+
 export type AgentSource = { bundle: string } | { executable: string };
 
 export interface GuestOptions {
@@ -132,6 +135,13 @@ export function buildOverlay(options: GuestOptions, out: string): void {
       } else {
         copyInto(root, options.agent.executable, '/opt/porthole/porthole-agent');
         put('/etc/testbed/agent-cmd', '/opt/porthole/porthole-agent\n');
+      }
+      // As the packages do: the CRC32C addon beside the agent (pure JS is the agent's bottleneck under TCG).
+      for (const pkg of CRC32C_ADDON) {
+        const dir = dirname(require.resolve(`${pkg}/package.json`));
+        cpSync(dir, join(root, 'opt/porthole/node_modules', pkg), { recursive: true });
+        // It links librt, which node (whose libraries the base image has) does not.
+        for (const addon of readdirSync(dir).filter((f) => f.endsWith('.node'))) for (const lib of libsOf(join(dir, addon))) copyInto(root, lib);
       }
     }
     put('/etc/porthole/agent.conf', options.agentConfig ?? '# test bed default: everything on\n');

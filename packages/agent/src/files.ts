@@ -378,15 +378,26 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
       },
     });
     const hash = createHash('sha256');
+    const readAt = async (at: number) => {
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK_SIZE, length - at));
+      const { bytesRead } = await handle.read(buf, 0, buf.length, offset + at);
+      return buf.subarray(0, bytesRead);
+    };
     let sent = 0;
-    while (sent < length) {
-      const buf = Buffer.allocUnsafe(Math.min(CHUNK_SIZE, length - sent));
-      const { bytesRead } = await handle.read(buf, 0, buf.length, offset + sent);
-      if (bytesRead === 0) break; // the file shrank while being read
-      const data = buf.subarray(0, bytesRead);
-      hash.update(data);
-      await stream.send({ chunk: { offset: offset + sent, data } });
-      sent += bytesRead;
+    // The next chunk is read while this one is sent.
+    let next = length > 0 ? readAt(0) : undefined;
+    try {
+      while (next) {
+        const data = await next;
+        if (data.length === 0) break; // the file shrank while being read
+        hash.update(data);
+        const at = sent;
+        sent += data.length;
+        next = sent < length ? readAt(sent) : undefined;
+        await stream.send({ chunk: { offset: offset + at, data } });
+      }
+    } finally {
+      void next?.catch(() => undefined); // a read still under way when sending failed
     }
     const sha256 = hash.digest('hex');
     await stream.send({ fileReadResult: { sha256, length: sent } });

@@ -6,6 +6,7 @@ import { NovaRequests } from './nova';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
 import { AGENT_VERSION } from './version';
 import { PayloadWatcher } from './payload';
+import { crc32cIsNative } from '@porthole/protocol';
 
 export interface StartAgentOptions {
   /** `--channel` syntax; default virtio:org.porthole.agent.0. */
@@ -37,7 +38,7 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
   if (!LOG_LEVELS.includes(level)) throw new Error(`bad log level ${JSON.stringify(level)}: use ${LOG_LEVELS.join(', ')}`);
   const log = options.log ?? createAuditLogger({ file: options.logFile ?? (loaded.config.log.file || undefined), level });
   const agent = new Agent({ connector: connectorFor(channel), config: loaded.config, log });
-  log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found });
+  log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found, crc32c: crc32cIsNative ? 'native' : 'portable' });
   // Xen hosts may also send Nova-style requests through xenstore.
   const xenbus = xenbusPathOf(channel);
   const nova = xenbus !== undefined ? new NovaRequests({ path: xenbus, agent }) : undefined;

@@ -238,7 +238,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       'raw: plain bytes through a second port of the same virtio-serial device to a guest process that discards them (or sends zeros) — the limit',
       `Porthole: ${CHUNK_SIZE / 1024} KiB chunks, written to the guest's tmpfs atomically, sha256 checked both ways; target ratio to raw ≥ 0.9`,
       `qemu-guest-agent (Debian's qemu-ga in the same guest): guest-file-open/write/close, base64 in JSON, ${QGA_CHUNK / MiB} MiB per command, one command in flight`,
-      'under TCG, host → guest is bound for every method by the guest driver handing out one 4 KiB buffer per read() (about 1 ms each here); guest → host, Porthole is bound by sha256 and the pure-JS CRC32C running on every byte in the emulated CPU, which raw does not do',
+      'under TCG, host → guest is bound for every method by the guest driver handing out one 4 KiB buffer per read() (about 1 ms each here); guest → host, Porthole is bound by sha256 (about 58 MiB/s in this guest) and CRC32C (native, about 107 MiB/s here) running on every byte in the emulated CPU, which raw does not do',
     ],
   };
   const exec: BenchTable = {

@@ -211,8 +211,24 @@ export class ImageService {
       t.bytesWritten += chunk.length;
     });
     try {
-      await pipeline(body, ws);
+      await new Promise<void>((resolve, reject) => {
+        let cut: Error | undefined;
+        // A cut request still lands what it delivered (it is where the resume starts): end the file
+        // stream, which writes what it holds, instead of destroying it.
+        const stop = (err: Error) => {
+          if (cut) return;
+          cut = err;
+          body.unpipe(ws);
+          ws.end();
+        };
+        body.once('error', stop);
+        body.once('close', () => { if (!body.readableEnded) stop(new Error('the request was cut before its end')); });
+        ws.once('error', (err) => { body.unpipe(ws); reject(err); });
+        ws.once('finish', () => (cut ? reject(cut) : resolve()));
+        body.pipe(ws);
+      });
     } finally {
+      ws.destroy();
       t.written.add(start, start + ws.bytesWritten);
     }
     return ws.bytesWritten;

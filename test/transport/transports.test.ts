@@ -36,6 +36,22 @@ async function echoSessionCheck(host: Channel, guest: Channel, bytes: number): P
   agent.close();
 }
 
+/** A connected pty pair made by socat (a real serial line stand-in), for the duration of `use`. */
+async function withPtyPair(use: (a: string, b: string, dir: string) => Promise<void>): Promise<void> {
+  const t = tempDir();
+  const a = join(t.dir, 'ttyA');
+  const b = join(t.dir, 'ttyB');
+  const socat: ChildProcess = spawn('socat', [`pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 100 && !(existsSync(a) && existsSync(b)); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(a) && existsSync(b), 'socat made the pty pair');
+    await use(a, b, t.dir);
+  } finally {
+    socat.kill();
+    t.done();
+  }
+}
+
 describe('transports', () => {
   it('unix socket: clear errors for a missing socket and a dead listener', async () => {
     const t = tempDir();
@@ -104,44 +120,24 @@ describe('transports', () => {
 
   it('serial tty: a session over a real pty pair (socat)', async function () {
     this.timeout(20000);
-    const t = tempDir();
-    let socat: ChildProcess | undefined;
-    try {
-      const a = join(t.dir, 'ttyA');
-      const b = join(t.dir, 'ttyB');
-      socat = spawn('socat', [`pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: 'ignore' });
-      for (let i = 0; i < 100 && !(existsSync(a) && existsSync(b)); i++) await new Promise((r) => setTimeout(r, 50));
-      assert.ok(existsSync(a) && existsSync(b), 'socat made the pty pair');
+    await withPtyPair(async (a, b, dir) => {
       const host = await new SerialConnector(a).connect();
       const guest = await new SerialConnector(b).connect();
       await echoSessionCheck(host, guest, 256 * 1024);
-      await assert.rejects(new SerialConnector(join(t.dir, 'ttyNone')).connect(), /cannot open serial port .*ttyNone/);
-    } finally {
-      socat?.kill();
-      t.done();
-    }
+      await assert.rejects(new SerialConnector(join(dir, 'ttyNone')).connect(), /cannot open serial port .*ttyNone/);
+    });
   });
 
   it('virtio-serial channel: a session over a character device (a pty from socat), frames written in parts arrive whole and in order', async function () {
     this.timeout(20000);
-    const t = tempDir();
-    let socat: ChildProcess | undefined;
-    try {
-      const a = join(t.dir, 'ttyA');
-      const b = join(t.dir, 'ttyB');
-      socat = spawn('socat', [`pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: 'ignore' });
-      for (let i = 0; i < 100 && !(existsSync(a) && existsSync(b)); i++) await new Promise((r) => setTimeout(r, 50));
-      assert.ok(existsSync(a) && existsSync(b), 'socat made the pty pair');
+    await withPtyPair(async (a, b) => {
       const host = await new SerialConnector(a).connect();
       const guest = await new VirtioSerialConnector({ path: b }).connect();
       assert.equal(guest.description, `virtio-serial:${b}`);
       // Many frames queued at once: they leave in batched writevs, which must keep their order.
       await echoSessionCheck(host, guest, 1024 * 1024);
       assert.equal(guest.closed, true);
-    } finally {
-      socat?.kill();
-      t.done();
-    }
+    });
   });
 
   it('virtio-serial: finds a port by name in sysfs when udev made no symlink', () => {

@@ -265,7 +265,8 @@ describe('broker: REST API end to end (real agent, real HTTP client)', function 
   it('says which output the retention limit dropped (a gap line), and streams the rest', async () => {
     await server.close();
     server = await start({ outputRetention: 4096 });
-    const t = await exec({ shell: 'head -c 20000 /dev/zero | tr "\\0" a' });
+    // The pause lets the live reader attach before any output exists: it must then see all of it.
+    const t = await exec({ shell: 'sleep 1; head -c 20000 /dev/zero | tr "\\0" a' });
     const lines = await output(t.id);
     await new Promise((r) => setTimeout(r, 50));
     const late = await output(t.id);

@@ -64,17 +64,26 @@ export const TRANSPORTS: ReadonlyArray<{ name: string; link: (dir: string) => Ag
   { name: 'xenstore', link: xenstoreLink },
 ];
 
-export async function startAgentHarness(
-  tune: (config: AgentConfig, root: string) => void = () => undefined,
-  makeLink: (dir: string) => AgentLink | Promise<AgentLink> = socketLink,
-): Promise<AgentHarness> {
-  const dir = mkdtempSync(join(tmpdir(), 'porthole-agent-'));
+/**
+ * A temporary directory with `root` (where tests write in the "guest") and the
+ * agent's default config with its state kept inside the directory, then tuned.
+ */
+export function agentTestConfig(prefix: string, tune: (config: AgentConfig, root: string) => void): { dir: string; root: string; config: AgentConfig } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
   const root = join(dir, 'root');
   mkdirSync(root);
   const config = defaultConfig();
   config.transfers.stateDir = join(dir, 'state');
   config.payload.stateDir = join(dir, 'payloads');
   tune(config, root);
+  return { dir, root, config };
+}
+
+export async function startAgentHarness(
+  tune: (config: AgentConfig, root: string) => void = () => undefined,
+  makeLink: (dir: string) => AgentLink | Promise<AgentLink> = socketLink,
+): Promise<AgentHarness> {
+  const { dir, root, config } = agentTestConfig('porthole-agent-', tune);
 
   const audit: Array<Record<string, unknown>> = [];
   const lines = new PassThrough();

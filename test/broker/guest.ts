@@ -1,10 +1,10 @@
 import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { UnixSocketConnector } from '@porthole/transport';
-import { Agent, AgentConfig, createAuditLogger, defaultConfig } from '@porthole/agent';
+import { Agent, AgentConfig, createAuditLogger } from '@porthole/agent';
+import { agentTestConfig } from '../agent/harness';
 
 /**
  * The real agent serving a Unix socket, as a guest behind QEMU's chardev socket
@@ -21,13 +21,7 @@ export interface Guest {
 }
 
 export async function startGuest(tune: (config: AgentConfig, root: string) => void = () => undefined): Promise<Guest> {
-  const dir = mkdtempSync(join(tmpdir(), 'porthole-broker-'));
-  const root = join(dir, 'root');
-  mkdirSync(root);
-  const config = defaultConfig();
-  config.transfers.stateDir = join(dir, 'state');
-  config.payload.stateDir = join(dir, 'payloads');
-  tune(config, root);
+  const { dir, root, config } = agentTestConfig('porthole-broker-', tune);
   const sock = join(dir, 'vm.sock');
   const log = createAuditLogger({ silent: true, stream: new PassThrough().resume(), level: 'info' });
   const connector = new UnixSocketConnector(sock, { listen: true });

@@ -4,36 +4,12 @@ import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as net from 'node:net';
-import { randomBytes } from 'node:crypto';
-import { UnixSocketConnector, SerialConnector, VirtioSerialConnector, connectWithRetry, findVirtioPort, Channel } from '@porthole/transport';
-import { Session, Stream, v1 } from '@porthole/protocol';
+import { UnixSocketConnector, SerialConnector, VirtioSerialConnector, connectWithRetry, findVirtioPort } from '@porthole/transport';
+import { echoSessionCheck } from '../helpers/echo-session';
 
 function tempDir(): { dir: string; done: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'porthole-transport-'));
   return { dir, done: () => rmSync(dir, { recursive: true, force: true }) };
-}
-
-async function echoSessionCheck(host: Channel, guest: Channel, bytes: number): Promise<void> {
-  const agent = new Session(guest, {
-    role: 'agent',
-    hello: { softwareVersion: 't' },
-    onStream: (s: Stream) => void (async () => {
-      for await (const m of s) await s.send(m);
-      s.end();
-    })(),
-  });
-  const broker = new Session(host, { role: 'broker', hello: { softwareVersion: 't' }, keepaliveIntervalMs: 0 });
-  await broker.ready(5000);
-  const s = broker.openStream({ info: {} });
-  const data = randomBytes(bytes);
-  const back: Buffer[] = [];
-  const reading = (async () => { for await (const m of s) back.push(Buffer.from(m.chunk!.data!)); })();
-  for (let off = 0; off < data.length; off += 4096) await s.send({ chunk: { data: data.subarray(off, off + 4096) } });
-  s.end();
-  await reading;
-  assert.ok(Buffer.concat(back).equals(data));
-  broker.close();
-  agent.close();
 }
 
 /** A connected pty pair made by socat (a real serial line stand-in), for the duration of `use`. */
@@ -123,7 +99,7 @@ describe('transports', () => {
     await withPtyPair(async (a, b, dir) => {
       const host = await new SerialConnector(a).connect();
       const guest = await new SerialConnector(b).connect();
-      await echoSessionCheck(host, guest, 256 * 1024);
+      await echoSessionCheck(host, guest, { bytes: 256 * 1024, chunk: 4096 });
       await assert.rejects(new SerialConnector(join(dir, 'ttyNone')).connect(), /cannot open serial port .*ttyNone/);
     });
   });
@@ -135,7 +111,7 @@ describe('transports', () => {
       const guest = await new VirtioSerialConnector({ path: b }).connect();
       assert.equal(guest.description, `virtio-serial:${b}`);
       // Many frames queued at once: they leave in batched writevs, which must keep their order.
-      await echoSessionCheck(host, guest, 1024 * 1024);
+      await echoSessionCheck(host, guest, { bytes: 1024 * 1024, chunk: 4096 });
       assert.equal(guest.closed, true);
     });
   });
@@ -159,4 +135,3 @@ describe('transports', () => {
     }
   });
 });
-void v1;

@@ -1,9 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { createHash, randomBytes } from 'node:crypto';
 import { Channel } from '@porthole/transport';
-import { Session, Stream } from '@porthole/protocol';
 import { connectXenstoreHost, connectXenstoreGuest, XenstoreChannel, XenstoreClient, DEFAULT_WINDOW } from '@porthole/xenstore';
 import { Fixture, startServer } from './server-fixture';
+import { echoSessionCheck } from '../helpers/echo-session';
 
 /** Send packets with backpressure: wait for 'drain' whenever write() says so. */
 async function sendAll(ch: Channel, packets: Buffer[]): Promise<void> {
@@ -171,29 +171,7 @@ describe('XenstoreChannel (packets over xenstore keys)', function () {
   it('carries a full Porthole protocol session (handshake and a stream echo)', async () => {
     fx = await startServer();
     const { host, guest } = await pair();
-    const agent = new Session(guest, {
-      role: 'agent',
-      hello: { softwareVersion: 't' },
-      onStream: (s: Stream) => void (async () => {
-        for await (const m of s) await s.send(m);
-        s.end();
-      })(),
-    });
-    const broker = new Session(host, { role: 'broker', hello: { softwareVersion: 't' }, keepaliveIntervalMs: 0 });
-    try {
-      await broker.ready(10000);
-      const s = broker.openStream({ info: {} });
-      const data = randomBytes(300 * 1024);
-      const back: Buffer[] = [];
-      const reading = (async () => { for await (const m of s) back.push(Buffer.from(m.chunk!.data!)); })();
-      for (let off = 0; off < data.length; off += 64 * 1024) await s.send({ chunk: { data: data.subarray(off, off + 64 * 1024) } });
-      s.end();
-      await reading;
-      assert.ok(Buffer.concat(back).equals(data));
-    } finally {
-      broker.close();
-      agent.close();
-    }
+    await echoSessionCheck(host, guest, { bytes: 300 * 1024, chunk: 64 * 1024, readyMs: 10000 });
   });
 
   it('is exported with its defaults', () => {

@@ -161,6 +161,15 @@ export interface WriteOutcome {
   resumedFrom: number;
 }
 
+/** The request's path, normalized; a bad one is the host's mistake (INVALID_ARGUMENT, naming it). */
+function requestPath(raw: Uint8Array | null | undefined): Buffer {
+  try {
+    return normalize(raw ?? Buffer.alloc(0));
+  } catch (err) {
+    throw invalid((err as Error).message, raw ?? undefined);
+  }
+}
+
 /**
  * The one write path (injection, payload media, xenstore requests): content
  * goes to a temporary file beside the target, is fsynced, verified against the
@@ -175,12 +184,7 @@ export async function writeFileAtomic(
   finalSha256: () => string | undefined = () => undefined,
 ): Promise<WriteOutcome> {
   ctx.policy.requireEnabled('file_write');
-  let path: Buffer;
-  try {
-    path = normalize(req.path ?? Buffer.alloc(0));
-  } catch (err) {
-    throw invalid((err as Error).message, req.path ?? undefined);
-  }
+  const path = requestPath(req.path);
   if (path.length === 1) throw invalid('cannot write to /', path);
   ctx.policy.checkPath('file_write', path);
   if (req.sizeKnown) ctx.policy.checkSize(Number(req.size ?? 0));
@@ -348,12 +352,7 @@ export function chunksFromStream(stream: Stream, onEnd: (sha256: string) => void
 /** Stream a file (or a range of it) to the host with its metadata and sha256. */
 export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest.$Properties, stream: Stream): Promise<{ path: Buffer; length: number; sha256: string }> {
   ctx.policy.requireEnabled('file_read');
-  let path: Buffer;
-  try {
-    path = normalize(req.path ?? Buffer.alloc(0));
-  } catch (err) {
-    throw invalid((err as Error).message, req.path ?? undefined);
-  }
+  const path = requestPath(req.path);
   ctx.policy.checkPath('file_read', path);
   const { realpath } = fsp;
   const real = Buffer.from(await realpath(path, { encoding: 'buffer' }));

@@ -161,4 +161,19 @@ describe('frame codec', () => {
       assert.equal(frames.length, 2, `round ${round}`);
     }
   });
+
+  it('a frame spanning consecutive reads into one buffer arrives as a view of it (no copy); a small one is copied out', () => {
+    const big = randomBytes(200 * 1024);
+    const small = randomBytes(100);
+    const slab = Buffer.concat([encodeFrame(big), encodeFrame(small)]);
+    const payloads: Buffer[] = [];
+    const decoder = new FrameDecoder((p) => payloads.push(p));
+    // Three reads into consecutive regions of one buffer, as SlabReader does.
+    const cuts = [0, 70_000, 150_000, slab.length];
+    for (let i = 0; i < 3; i++) decoder.push(slab.subarray(cuts[i], cuts[i + 1]));
+    assert.equal(payloads.length, 2);
+    assert.ok(payloads[0].equals(big) && payloads[1].equals(small));
+    assert.equal(payloads[0].buffer, slab.buffer, 'the big payload is a view of the read buffer');
+    assert.notEqual(payloads[1].buffer, slab.buffer, 'the small payload does not keep the read buffer alive');
+  });
 });

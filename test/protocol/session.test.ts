@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { v1, Session, Stream, PortholeError, encodeFrame, PROTOCOL_VERSION } from '@porthole/protocol';
+import { v1, Session, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION } from '@porthole/protocol';
+import { ChannelBase } from '@porthole/transport';
 import { socketPair } from '../helpers/socket-pair';
 
 const agentHello = { softwareVersion: 'test-agent', capabilities: [v1.Capability.CAPABILITY_EXEC] };
@@ -202,5 +203,55 @@ describe('session', () => {
     await p.broker.ready();
     p.guest.write(randomBytes(3000));
     assert.ok((await p.broker.ping()) >= 0);
+  });
+
+  it('small frames leave before bulk data queued while the channel was full', async () => {
+    /** A byte channel that records what is written and says "full" on demand. */
+    class RecordingChannel extends ChannelBase {
+      readonly kind = 'bytes' as const;
+      readonly description = 'recording';
+      full = false;
+      readonly written: Buffer[] = [];
+      write(data: Buffer): boolean {
+        return this.writeParts([data]);
+      }
+      writeParts(parts: readonly Buffer[]): boolean {
+        this.written.push(Buffer.concat(parts));
+        return !this.full;
+      }
+      close(): void {
+        this.markClosed();
+      }
+    }
+    const channel = new RecordingChannel();
+    const broker = new Session(channel, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    cleanups.push(() => broker.close());
+    channel.emit('data', encodeFrame(v1.Envelope.encode({
+      hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'agent', instanceId: 'a', reply: true },
+    }).finish()));
+    await broker.ready();
+    const settle = () => new Promise((r) => setImmediate(r));
+    const chunk = randomBytes(64 * 1024);
+    const first = broker.openStream({ fileWrite: {} });
+    const second = broker.openStream({ fileWrite: {} });
+    await settle();
+    channel.full = true;
+    void first.send({ chunk: { data: chunk } }); // taken; the channel is now full
+    await settle();
+    void second.send({ chunk: { data: chunk } }); // queued behind the full channel
+    const small = broker.openStream({ info: {} });
+    small.end();
+    await settle();
+    channel.written.length = 0;
+    channel.full = false;
+    channel.emit('drain');
+    await settle();
+    const order: string[] = [];
+    const decoder = new FrameDecoder((payload) => {
+      const e = v1.Envelope.decode(payload);
+      order.push(`${e.body}:${e.streamId === small.id ? 'small' : e.streamId === second.id ? 'bulk' : e.streamId}`);
+    });
+    for (const b of channel.written) decoder.push(b);
+    assert.deepEqual(order.slice(0, 3), ['open:small', 'close:small', 'message:bulk']);
   });
 });

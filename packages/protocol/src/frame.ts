@@ -41,6 +41,9 @@ export function encodeFrame(payload: Uint8Array): Buffer {
   return Buffer.concat([frameHeader([payload]), payload]);
 }
 
+/** Payloads smaller than this are copied out of the read buffer they arrived in. */
+const COPY_BELOW = 64 * 1024;
+
 export interface FrameDecoderStats {
   frames: number;
   /** Bytes dropped while looking for the next valid frame. */
@@ -77,7 +80,13 @@ export class FrameDecoder {
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
+    const last = this.chunks[this.chunks.length - 1];
+    if (last && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
+      // Consecutive reads into one slab (see SocketChannel): one view, so a frame spanning them needs no copy.
+      this.chunks[this.chunks.length - 1] = Buffer.from(chunk.buffer, last.byteOffset, last.length + chunk.length);
+    } else {
+      this.chunks.push(chunk);
+    }
     this.length += chunk.length;
     this.drain();
   }
@@ -113,7 +122,8 @@ export class FrameDecoder {
         continue;
       }
       this.stats.frames++;
-      this.onFrame(payload);
+      // A small payload is copied out so that what keeps it (a queued message) does not keep a whole read buffer.
+      this.onFrame(payload.length < COPY_BELOW && payload.length < payload.buffer.byteLength ? Buffer.copyBytesFrom(payload) : payload);
     }
   }
 

@@ -39,6 +39,11 @@ export interface SessionOptions {
 
 export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
 
+/** Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a transfer. */
+const SMALL_FRAME = 8 * 1024;
+
+type QueuedFrame = { parts: Buffer[]; handedOver: () => void };
+
 const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
 /**
@@ -61,6 +66,10 @@ export class Session extends EventEmitter {
   private pingSeq = 1;
   private lastReceived = Date.now();
   private keepaliveTimer?: NodeJS.Timeout;
+  /** Frames waiting for the channel: small ones (control, requests) leave before bulk data. */
+  private readonly sendQueues: { small: QueuedFrame[]; bulk: QueuedFrame[] } = { small: [], bulk: [] };
+  /** The channel asked us to wait for 'drain'. */
+  private channelFull = false;
   private drainWaiters: Array<() => void> = [];
   private readonly wire: StreamWire;
   private requestSeq = 0;
@@ -195,18 +204,38 @@ export class Session extends EventEmitter {
     void this.wire.sendEnvelope({ hello }).written.catch(() => undefined);
   }
 
+  /** Queue one frame; resolves once the channel took it and can take more (the writer's backpressure). */
   private writePayload(parts: Buffer[]): Promise<void> {
     if (this.isClosed) return Promise.reject(this.closedReason());
-    let accepted: boolean;
-    if (this.channel.kind === 'packets') {
-      accepted = this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
-    } else if (this.channel.writeParts) {
-      accepted = this.channel.writeParts([frameHeader(parts), ...parts]);
-    } else {
-      accepted = this.channel.write(Buffer.concat([frameHeader(parts), ...parts]));
+    let size = 0;
+    for (const p of parts) size += p.length;
+    return new Promise((handedOver) => {
+      (size <= SMALL_FRAME ? this.sendQueues.small : this.sendQueues.bulk).push({ parts, handedOver });
+      this.flushQueues();
+    });
+  }
+
+  private flushQueues(): void {
+    while (!this.channelFull && !this.isClosed) {
+      const small = this.sendQueues.small.shift();
+      const next = small ?? this.sendQueues.bulk.shift();
+      if (!next) return;
+      if (this.writeFrame(next.parts)) {
+        // A bulk writer goes on after the event loop has polled I/O: a run of chunk encodings
+        // would otherwise hold back replies and small requests waiting to be read or written.
+        if (small) next.handedOver();
+        else setImmediate(next.handedOver);
+      } else {
+        this.channelFull = true;
+        this.drainWaiters.push(next.handedOver);
+      }
     }
-    if (accepted) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private writeFrame(parts: Buffer[]): boolean {
+    if (this.channel.kind === 'packets') return this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
+    if (this.channel.writeParts) return this.channel.writeParts([frameHeader(parts), ...parts]);
+    return this.channel.write(Buffer.concat([frameHeader(parts), ...parts]));
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -215,9 +244,11 @@ export class Session extends EventEmitter {
   };
 
   private readonly onDrain = (): void => {
+    this.channelFull = false;
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of waiters) w();
+    this.flushQueues();
   };
 
   private readonly onDiscontinuity = (): void => {
@@ -241,6 +272,7 @@ export class Session extends EventEmitter {
     this.failAll(reason);
     for (const w of this.readyWaiters.splice(0)) w.reject(reason);
     for (const w of this.drainWaiters.splice(0)) w();
+    for (const q of [this.sendQueues.small, this.sendQueues.bulk]) for (const f of q.splice(0)) f.handedOver();
     this.emit('close', error);
   }
 

@@ -3,39 +3,86 @@ import { existsSync, unlinkSync, statSync } from 'node:fs';
 import { Channel, ChannelBase, Connector } from './channel';
 
 /**
- * Bytes a socket channel queues before asking writers to wait: deep enough to
- * keep the kernel buffer full while the next chunk is being encoded.
+ * Bytes a socket channel queues before asking writers to wait, and the level
+ * at which it lets them go on. Writers resume while the queue still holds
+ * several kernel buffers' worth (a Unix socket buffers ~208 KiB), so the next
+ * frames are encoded while the kernel is still being fed: waiting for an empty
+ * queue (the socket's own 'drain') would leave the reader idle meanwhile.
  */
-const SOCKET_HIGH_WATER = 256 * 1024;
+const SOCKET_HIGH_WATER = 128 * 1024;
+const SOCKET_LOW_WATER = 32 * 1024;
+
+/** Room a read needs in a slab; a Unix socket read returns at most its peer's send buffer (~208 KiB). */
+const SLAB_READ_ROOM = 256 * 1024;
+const SLAB_SIZE = 4 * 1024 * 1024;
+
+/**
+ * Socket reads into consecutive regions of large slabs instead of a fresh
+ * 64 KiB buffer each: a frame that spans two reads is then one contiguous
+ * view, which the frame decoder takes without copying.
+ */
+export class SlabReader {
+  private slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+  private used = 0;
+  /** Where the bytes go (set by the channel that owns the socket). */
+  deliver: (chunk: Buffer) => void = () => undefined;
+
+  readonly onread: net.OnReadOpts = {
+    buffer: () => {
+      if (this.slab.length - this.used < SLAB_READ_ROOM) {
+        this.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+        this.used = 0;
+      }
+      return this.slab.subarray(this.used);
+    },
+    callback: (bytes: number, buffer: Uint8Array) => {
+      const chunk = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
+      this.used += bytes;
+      this.deliver(chunk);
+      return true; // keep reading: backpressure is the protocol's credit, not the socket's
+    },
+  };
+}
 
 /** A connected stream socket (the host side of a QEMU `-chardev socket`). */
 export class SocketChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
 
-  constructor(private readonly socket: net.Socket, readonly description: string) {
+  /** `reader`: the socket was opened with its `onread` (see SlabReader); otherwise data comes as events. */
+  constructor(private readonly socket: net.Socket, readonly description: string, reader?: SlabReader) {
     super();
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => this.emit('data', chunk));
-    socket.on('drain', () => this.emit('drain'));
+    if (reader) reader.deliver = (chunk) => this.emit('data', chunk);
+    else socket.on('data', (chunk: Buffer) => this.emit('data', chunk));
+    socket.on('drain', this.written);
     socket.on('error', (err) => this.markClosed(new Error(`${description}: ${err.message}`, { cause: err })));
     socket.on('close', () => this.markClosed());
   }
 
   write(data: Buffer): boolean {
-    if (this.closed) return false;
-    // The socket asks for 'drain' past its own 16 KiB mark and emits it once empty; waiting only
-    // past SOCKET_HIGH_WATER keeps the pipe busy without letting the queue grow without bound.
-    this.socket.write(data);
-    return this.socket.writableLength < SOCKET_HIGH_WATER;
+    return this.writeParts([data]);
   }
 
   writeParts(parts: readonly Buffer[]): boolean {
     if (this.closed) return false;
     this.socket.cork();
-    for (const part of parts) this.socket.write(part);
+    for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]);
+    this.socket.write(parts[parts.length - 1], this.written);
     this.socket.uncork();
-    return this.socket.writableLength < SOCKET_HIGH_WATER;
+    if (this.socket.writableLength < SOCKET_HIGH_WATER) return true;
+    this.writersWaiting = true;
+    return false;
   }
+
+  private writersWaiting = false;
+
+  /** After each write reaches the kernel: let waiting writers go on once the queue is down to the low mark. */
+  private readonly written = (): void => {
+    if (this.writersWaiting && this.socket.writableLength <= SOCKET_LOW_WATER) {
+      this.writersWaiting = false;
+      this.emit('drain');
+    }
+  };
 
   close(): void {
     this.socket.destroy();
@@ -78,7 +125,8 @@ export class UnixSocketConnector implements Connector {
 
   private dial(signal?: AbortSignal): Promise<Channel> {
     return new Promise((resolve, reject) => {
-      const socket = net.connect(this.path);
+      const reader = new SlabReader();
+      const socket = net.connect({ path: this.path, onread: reader.onread });
       const onAbort = () => {
         socket.destroy();
         reject(signal?.reason ?? new Error('aborted'));
@@ -87,7 +135,7 @@ export class UnixSocketConnector implements Connector {
       socket.once('connect', () => {
         signal?.removeEventListener('abort', onAbort);
         socket.removeAllListeners('error');
-        resolve(new SocketChannel(socket, this.description));
+        resolve(new SocketChannel(socket, this.description, reader));
       });
       socket.once('error', (err: NodeJS.ErrnoException) => {
         signal?.removeEventListener('abort', onAbort);

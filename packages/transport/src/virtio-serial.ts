@@ -1,5 +1,6 @@
 import { promises as fsp, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { Channel, ChannelBase, Connector } from './channel';
 
 export const DEFAULT_PORT_NAME = 'org.porthole.agent.0';
@@ -31,22 +32,70 @@ export function findVirtioPort(name: string, roots = { dev: '/dev', sys: '/sys/c
   throw new Error(`no virtio-serial port named ${name} (ports here: ${names.join(', ') || 'none'})`);
 }
 
-const READ_SIZE = 256 * 1024;
-/** While no host is connected a read returns EOF at once: wait this long before the next read. */
-const IDLE_BACKOFF_MS = [10, 50, 100, 200];
 /** Buffers handed to one writev (below IOV_MAX). */
 const MAX_WRITEV_PARTS = 256;
 const HIGH_WATER_MARK = 1024 * 1024;
 
 /**
+ * The reading thread (a worker, so it is plain JS that bundles and runs in a
+ * single executable). It reads with the asynchronous fs API on purpose: a
+ * worker blocked in readSync() could not be stopped, and the process could not
+ * exit until the host sent a byte. Bytes read while the main thread is busy
+ * collect in one batch buffer; the next batch leaves when the main thread has
+ * taken the last one (its 'taken' message), so a busy main thread gets fewer,
+ * larger batches instead of a message per 4 KiB.
+ */
+const READER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const BATCH = ${1024 * 1024};
+const READ = ${64 * 1024};
+const IDLE_BACKOFF_MS = [10, 50, 100, 200];
+// Reads land in their own buffer and are copied into the batch: the batch may be handed over
+// while a read is waiting for the host, and that read must not write into a buffer already sent.
+const readBuffer = new Uint8Array(READ);
+const batch = new Uint8Array(BATCH);
+let used = 0;
+let handedOver = true;
+let reading = false;
+let idle = 0;
+let stopped = false;
+function offer() {
+  if (!handedOver || used === 0) return;
+  handedOver = false;
+  // Sent as an exact-size copy: batches are often one 4 KiB read, and a fresh 1 MiB buffer each would cost more than the copy.
+  const out = batch.slice(0, used);
+  parentPort.postMessage({ bytes: out.buffer, length: used }, [out.buffer]);
+  used = 0;
+}
+function read() {
+  // A full batch waits for the main thread: the port's own queue (and the protocol's credit) hold the rest.
+  if (stopped || reading || BATCH - used < READ) return;
+  reading = true;
+  fs.read(workerData.fd, readBuffer, 0, READ, null, (err, n) => {
+    reading = false;
+    if (err) { stopped = true; parentPort.postMessage({ error: err.message }); return; }
+    if (n > 0) { idle = 0; batch.set(readBuffer.subarray(0, n), used); used += n; offer(); read(); return; }
+    // EOF: no host on the other side. Say so once, then poll slowly until it is back.
+    // What came before the EOF must reach the main thread before the EOF does.
+    if (idle === 0) { if (used) { handedOver = true; offer(); } parentPort.postMessage({ eof: true }); }
+    setTimeout(read, IDLE_BACKOFF_MS[Math.min(idle++, IDLE_BACKOFF_MS.length - 1)]);
+  });
+}
+parentPort.on('message', () => { handedOver = true; offer(); read(); });
+read();
+`;
+
+/**
  * The guest side of a virtio-serial port. It is a character device, not a
- * TTY, so it is read with plain fs reads (blocking reads in libuv's thread
- * pool). The guest driver hands out one 4 KiB buffer per read(), so the next
- * read is always under way while the main thread handles the last one.
- * Writes queued while one is in flight leave together in one writev. The
- * channel outlives host connections: when the host side goes away, reads
- * return EOF until it is back; the channel then emits 'discontinuity' and
- * polls slowly instead of spinning.
+ * TTY, so it is read with plain fs reads. The guest driver hands out one
+ * 4 KiB buffer per read(), each a thread-pool round trip (about 0.5 ms under
+ * TCG), so the reads run in their own thread and keep going while the main
+ * thread works on what came before; they reach it in batches. Writes queued
+ * while one is in flight leave together in one writev. The channel outlives
+ * host connections: when the host side goes away, reads return EOF until it
+ * is back; the channel then emits 'discontinuity' and polls slowly instead of
+ * spinning.
  */
 export class VirtioSerialChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
@@ -54,11 +103,14 @@ export class VirtioSerialChannel extends ChannelBase {
   private queue: Buffer[] = [];
   private queuedBytes = 0;
   private flushing = false;
+  private readonly reader: Worker;
 
   private constructor(private readonly handle: fsp.FileHandle, readonly path: string) {
     super();
     this.description = `virtio-serial:${path}`;
-    void this.readLoop();
+    this.reader = new Worker(READER_SOURCE, { eval: true, workerData: { fd: handle.fd } });
+    this.reader.on('message', this.onReaderMessage);
+    this.reader.on('error', (err) => this.markClosed(new Error(`${this.description}: reader failed: ${err.message}`, { cause: err })));
   }
 
   static async open(path: string): Promise<VirtioSerialChannel> {
@@ -66,35 +118,17 @@ export class VirtioSerialChannel extends ChannelBase {
     return new VirtioSerialChannel(handle, path);
   }
 
-  private async readLoop(): Promise<void> {
-    const buffer = Buffer.allocUnsafe(READ_SIZE);
-    const read = () => this.handle.read(buffer, 0, READ_SIZE, null);
-    let pending = read();
-    let idle = 0;
-    while (!this.closed) {
-      let n: number;
-      try {
-        ({ bytesRead: n } = await pending);
-      } catch (err) {
-        if (this.closed) return;
-        this.markClosed(new Error(`${this.description}: read failed: ${(err as Error).message}`, { cause: err }));
-        return;
-      }
-      if (this.closed) return;
-      if (n > 0) {
-        idle = 0;
-        const data = Buffer.from(buffer.subarray(0, n));
-        pending = read();
-        this.emit('data', data);
-        continue;
-      }
-      if (idle === 0) this.emit('discontinuity');
-      const delay = IDLE_BACKOFF_MS[Math.min(idle, IDLE_BACKOFF_MS.length - 1)];
-      idle++;
-      await new Promise((r) => setTimeout(r, delay));
-      pending = read();
+  private readonly onReaderMessage = (m: { bytes?: ArrayBuffer; length?: number; eof?: boolean; error?: string }): void => {
+    if (this.closed) return;
+    if (m.bytes) {
+      this.emit('data', Buffer.from(m.bytes, 0, m.length));
+      this.reader.postMessage('taken');
+    } else if (m.eof) {
+      this.emit('discontinuity');
+    } else if (m.error) {
+      this.markClosed(new Error(`${this.description}: read failed: ${m.error}`));
     }
-  }
+  };
 
   writeParts(parts: readonly Buffer[]): boolean {
     let ok = true;
@@ -145,6 +179,7 @@ export class VirtioSerialChannel extends ChannelBase {
   close(): void {
     if (this.closed) return;
     this.markClosed();
+    void this.reader.terminate();
     void this.handle.close().catch(() => undefined);
   }
 }

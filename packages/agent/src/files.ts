@@ -261,12 +261,12 @@ export async function writeFileAtomic(
     for await (const chunk of source) {
       if (chunk.offset !== position) throw invalid(`chunk at offset ${chunk.offset}, expected ${position}`, path);
       ctx.policy.checkSize(appendBase + position + chunk.data.length);
-      let off = 0;
-      while (off < chunk.data.length) {
-        const { bytesWritten } = await handle.write(chunk.data, off, chunk.data.length - off, appendBase + position + off);
-        off += bytesWritten;
+      const at = appendBase + position;
+      const written = handle.write(chunk.data, 0, chunk.data.length, at);
+      hash.update(chunk.data); // while the thread pool writes
+      for (let off = (await written).bytesWritten; off < chunk.data.length;) {
+        off += (await handle.write(chunk.data, off, chunk.data.length - off, at + off)).bytesWritten;
       }
-      hash.update(chunk.data);
       position += chunk.data.length;
     }
     if (req.sizeKnown && position !== Number(req.size)) {

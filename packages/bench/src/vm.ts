@@ -238,7 +238,8 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       'raw: plain bytes through a second port of the same virtio-serial device to a guest process that discards them (or sends zeros) — the limit',
       `Porthole: ${CHUNK_SIZE / 1024} KiB chunks, written to the guest's tmpfs atomically, sha256 checked both ways; target ratio to raw ≥ 0.9`,
       `qemu-guest-agent (Debian's qemu-ga in the same guest): guest-file-open/write/close, base64 in JSON, ${QGA_CHUNK / MiB} MiB per command, one command in flight`,
-      'under TCG, host → guest is bound for every method by the guest driver handing out one 4 KiB buffer per read() (about 1 ms each here); guest → host, Porthole is bound by sha256 (about 58 MiB/s in this guest) and CRC32C (native, about 107 MiB/s here) running on every byte in the emulated CPU, which raw does not do',
+      'under TCG, host → guest is bound for every method by the guest driver handing out one 4 KiB buffer per read(), each a thread-pool round trip of about 0.4 ms; the agent reads in its own thread, but the reads and its per-byte work (CRC32C, sha256, the file write) share the two vCPUs, which share this host\'s two cores with QEMU and the broker',
+      'guest → host, the port takes up to 32 KiB per write(); Porthole is bound by the work the emulated CPU does on every byte (CRC32C about 107 MiB/s, sha256 about 58 MiB/s in this guest), which raw does not do',
     ],
   };
   const exec: BenchTable = {

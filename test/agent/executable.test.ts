@@ -146,8 +146,10 @@ describe('agent: the bundled executable', function () {
     assert.equal(write?.size, 18);
     assert.ok(!readFileSync(a.logFile, 'utf8').includes('through the bundle'), 'no content in the log');
 
-    const exited = new Promise<number | null>((r) => agent!.once('exit', (code) => r(code)));
+    // A clean stop ends by the signal itself (see main.ts), as systemd and shells expect of a daemon.
+    const exited = new Promise<[number | null, string | null]>((r) => agent!.once('exit', (code, signal) => r([code, signal])));
     agent!.kill('SIGTERM');
-    assert.equal(await exited, 0);
+    assert.deepEqual(await exited, [null, 'SIGTERM']);
+    assert.match(await logged(/"stopping"/), /"signal":"SIGTERM"/);
   });
 });

@@ -4,6 +4,7 @@ import { strict as assert } from 'node:assert';
 import { spawn, execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { connect, PortholeClient, describeError } from '@porthole/broker';
 import { bootVm, Vm, agentBundlePath, agentExecutablePath } from '@porthole/testbed';
@@ -186,6 +187,30 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
     const json = await promisify(execFile)(process.execPath, [cli, '--json', 'info', vm!.target]);
     assert.equal(JSON.parse(json.stdout).hostname, 'porthole-guest');
     client = await connect(vm!.target, { timeoutMs: 30000 });
+  });
+
+  it('a SIGTERM stops the agent at once, by that signal, with its reader thread still waiting on the port', async () => {
+    const exitLines = () => vm!.console().match(/agent exited with status \d+/g) ?? [];
+    const exits = exitLines().length;
+    const t0 = Date.now();
+    // The agent is the parent of this shell; the guest's init reports how it ended and starts it again.
+    void run(client, ['sh', '-c', 'kill -TERM $PPID']).catch(() => undefined);
+    for (let i = 0; i < 100 && exitLines().length === exits; i++) await sleep(100);
+    assert.equal(exitLines().length, exits + 1, 'the agent ended within 10 s of SIGTERM');
+    assert.equal(exitLines().pop(), 'agent exited with status 143', 'ended by SIGTERM (128 + 15)');
+    assert.ok(Date.now() - t0 < 5000, `stopping took ${Date.now() - t0} ms`);
+    assert.match(vm!.console(), /"message":"stopping"[^\n]*"signal":"SIGTERM"/);
+    // Until the restarted agent has greeted the broker, a request is failed as in flight (SESSION_RESET), never hung.
+    for (let i = 0; ; i++) {
+      const r = await run(client, ['echo', 'back']).catch((e: PortholeError) => e);
+      if (!(r instanceof Error)) {
+        assert.equal(r.stdout, 'back\n');
+        break;
+      }
+      assert.equal(r.codeName, 'SESSION_RESET', r.message);
+      assert.ok(i < 10, 'the restarted agent answers');
+      await sleep(1000);
+    }
   });
 
   it('survives the agent restarting inside the guest: in-flight work fails clearly, then the session works', async () => {

@@ -63,7 +63,12 @@ Examples:
     process.on(sig, () => {
       running.log.info('stopping', { signal: sig });
       running.stop();
-      setTimeout(() => process.exit(0), 100);
+      // End by the signal itself once the handler is gone (a clean stop to systemd). process.exit() would
+      // wait for the virtio-serial reader thread, whose read() returns only when the host sends or leaves.
+      setTimeout(() => {
+        process.removeAllListeners(sig);
+        process.kill(process.pid, sig);
+      }, 100);
     });
   }
   await running.done;

@@ -4,10 +4,9 @@ import { Channel, ChannelBase, Connector } from './channel';
 
 /**
  * Bytes a socket channel queues before asking writers to wait, and the level
- * at which it lets them go on. Writers resume while the queue still holds
- * several kernel buffers' worth (a Unix socket buffers ~208 KiB), so the next
- * frames are encoded while the kernel is still being fed: waiting for an empty
- * queue (the socket's own 'drain') would leave the reader idle meanwhile.
+ * at which it lets them go on: before the queue is empty (the socket's own
+ * 'drain'), so the next frames are encoded while the kernel is still being fed,
+ * and shallow, so the small frames the session sends first are near the front.
  */
 const SOCKET_HIGH_WATER = 128 * 1024;
 const SOCKET_LOW_WATER = 32 * 1024;
@@ -47,6 +46,7 @@ export class SlabReader {
 /** A connected stream socket (the host side of a QEMU `-chardev socket`). */
 export class SocketChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
+  private writersWaiting = false;
 
   /** `reader`: the socket was opened with its `onread` (see SlabReader); otherwise data comes as events. */
   constructor(private readonly socket: net.Socket, readonly description: string, reader?: SlabReader) {
@@ -73,8 +73,6 @@ export class SocketChannel extends ChannelBase {
     this.writersWaiting = true;
     return false;
   }
-
-  private writersWaiting = false;
 
   /** After each write reaches the kernel: let waiting writers go on once the queue is down to the low mark. */
   private readonly written = (): void => {

@@ -38,9 +38,10 @@ const HIGH_WATER_MARK = 1024 * 1024;
 
 /**
  * The reading thread (a worker, so it is plain JS that bundles and runs in a
- * single executable). It reads with the asynchronous fs API on purpose: a
- * worker blocked in readSync() could not be stopped, and the process could not
- * exit until the host sent a byte. Bytes read while the main thread is busy
+ * single executable). It reads with the asynchronous fs API so that its own
+ * event loop still hears the main thread. A read waiting for the host cannot
+ * be cancelled, and process.exit() would wait for it: the agent therefore ends
+ * by its stop signal (see main.ts). Bytes read while the main thread is busy
  * collect in one batch buffer; the next batch leaves when the main thread has
  * taken the last one (its 'taken' message), so a busy main thread gets fewer,
  * larger batches instead of a message per 4 KiB.
@@ -65,7 +66,7 @@ function offer() {
   handedOver = false;
   // Sent as an exact-size copy: batches are often one 4 KiB read, and a fresh 1 MiB buffer each would cost more than the copy.
   const out = batch.slice(0, used);
-  parentPort.postMessage({ bytes: out.buffer, length: used }, [out.buffer]);
+  parentPort.postMessage({ bytes: out.buffer }, [out.buffer]);
   used = 0;
 }
 function read() {
@@ -118,10 +119,10 @@ export class VirtioSerialChannel extends ChannelBase {
     return new VirtioSerialChannel(handle, path);
   }
 
-  private readonly onReaderMessage = (m: { bytes?: ArrayBuffer; length?: number; eof?: boolean; error?: string }): void => {
+  private readonly onReaderMessage = (m: { bytes?: ArrayBuffer; eof?: boolean; error?: string }): void => {
     if (this.closed) return;
     if (m.bytes) {
-      this.emit('data', Buffer.from(m.bytes, 0, m.length));
+      this.emit('data', Buffer.from(m.bytes));
       this.reader.postMessage('taken');
     } else if (m.eof) {
       this.emit('discontinuity');

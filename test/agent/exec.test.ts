@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
 import { v1, PortholeError, Stream } from '@porthole/protocol';
-import { AgentHarness, TRANSPORTS, startAgentHarness } from './harness';
+import { AgentHarness, TRANSPORTS, socketLink, startAgentHarness } from './harness';
 import { exec, info } from './client';
 
 const E = v1.ErrorCode;
@@ -31,12 +31,18 @@ async function waitGone(pid: number, ms = 5000): Promise<boolean> {
   return gone(pid);
 }
 
-for (const transport of TRANSPORTS) describe(`agent: exec over ${transport.name}`, function () {
+/** Every channel with porthole-spawn starting the commands (the default), and Node's child_process once. */
+const SUITES = [
+  ...TRANSPORTS.map((t) => ({ name: `over ${t.name}`, link: t.link, spawnHelper: true })),
+  { name: "over a socket, started by Node's child_process (exec.spawn_helper = false)", link: socketLink, spawnHelper: false },
+];
+
+for (const suite of SUITES) describe(`agent: exec ${suite.name}`, function () {
   this.timeout(30000);
   let h: AgentHarness;
   const spawned: number[] = [];
   beforeEach(async () => {
-    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; }, transport.link);
+    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; c.exec.spawnHelper = suite.spawnHelper; }, suite.link);
   });
   afterEach(async () => {
     for (const pid of spawned.splice(0)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }

@@ -79,6 +79,9 @@ export function agentTestConfig(prefix: string, tune: (config: AgentConfig, root
   return { dir, root, config };
 }
 
+/** porthole-spawn as `npm run build` makes it: the tests run the agent from its sources, not beside it. */
+export const SPAWN_HELPER = join(__dirname, '..', '..', 'packages', 'agent', 'dist', 'porthole-spawn');
+
 export async function startAgentHarness(
   tune: (config: AgentConfig, root: string) => void = () => undefined,
   makeLink: (dir: string) => AgentLink | Promise<AgentLink> = socketLink,
@@ -106,7 +109,7 @@ export async function startAgentHarness(
     return session;
   };
   const first = accept();
-  const agent = new Agent({ connector: link.agent, config, log });
+  const agent = new Agent({ connector: link.agent, config, log, spawnHelper: SPAWN_HELPER });
   const running = agent.run().catch(() => undefined);
 
   const h: AgentHarness = {

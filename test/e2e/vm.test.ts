@@ -20,6 +20,9 @@ function agent() {
   return exe ? { executable: exe } : { bundle: agentBundlePath() };
 }
 
+/** In a command's shell: the agent's pid (the shell's parent is porthole-spawn, whose parent is the agent). */
+const AGENT_PID = '$(cut -d" " -f4 /proc/$PPID/stat)';
+
 async function run(client: PortholeClient, command: string[] | { shell: string }) {
   const task = client.exec(command);
   const out: Buffer[] = [];
@@ -170,6 +173,12 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
     assert.equal(left.stdout.trim(), '0', 'no sleep left behind');
   });
 
+  it('starts commands through porthole-spawn, the helper installed beside the agent', async () => {
+    // The shell's parent is whoever started it: the helper, not the agent.
+    const r = await run(client, ['sh', '-c', 'cat /proc/$PPID/comm']);
+    assert.equal(r.stdout.trim(), 'porthole-spawn');
+  });
+
   it('runs 20 commands at once', async () => {
     const results = await Promise.all(Array.from({ length: 20 }, (_, i) => run(client, ['sh', '-c', `echo ${i}; exit ${i % 5}`])));
     results.forEach((r, i) => {
@@ -193,8 +202,8 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
     const exitLines = () => vm!.console().match(/agent exited with status \d+/g) ?? [];
     const exits = exitLines().length;
     const t0 = Date.now();
-    // The agent is the parent of this shell; the guest's init reports how it ended and starts it again.
-    void run(client, ['sh', '-c', 'kill -TERM $PPID']).catch(() => undefined);
+    // The guest's init reports how the agent ended and starts it again.
+    void run(client, ['sh', '-c', `kill -TERM ${AGENT_PID}`]).catch(() => undefined);
     for (let i = 0; i < 100 && exitLines().length === exits; i++) await sleep(100);
     assert.equal(exitLines().length, exits + 1, 'the agent ended within 10 s of SIGTERM');
     assert.equal(exitLines().pop(), 'agent exited with status 143', 'ended by SIGTERM (128 + 15)');
@@ -216,8 +225,8 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
   it('survives the agent restarting inside the guest: in-flight work fails clearly, then the session works', async () => {
     const pending = client.exec(['sleep', '30']);
     await pending.started;
-    // Kill the agent (the parent of this shell); the guest's init restarts it.
-    void run(client, ['sh', '-c', 'kill -9 $PPID']).catch(() => undefined);
+    // Kill the agent; the guest's init restarts it.
+    void run(client, ['sh', '-c', `kill -9 ${AGENT_PID}`]).catch(() => undefined);
     await assert.rejects(pending.exit, (e: PortholeError) => e.codeName === 'SESSION_RESET' && /restarted|lost/.test(e.message));
     const info = await client.info();
     assert.match(info.hello!.softwareVersion!, /^porthole-agent/);

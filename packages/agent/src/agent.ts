@@ -7,6 +7,7 @@ import { UserDb } from './users';
 import { AuditLogger } from './audit';
 import { TransferStore, writeFileAtomic, transferStatus, chunksFromStream, readFileToStream, FileContext } from './files';
 import { runExec } from './exec';
+import { createSpawner, defaultSpawnHelperPath, Spawner } from './spawner';
 import { showPath } from './paths';
 import { AGENT_VERSION } from './version';
 
@@ -16,6 +17,8 @@ export interface AgentOptions {
   log: AuditLogger;
   /** Where /etc/passwd and /etc/group live (tests). */
   etcDir?: string;
+  /** porthole-spawn, when not beside the agent (tests). */
+  spawnHelper?: string;
 }
 
 /**
@@ -27,6 +30,8 @@ export class Agent {
   private readonly users: UserDb;
   private readonly transfers: TransferStore;
   private readonly running = { count: 0 };
+  /** Chosen at start: exec.spawn_helper and whether the helper is installed. */
+  private readonly spawner: Spawner;
   private session?: Session;
   private stopped = false;
   /** Aborts a pending connect when the agent is stopped. */
@@ -40,6 +45,7 @@ export class Agent {
     this.policy = new Policy(options.config);
     this.users = new UserDb(options.etcDir);
     this.transfers = new TransferStore(options.config.transfers.stateDir, options.config.transfers.abandonAfterSeconds * 1000);
+    this.spawner = createSpawner(options.config.exec.spawnHelper, options.spawnHelper ?? defaultSpawnHelperPath(), options.log);
   }
 
   get log(): AuditLogger {
@@ -64,6 +70,7 @@ export class Agent {
   }
 
   async run(): Promise<void> {
+    this.log.info('commands start through ' + this.spawner.description);
     const swept = this.transfers.sweep();
     if (swept) this.log.info('abandoned transfers removed', { count: swept });
     // Hourly, or sooner when the owner set a shorter age (but not more than once a minute).
@@ -95,6 +102,7 @@ export class Agent {
     this.stopping.abort(new Error('agent stopped'));
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.session?.close();
+    this.spawner.close();
   }
 
   private openSession(channel: Channel): Session {
@@ -147,7 +155,7 @@ export class Agent {
           const secretValues = (req.secretEnv ?? []).map((name) => req.env?.[name]).filter((v): v is string => !!v);
           audit.argv = this.policy.redactArgv(argv, secretValues);
           if (req.user) audit.user = req.user.name ?? req.user.numeric;
-          const exit = await runExec({ policy: this.policy, users: this.users, log: this.log, running: this.running }, req, stream);
+          const exit = await runExec({ policy: this.policy, users: this.users, log: this.log, running: this.running, spawner: this.spawner }, req, stream);
           Object.assign(audit, { exitCode: exit.exited ? exit.code : undefined, signal: exit.signal || undefined, timedOut: exit.timedOut || undefined, cancelled: exit.cancelled || undefined });
           await stream.send({ execExit: exit });
           break;

@@ -7,7 +7,7 @@ const { parse } = require('smol-toml') as { parse(text: string): Record<string, 
 export interface AgentConfig {
   fileWrite: { enabled: boolean; allow: string[]; deny: string[]; maxFileSize: number; allowFinalSymlink: boolean };
   fileRead: { enabled: boolean; allow: string[]; deny: string[] };
-  exec: { enabled: boolean; users: string[]; commands: string[]; maxConcurrent: number; secretArgs: string[] };
+  exec: { enabled: boolean; users: string[]; commands: string[]; maxConcurrent: number; secretArgs: string[]; spawnHelper: boolean };
   payload: { enabled: boolean; runCommands: boolean; stateDir: string };
   transfers: { stateDir: string; abandonAfterSeconds: number };
   /** Nova-style requests in xenstore (data/host → data/guest), served with a xenstore channel only. */
@@ -24,7 +24,7 @@ export function defaultConfig(): AgentConfig {
   return {
     fileWrite: { enabled: true, allow: ['/'], deny: ['/proc', '/sys', '/dev'], maxFileSize: 0, allowFinalSymlink: false },
     fileRead: { enabled: true, allow: ['/'], deny: ['/proc/kcore'] },
-    exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [] },
+    exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
     payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
     transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400 },
     nova: { enabled: true },
@@ -37,7 +37,7 @@ type Table = Record<string, unknown>;
 const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' | 'string'>> = {
   file_write: { enabled: 'bool', allow: 'strings', deny: 'strings', max_file_size: 'size', allow_final_symlink: 'bool' },
   file_read: { enabled: 'bool', allow: 'strings', deny: 'strings' },
-  exec: { enabled: 'bool', users: 'strings', commands: 'strings', max_concurrent: 'int', secret_args: 'strings' },
+  exec: { enabled: 'bool', users: 'strings', commands: 'strings', max_concurrent: 'int', secret_args: 'strings', spawn_helper: 'bool' },
   payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string' },
   transfers: { state_dir: 'string', abandon_after_seconds: 'int' },
   nova: { enabled: 'bool' },

@@ -1,4 +1,3 @@
-import { spawn, ChildProcess } from 'node:child_process';
 import { Readable, Writable } from 'node:stream';
 import { statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
@@ -6,6 +5,7 @@ import { v1, PortholeError, Stream } from '@porthole/protocol';
 import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
+import { ExitStatus, Spawned, Spawner } from './spawner';
 
 const E = v1.ErrorCode;
 /** After SIGTERM (timeout, cancel), the group gets this long before SIGKILL. */
@@ -18,6 +18,7 @@ export interface ExecContext {
   users: UserDb;
   log: AuditLogger;
   running: { count: number };
+  spawner: Spawner;
 }
 
 function signalName(sig: string | undefined): NodeJS.Signals {
@@ -27,13 +28,12 @@ function signalName(sig: string | undefined): NodeJS.Signals {
   return full;
 }
 
-function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
-  if (!child.pid) return;
+function killGroup(child: Spawned, sig: NodeJS.Signals): void {
   try {
-    process.kill(-child.pid, sig); // the whole process group (spawned detached)
+    process.kill(-child.pid, sig); // the whole process group (each command leads its own)
   } catch {
     try {
-      child.kill(sig);
+      process.kill(child.pid, sig);
     } catch {
       // already gone
     }
@@ -104,31 +104,13 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
 
   ctx.running.count++;
   const started = Date.now();
-  let child: ChildProcess;
+  let child: Spawned;
   try {
-    child = spawn(argv[0], argv.slice(1), {
-      cwd,
-      env,
-      uid: user?.uid,
-      gid,
-      detached: true, // its own process group, so timeout and cancel reach grandchildren too
-      stdio: [req.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-    });
+    child = await ctx.spawner.spawn({ file: argv[0], args: argv.slice(1), cwd, env, uid: user?.uid, gid, stdin: !!req.stdin });
   } catch (err) {
     ctx.running.count--;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new PortholeError(E.ERROR_CODE_NOT_FOUND, `command not found in the guest: ${argv[0]}`);
     throw PortholeError.from(err, `cannot run ${argv[0]}`);
-  }
-  // Listening before anything is awaited: a quick command may exit while execStarted is being sent.
-  const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('exit', (c, s) => resolve([c, s])));
-  const spawned = await new Promise<Error | null>((resolve) => {
-    child.once('spawn', () => resolve(null));
-    child.once('error', (err) => resolve(err));
-  });
-  if (spawned) {
-    ctx.running.count--;
-    const code = (spawned as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new PortholeError(E.ERROR_CODE_NOT_FOUND, `command not found in the guest: ${argv[0]}`);
-    throw PortholeError.from(spawned, `cannot run ${argv[0]}`);
   }
 
   let timedOut = false;
@@ -153,7 +135,7 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
       pipe.on('close', resolve);
       pipe.on('error', () => resolve());
     });
-  const outputs = Promise.all([forward(child.stdout!, v1.OutputStream.OUTPUT_STDOUT), forward(child.stderr!, v1.OutputStream.OUTPUT_STDERR)]);
+  const outputs = Promise.all([forward(child.stdout, v1.OutputStream.OUTPUT_STDOUT), forward(child.stderr, v1.OutputStream.OUTPUT_STDERR)]);
 
   // Messages from the host: stdin, signals, cancel.
   const inbound = (async () => {
@@ -181,19 +163,28 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   })();
   child.stdin?.on('error', () => undefined); // the process may exit without reading stdin
 
-  await stream.send({ execStarted: { pid: child.pid ?? 0 } }).catch(() => undefined);
-  const [code, sig] = await exited;
+  await stream.send({ execStarted: { pid: child.pid } }).catch(() => undefined);
+  let status: ExitStatus | undefined;
+  let lost: Error | undefined;
+  try {
+    status = await child.exited;
+  } catch (err) {
+    lost = err as Error;
+  }
   if (timeout) clearTimeout(timeout);
-  // A timed-out or cancelled command goes with its whole group, even members that outlived it.
-  if (timedOut || cancelled) killGroup(child, 'SIGKILL');
+  // A timed-out or cancelled command goes with its whole group, even members that outlived it;
+  // so does one whose exit status was lost, which nobody could watch any more.
+  if (timedOut || cancelled || lost) killGroup(child, 'SIGKILL');
   ctx.running.count--;
   // Grandchildren may keep the pipes open: wait a little, then stop forwarding.
-  const grace = setTimeout(() => { child.stdout?.destroy(); child.stderr?.destroy(); }, PIPE_GRACE_MS);
+  const grace = setTimeout(() => { child.stdout.destroy(); child.stderr.destroy(); }, PIPE_GRACE_MS);
   await outputs;
   clearTimeout(grace);
   if (killTimer) clearTimeout(killTimer);
   stream.signal.removeEventListener('abort', onAbort);
   void inbound;
+  if (lost) throw PortholeError.from(lost, `${argv[0]} (pid ${child.pid}) was killed`);
+  const [code, sig] = status!;
   return {
     exited: code !== null,
     code: code ?? 0,

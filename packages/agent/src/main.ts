@@ -15,7 +15,7 @@ function describePolicy(policy: Policy, source: string): string {
     `effective policy (${source}):`,
     `  file_write: ${onOff(c.fileWrite.enabled)}; allow ${JSON.stringify(c.fileWrite.allow)}; deny ${JSON.stringify(c.fileWrite.deny)}; max_file_size ${c.fileWrite.maxFileSize || 'unlimited'}; allow_final_symlink ${c.fileWrite.allowFinalSymlink}`,
     `  file_read:  ${onOff(c.fileRead.enabled)}; allow ${JSON.stringify(c.fileRead.allow)}; deny ${JSON.stringify(c.fileRead.deny)}`,
-    `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}`,
+    `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}; spawn_helper ${c.exec.spawnHelper}`,
     `  payload:    ${onOff(c.payload.enabled)}; run_commands ${c.payload.runCommands}; state_dir ${c.payload.stateDir}`,
     `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}`,
     `  nova:       ${onOff(c.nova.enabled)} (xenstore data/host requests, with --channel xen)`,

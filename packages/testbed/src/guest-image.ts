@@ -136,7 +136,11 @@ export function buildOverlay(options: GuestOptions, out: string): void {
         copyInto(root, options.agent.executable, '/opt/porthole/porthole-agent');
         put('/etc/testbed/agent-cmd', '/opt/porthole/porthole-agent\n');
       }
-      // As the packages do: the CRC32C addon beside the agent (pure JS is the agent's bottleneck under TCG).
+      // As the packages do: porthole-spawn beside the agent when the build made it there.
+      const source = 'bundle' in options.agent ? options.agent.bundle : options.agent.executable;
+      const helper = join(dirname(source), 'porthole-spawn');
+      if (existsSync(helper)) copyInto(root, helper, '/opt/porthole/porthole-spawn');
+      // And the CRC32C addon beside the agent (pure JS is the agent's bottleneck under TCG).
       for (const pkg of CRC32C_ADDON) {
         const dir = dirname(require.resolve(`${pkg}/package.json`));
         cpSync(dir, join(root, 'opt/porthole/node_modules', pkg), { recursive: true });

@@ -1,5 +1,5 @@
 // Builds the agent's installers from the single executable (npm run build:sea):
-//   node installers/build.mjs deb|tar [--version V] [--exe FILE] [--conf FILE] [--out DIR]
+//   node installers/build.mjs deb|tar [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]
 // deb: build/porthole-agent_<V>_amd64.deb (dpkg-deb, nothing downloaded)
 // tar: build/porthole-agent-<V>-linux-x64.tar.gz with install.sh
 // <V> defaults to packages/agent/package.json's version.
@@ -20,6 +20,8 @@ const { values: opts, positionals } = parseArgs({
   options: {
     version: { type: 'string', default: agentPkg.version },
     exe: { type: 'string', default: join(root, 'packages/agent/dist/porthole-agent') },
+    // porthole-spawn, the agent's command starter (npm run build makes it beside the executable).
+    spawn: { type: 'string' },
     conf: { type: 'string', default: join(here, 'agent.conf.example') },
     out: { type: 'string', default: join(root, 'build') },
   },
@@ -32,9 +34,11 @@ function fail(message) {
 
 const MAINTAINER = 'Porthole maintainers <maintainers@porthole.invalid>';
 const kind = positionals[0];
-if (kind !== 'deb' && kind !== 'tar') fail('usage: node installers/build.mjs deb|tar [--version V] [--exe FILE] [--conf FILE] [--out DIR]');
+if (kind !== 'deb' && kind !== 'tar') fail('usage: node installers/build.mjs deb|tar [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]');
 if (!/^[0-9][A-Za-z0-9.+~-]*$/.test(opts.version)) fail(`bad version ${JSON.stringify(opts.version)}: must start with a digit (Debian version rules)`);
 if (!existsSync(opts.exe)) fail(`${opts.exe} not found: build the single executable first (npm run build:sea)`);
+opts.spawn ??= join(dirname(opts.exe), 'porthole-spawn');
+if (!existsSync(opts.spawn)) fail(`${opts.spawn} not found: npm run build compiles it (needs gcc and libc6-dev)`);
 if (!existsSync(opts.conf)) fail(`${opts.conf} not found: the owner's config template is needed`);
 
 // Native modules are loaded from /usr/lib/porthole/node_modules (beside the executable), which
@@ -99,6 +103,8 @@ function stage(dir) {
   mkdirSync(lib, { recursive: true });
   cpSync(opts.exe, join(lib, 'porthole-agent'));
   chmodSync(join(lib, 'porthole-agent'), 0o755);
+  cpSync(opts.spawn, join(lib, 'porthole-spawn'));
+  chmodSync(join(lib, 'porthole-spawn'), 0o755);
   cpSync(join(here, 'porthole-service.sh'), join(lib, 'porthole-service'));
   chmodSync(join(lib, 'porthole-service'), 0o755);
   copyNativeModules(join(lib, 'node_modules'));

@@ -52,7 +52,7 @@ describe('packaging: the .deb in a booted Debian guest (systemd + udev start the
 
   it('the installed package lists its files and conffile', async () => {
     const contents = await sh('dpkg-deb', ['-c', debs.first]);
-    for (const f of ['./usr/lib/porthole/porthole-agent', './usr/sbin/porthole-agent -> ../lib/porthole/porthole-agent',
+    for (const f of ['./usr/lib/porthole/porthole-agent', './usr/lib/porthole/porthole-spawn', './usr/sbin/porthole-agent -> ../lib/porthole/porthole-agent',
       './usr/lib/systemd/system/porthole-agent.service', './usr/lib/udev/rules.d/60-porthole-agent.rules',
       './etc/porthole/agent.conf', './usr/lib/porthole/node_modules/serialport/package.json']) {
       assert.ok(contents.includes(f), `${f} missing from the .deb`);
@@ -83,6 +83,9 @@ describe('packaging: the .deb in a booted Debian guest (systemd + udev start the
     const state = await exec(session!, ['systemctl', 'show', '-p', 'ActiveState', '-p', 'BindsTo', '-p', 'ExecMainPID', 'porthole-agent.service']);
     assert.match(state.stdout, /ActiveState=active/);
     assert.match(state.stdout, /BindsTo="?dev-virtio\\+x2dports-org\.porthole\.agent\.0\.device/);
+    // Commands are started by the packaged helper (a static binary), not by a fork of the agent.
+    const parent = await exec(session!, ['sh', '-c', 'cat /proc/$PPID/comm']);
+    assert.equal(parent.stdout.trim(), 'porthole-spawn');
     const link = await exec(session!, ['readlink', '-f', '/dev/virtio-ports/org.porthole.agent.0']);
     assert.match(link.stdout, /^\/dev\/vport\d+p\d+$/m);
     assert.equal(link.exit.code, 0);

@@ -120,15 +120,16 @@ async function portholeExec(client: PortholeClient, command: string[] | { shell:
 const RSS_PROBE = `for p in /proc/[0-9]*; do
   set -- $(tr '\\0' ' ' < $p/cmdline 2>/dev/null)
   case "$1|$2" in
-    */porthole-agent\\|*|*/node\\|*/porthole-agent.cjs) echo "agent $(awk '/^VmRSS/{print $2}' $p/status)";;
+    */porthole-agent\\|*|*/node\\|*/porthole-agent.cjs|*/porthole-spawn\\|*) echo "agent $(awk '/^VmRSS/{print $2}' $p/status)";;
     */qemu-ga\\|*) echo "qga $(awk '/^VmRSS/{print $2}' $p/status)";;
   esac
 done`;
 
+/** MiB, summed over the processes of one agent (Porthole's: the agent and porthole-spawn). */
 function parseRss(text: string, who: 'agent' | 'qga'): number {
-  const m = new RegExp(`^${who} (\\d+)$`, 'm').exec(text);
-  if (!m) throw new Error(`the RSS probe found no ${who} process in the guest (output: ${JSON.stringify(text.slice(0, 200))})`);
-  return Number(m[1]) / 1024;
+  const kib = [...text.matchAll(new RegExp(`^${who} (\\d+)$`, 'gm'))].map((m) => Number(m[1]));
+  if (!kib.length) throw new Error(`the RSS probe found no ${who} process in the guest (output: ${JSON.stringify(text.slice(0, 200))})`);
+  return kib.reduce((a, b) => a + b, 0) / 1024;
 }
 
 /** Each agent's RSS in MiB, measured by the other one so the measured one is idle. */
@@ -257,7 +258,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       'exec ratio against the faster qga polling; target ≤ 0.5',
       'qemu-guest-agent has no streaming: guest-exec-status returns captured output only once the process exited',
       'first line: from the host sending the request to the host holding the line (both clocks on the host)',
-      'RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent); the Porthole agent is Node (the JS bundle), qemu-ga is C',
+      'RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent); the Porthole agent is Node (the JS bundle) plus porthole-spawn (C, started at the first command), qemu-ga is C',
     ],
   };
   return [throughput, exec];

@@ -47,7 +47,7 @@ export interface Spawner {
 /** The helper's file name, installed beside the agent (bundle, single executable or dist/). */
 export const SPAWN_HELPER_NAME = 'porthole-spawn';
 export const defaultSpawnHelperPath = (): string => join(__dirname, SPAWN_HELPER_NAME);
-/** The record format porthole-spawn.c speaks (its "R" line). */
+/** The record format porthole-spawn.c speaks (the id of its "R" record). */
 const HELPER_PROTOCOL = 1;
 /** porthole-spawn's start-up answer must come within this. */
 const HELPER_START_MS = 10000;
@@ -87,7 +87,9 @@ export class NodeSpawner implements Spawner {
     return { pid: child.pid!, stdin: child.stdin ?? undefined, stdout: child.stdout!, stderr: child.stderr!, exited };
   }
 
-  close(): void {}
+  close(): void {
+    // Nothing is held between commands.
+  }
 }
 
 interface Waiter<T> {
@@ -111,6 +113,7 @@ class HelperOutput extends Readable {
   }
 
   finish(): void {
+    if (this.finished) return;
     this.finished = true;
     this.push(null);
     this.onClose(false);
@@ -157,6 +160,7 @@ class HelperProcess {
   private readonly greetingTimer: NodeJS.Timeout;
   /** Resolves when the helper said it speaks our protocol. */
   readonly ready: Promise<void>;
+  isReady = false;
 
   constructor(path: string, private readonly log: AuditLogger, private readonly onEnd: () => void) {
     this.ready = new Promise<void>((resolve, reject) => { this.greeting = { resolve, reject }; });
@@ -242,7 +246,10 @@ class HelperProcess {
   private record(type: string, id: number, payload: Buffer): void {
     if (type === 'R') {
       clearTimeout(this.greetingTimer);
-      if (id === HELPER_PROTOCOL) this.greeting.resolve();
+      if (id === HELPER_PROTOCOL) {
+        this.isReady = true;
+        this.greeting.resolve();
+      }
       else this.fail(new Error(`it speaks protocol ${id}, this agent needs ${HELPER_PROTOCOL} (agent and helper of different versions)`));
       return;
     }
@@ -320,19 +327,30 @@ export class HelperSpawner implements Spawner {
 
   async spawn(options: SpawnOptions): Promise<Spawned> {
     checkNoNul(options);
-    if (!this.fallback && !this.helper) {
-      const helper = new HelperProcess(this.path, this.log, () => { if (this.helper === helper) this.helper = undefined; });
-      this.helper = helper;
+    if (!this.fallback) {
+      const helper = this.helper ?? this.startHelper();
       try {
         await helper.ready;
+        return await helper.spawn(options);
       } catch (err) {
-        // A helper that cannot start would fail every command: Node's spawn is slower but works.
-        this.log.warn(`${SPAWN_HELPER_NAME} cannot start: commands start with Node's child_process`, { helper: this.path, error: (err as Error).message });
-        this.fallback = new NodeSpawner();
+        if (!helper.isReady) this.fallBack(err as Error);
+        else throw err;
       }
     }
-    if (this.fallback) return this.fallback.spawn(options);
-    return this.helper!.spawn(options);
+    return this.fallback!.spawn(options);
+  }
+
+  private startHelper(): HelperProcess {
+    const helper = new HelperProcess(this.path, this.log, () => { if (this.helper === helper) this.helper = undefined; });
+    this.helper = helper;
+    return helper;
+  }
+
+  /** A helper that cannot start would fail every command: Node's spawn is slower but works. */
+  private fallBack(err: Error): void {
+    if (this.fallback) return;
+    this.log.warn(`${SPAWN_HELPER_NAME} cannot start: commands start with Node's child_process`, { helper: this.path, error: err.message });
+    this.fallback = new NodeSpawner();
   }
 
   close(): void {

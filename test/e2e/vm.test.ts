@@ -198,7 +198,7 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
     client = await connect(vm!.target, { timeoutMs: 30000 });
   });
 
-  it('a SIGTERM stops the agent at once, by that signal, with its reader thread still waiting on the port', async () => {
+  it('a SIGTERM stops the agent at once, by that signal, while the port waits for the host', async () => {
     const exitLines = () => vm!.console().match(/agent exited with status \d+/g) ?? [];
     const exits = exitLines().length;
     const t0 = Date.now();

@@ -5,9 +5,6 @@ import { startAgent, RunningAgent } from './start';
 import { AGENT_VERSION } from './version';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
 
-// The virtio-serial reader holds a thread-pool thread for good; file I/O needs the rest.
-process.env.UV_THREADPOOL_SIZE ??= '16';
-
 function describePolicy(policy: Policy, source: string): string {
   const c = policy.config;
   const onOff = (b: boolean) => (b ? 'on' : 'OFF');
@@ -63,8 +60,7 @@ Examples:
     process.on(sig, () => {
       running.log.info('stopping', { signal: sig });
       running.stop();
-      // End by the signal itself once the handler is gone (a clean stop to systemd). process.exit() would
-      // wait for the virtio-serial reader thread, whose read() returns only when the host sends or leaves.
+      // End by the signal itself once the handler is gone: status 128+n, a clean stop to systemd and shells.
       setTimeout(() => {
         process.removeAllListeners(sig);
         process.kill(process.pid, sig);

@@ -236,11 +236,10 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       ['guest → host', 'qemu-guest-agent guest-file-read', down.qga, qgaDown / 1000, down.qga / down.raw, 1],
     ],
     notes: [
-      'raw: plain bytes through a second port of the same virtio-serial device to a guest process that discards them (or sends zeros) — the limit',
+      'raw: plain bytes through a second port of the same virtio-serial device to a guest Node process that polls the port from its event loop as the agent does, and discards them (or sends zeros) — the limit',
       `Porthole: ${CHUNK_SIZE / 1024} KiB chunks, written to the guest's tmpfs atomically, sha256 checked both ways; target ratio to raw ≥ 0.9`,
       `qemu-guest-agent (Debian's qemu-ga in the same guest): guest-file-open/write/close, base64 in JSON, ${QGA_CHUNK / MiB} MiB per command, one command in flight`,
-      'under TCG, host → guest is bound for every method by the guest driver handing out one 4 KiB buffer per read(), each a thread-pool round trip of about 0.4 ms; the agent reads in its own thread, but the reads and its per-byte work (CRC32C, sha256, the file write) share the two vCPUs, which share this host\'s two cores with QEMU and the broker',
-      'guest → host, the port takes up to 32 KiB per write(); Porthole is bound by the work the emulated CPU does on every byte (CRC32C about 107 MiB/s, sha256 about 58 MiB/s in this guest), which raw does not do',
+      'under TCG the guest driver hands out 4 KiB per read() and the port takes up to 32 KiB per write(); Porthole is bound by the work the emulated CPU does on every byte (CRC32C about 107 MiB/s, sha256 about 58 MiB/s in this guest, protobuf, the file I/O), which raw does not do; the guest\'s two vCPUs share this host\'s two cores with QEMU and the broker',
     ],
   };
   const exec: BenchTable = {

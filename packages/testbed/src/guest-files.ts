@@ -47,30 +47,41 @@ while true; do sleep 3600; done
 /**
  * Raw virtio-serial throughput tool, run by node in the guest on each raw port.
  * The host sends 'U' + u64 length then that many bytes (guest answers 'K' when
- * all arrived), or 'D' + u64 length (guest sends that many bytes). Reads that
- * return EOF (no host connected) back off instead of spinning, and the port is
- * never closed (closing it would drop the host's connection).
+ * all arrived), or 'D' + u64 length (guest sends that many bytes). While no host
+ * is connected the port reads EOF: it is closed and reopened after a pause.
  */
 export const RAW_TOOL = `'use strict';
 const fs = require('fs');
-const fd = fs.openSync(process.argv[2], 'r+');
-const buf = Buffer.allocUnsafe(1 << 20);
+const net = require('net');
+// Polled by the event loop as the agent polls its port (see the transport's virtio-serial.ts), so the
+// limit is the port's, not a thread-pool round trip per 4 KiB read.
+const { Pipe, constants } = process.binding('pipe_wrap');
 const zeros = Buffer.alloc(1 << 20);
+let socket;
 let pending = Buffer.alloc(0);
-function read(cb) { fs.read(fd, buf, 0, buf.length, null, (err, n) => { if (err || n === 0) return setTimeout(() => read(cb), 20); cb(buf.subarray(0, n)); }); }
-function writeAll(total, done) { if (total <= 0) return done(); const n = Math.min(total, zeros.length); fs.write(fd, zeros, 0, n, null, (err, w) => { if (err) return setTimeout(() => writeAll(total, done), 20); writeAll(total - w, done); }); }
-function header() {
-  if (pending.length >= 9) {
-    const kind = String.fromCharCode(pending[0]); const len = Number(pending.readBigUInt64BE(1)); const rest = pending.subarray(9); pending = Buffer.alloc(0);
-    if (kind === 'U') return sink(len - rest.length);
-    if (kind === 'D') return writeAll(len, header);
-    return header();
+let left = 0;
+function open() {
+  const handle = new Pipe(constants.SOCKET);
+  handle.open(fs.openSync(process.argv[2], fs.constants.O_RDWR | fs.constants.O_NONBLOCK));
+  socket = new net.Socket({ handle, readable: true, writable: true, allowHalfOpen: true });
+  socket.on('data', onData);
+  socket.on('error', () => undefined);
+  // EOF: no host connected. Reopen after a pause instead of spinning.
+  socket.on('end', () => { socket.destroy(); pending = Buffer.alloc(0); left = 0; setTimeout(open, 20); });
+}
+function onData(chunk) {
+  const take = Math.min(left, chunk.length);
+  left -= take;
+  if (take && left === 0) socket.write('K');
+  pending = Buffer.concat([pending, chunk.subarray(take)]);
+  while (left === 0 && pending.length >= 9) {
+    const kind = String.fromCharCode(pending[0]);
+    const len = Number(pending.readBigUInt64BE(1));
+    const now = kind === 'U' ? Math.min(len, pending.length - 9) : 0;
+    pending = pending.subarray(9 + now);
+    if (kind === 'U') { left = len - now; if (left === 0) socket.write('K'); }
+    if (kind === 'D') for (let n = len; n > 0; n -= zeros.length) socket.write(zeros.subarray(0, Math.min(n, zeros.length)));
   }
-  read((chunk) => { pending = Buffer.concat([pending, chunk]); header(); });
 }
-function sink(left) {
-  if (left <= 0) return fs.write(fd, Buffer.from('K'), () => header());
-  read((chunk) => { if (chunk.length > left) pending = Buffer.from(chunk.subarray(left)); sink(left - chunk.length); });
-}
-header();
+open();
 `;

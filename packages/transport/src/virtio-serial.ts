@@ -1,6 +1,7 @@
-import { promises as fsp, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
+import { Socket, SocketConstructorOpts } from 'node:net';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { getSystemErrorName } from 'node:util';
 import { Channel, ChannelBase, Connector } from './channel';
 
 export const DEFAULT_PORT_NAME = 'org.porthole.agent.0';
@@ -32,156 +33,131 @@ export function findVirtioPort(name: string, roots = { dev: '/dev', sys: '/sys/c
   throw new Error(`no virtio-serial port named ${name} (ports here: ${names.join(', ') || 'none'})`);
 }
 
-/** Buffers handed to one writev (below IOV_MAX). */
-const MAX_WRITEV_PARTS = 256;
+/** Bytes queued (in the socket, or here while the port is reopened) before write() says wait. */
 const HIGH_WATER_MARK = 1024 * 1024;
+/** While no host is connected the port reads EOF at once: it is reopened after these pauses. */
+const IDLE_BACKOFF_MS = [10, 50, 100, 200];
+
+interface PipeHandle {
+  open(fd: number): number;
+}
+type PipeWrap = { Pipe: new (type: number) => PipeHandle; constants: { SOCKET: number } };
 
 /**
- * The reading thread (a worker, so it is plain JS that bundles and runs in a
- * single executable). It reads with the asynchronous fs API so that its own
- * event loop still hears the main thread. A read waiting for the host cannot
- * be cancelled, and process.exit() would wait for it: the agent therefore ends
- * by its stop signal (see main.ts). Bytes read while the main thread is busy
- * collect in one batch buffer; the next batch leaves when the main thread has
- * taken the last one (its 'taken' message), so a busy main thread gets fewer,
- * larger batches instead of a message per 4 KiB.
+ * Node's public API cannot poll a character device (net.Socket refuses an fd
+ * it cannot classify); libuv can. The Pipe handle (process.binding, kept for
+ * compatibility by Node 20 and later) opens any pollable descriptor as a libuv stream.
  */
-const READER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const fs = require('node:fs');
-const BATCH = ${1024 * 1024};
-const READ = ${64 * 1024};
-const IDLE_BACKOFF_MS = [10, 50, 100, 200];
-// Reads land in their own buffer and are copied into the batch: the batch may be handed over
-// while a read is waiting for the host, and that read must not write into a buffer already sent.
-const readBuffer = new Uint8Array(READ);
-const batch = new Uint8Array(BATCH);
-let used = 0;
-let handedOver = true;
-let reading = false;
-let idle = 0;
-let stopped = false;
-function offer() {
-  if (!handedOver || used === 0) return;
-  handedOver = false;
-  // Sent as an exact-size copy: batches are often one 4 KiB read, and a fresh 1 MiB buffer each would cost more than the copy.
-  const out = batch.slice(0, used);
-  parentPort.postMessage({ bytes: out.buffer }, [out.buffer]);
-  used = 0;
+function pipeHandle(fd: number): PipeHandle {
+  const { Pipe, constants } = (process as unknown as { binding(name: 'pipe_wrap'): PipeWrap }).binding('pipe_wrap');
+  const handle = new Pipe(constants.SOCKET);
+  const err = handle.open(fd);
+  if (err) throw new Error(`cannot poll it (${getSystemErrorName(err)})`);
+  return handle;
 }
-function read() {
-  // A full batch waits for the main thread: the port's own queue (and the protocol's credit) hold the rest.
-  if (stopped || reading || BATCH - used < READ) return;
-  reading = true;
-  fs.read(workerData.fd, readBuffer, 0, READ, null, (err, n) => {
-    reading = false;
-    if (err) { stopped = true; parentPort.postMessage({ error: err.message }); return; }
-    if (n > 0) { idle = 0; batch.set(readBuffer.subarray(0, n), used); used += n; offer(); read(); return; }
-    // EOF: no host on the other side. Say so once, then poll slowly until it is back.
-    // What came before the EOF must reach the main thread before the EOF does.
-    if (idle === 0) { if (used) { handedOver = true; offer(); } parentPort.postMessage({ eof: true }); }
-    setTimeout(read, IDLE_BACKOFF_MS[Math.min(idle++, IDLE_BACKOFF_MS.length - 1)]);
-  });
-}
-parentPort.on('message', () => { handedOver = true; offer(); read(); });
-read();
-`;
 
 /**
  * The guest side of a virtio-serial port. It is a character device, not a
- * TTY, so it is read with plain fs reads. The guest driver hands out one
- * 4 KiB buffer per read(), each a thread-pool round trip (about 0.5 ms under
- * TCG), so the reads run in their own thread and keep going while the main
- * thread works on what came before; they reach it in batches. Writes queued
- * while one is in flight leave together in one writev. The channel outlives
- * host connections: when the host side goes away, reads return EOF until it
- * is back; the channel then emits 'discontinuity' and polls slowly instead of
- * spinning.
+ * TTY: it is opened with fs and polled by the event loop like a pipe, so a
+ * read or a write is one system call on the main thread (the driver hands
+ * out 4 KiB per read, and a thread-pool round trip per read costs ~0.4 ms
+ * under TCG). While no host is connected the port reads EOF: the channel
+ * emits 'discontinuity', closes the port and reopens it after a pause, so it
+ * neither spins nor ends; what is written meanwhile waits for the reopened port.
  */
 export class VirtioSerialChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
   readonly description: string;
-  private queue: Buffer[] = [];
-  private queuedBytes = 0;
-  private flushing = false;
-  private readonly reader: Worker;
+  private socket?: Socket;
+  /** Written while the port was being reopened. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private idle = 0;
+  private reopenTimer?: NodeJS.Timeout;
 
-  private constructor(private readonly handle: fsp.FileHandle, readonly path: string) {
+  private constructor(readonly path: string) {
     super();
     this.description = `virtio-serial:${path}`;
-    this.reader = new Worker(READER_SOURCE, { eval: true, workerData: { fd: handle.fd } });
-    this.reader.on('message', this.onReaderMessage);
-    this.reader.on('error', (err) => this.markClosed(new Error(`${this.description}: reader failed: ${err.message}`, { cause: err })));
   }
 
-  static async open(path: string): Promise<VirtioSerialChannel> {
-    const handle = await fsp.open(path, fsc.O_RDWR | fsc.O_NOCTTY);
-    return new VirtioSerialChannel(handle, path);
+  static open(path: string): VirtioSerialChannel {
+    const channel = new VirtioSerialChannel(path);
+    channel.attach();
+    return channel;
   }
 
-  private readonly onReaderMessage = (m: { bytes?: ArrayBuffer; eof?: boolean; error?: string }): void => {
-    if (this.closed) return;
-    if (m.bytes) {
-      this.emit('data', Buffer.from(m.bytes));
-      this.reader.postMessage('taken');
-    } else if (m.eof) {
-      this.emit('discontinuity');
-    } else if (m.error) {
-      this.markClosed(new Error(`${this.description}: read failed: ${m.error}`));
+  /** Opens the port; throws when it cannot be opened. */
+  private attach(): void {
+    const fd = openSync(this.path, fsc.O_RDWR | fsc.O_NOCTTY | fsc.O_NONBLOCK);
+    let handle: PipeHandle;
+    try {
+      handle = pipeHandle(fd);
+    } catch (e) {
+      closeSync(fd);
+      throw new Error(`${this.description}: ${(e as Error).message}`);
     }
-  };
+    const socket = new Socket({ handle, readable: true, writable: true, allowHalfOpen: true, writableHighWaterMark: HIGH_WATER_MARK } as SocketConstructorOpts);
+    this.socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      this.idle = 0;
+      this.emit('data', chunk);
+    });
+    socket.on('drain', () => this.emit('drain'));
+    socket.on('end', () => this.hostGone(socket));
+    socket.on('error', (e) => this.markClosed(new Error(`${this.description}: ${e.message}`, { cause: e })));
+    const parts = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (parts.length) this.writeParts(parts);
+    // A writer that waited for the old port (gone with what it held) may go on.
+    if (socket.writable && !socket.writableNeedDrain) this.emit('drain');
+  }
+
+  /** EOF: no host on the other side. Said once; the port is reopened until one is back. */
+  private hostGone(socket: Socket): void {
+    if (this.socket !== socket) return;
+    this.socket = undefined;
+    socket.destroy();
+    if (this.closed) return;
+    if (this.idle === 0) this.emit('discontinuity');
+    const delay = IDLE_BACKOFF_MS[Math.min(this.idle++, IDLE_BACKOFF_MS.length - 1)];
+    this.reopenTimer = setTimeout(() => {
+      try {
+        this.attach();
+      } catch (e) {
+        this.markClosed(new Error(`${this.description}: cannot reopen: ${(e as Error).message}`, { cause: e }));
+      }
+    }, delay);
+  }
 
   writeParts(parts: readonly Buffer[]): boolean {
+    if (!this.socket) {
+      let ok = true;
+      for (const part of parts) ok = this.write(part);
+      return ok;
+    }
+    // One writev for the parts of a frame.
+    this.socket.cork();
     let ok = true;
-    for (const part of parts) ok = this.write(part);
+    for (const part of parts) ok = this.socket.write(part);
+    this.socket.uncork();
     return ok;
   }
 
   write(data: Buffer): boolean {
     if (this.closed) return false;
-    this.queue.push(data);
-    this.queuedBytes += data.length;
-    if (!this.flushing) void this.flush();
-    return this.queuedBytes < HIGH_WATER_MARK;
-  }
-
-  /** One writev in flight at a time; what was queued meanwhile goes in the next one. */
-  private async flush(): Promise<void> {
-    this.flushing = true;
-    try {
-      while (this.queue.length && !this.closed) {
-        const batch = this.queue.splice(0, MAX_WRITEV_PARTS);
-        const size = batch.reduce((n, b) => n + b.length, 0);
-        await this.writeAll(batch);
-        const before = this.queuedBytes;
-        this.queuedBytes -= size;
-        if (before >= HIGH_WATER_MARK && this.queuedBytes < HIGH_WATER_MARK) this.emit('drain');
-      }
-    } catch (err) {
-      this.markClosed(new Error(`${this.description}: write failed: ${(err as Error).message}`, { cause: err }));
-    } finally {
-      this.flushing = false;
-    }
-  }
-
-  private async writeAll(parts: Buffer[]): Promise<void> {
-    while (parts.length && !this.closed) {
-      let { bytesWritten: written } = await this.handle.writev(parts);
-      while (written > 0 && parts.length) {
-        if (written >= parts[0].length) written -= parts.shift()!.length;
-        else {
-          parts[0] = parts[0].subarray(written);
-          written = 0;
-        }
-      }
-    }
+    if (this.socket) return this.socket.write(data);
+    this.pending.push(data);
+    this.pendingBytes += data.length;
+    return this.pendingBytes < HIGH_WATER_MARK;
   }
 
   close(): void {
     if (this.closed) return;
     this.markClosed();
-    void this.reader.terminate();
-    void this.handle.close().catch(() => undefined);
+    clearTimeout(this.reopenTimer);
+    this.socket?.destroy();
+    this.socket = undefined;
   }
 }
 

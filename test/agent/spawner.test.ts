@@ -72,8 +72,11 @@ for (const { name, make } of SPAWNERS) describe(`agent: commands started by ${na
     assert.equal(sid, c.pid);
   });
 
-  it('switches user and group, without supplementary groups', async function () {
-    if (process.getuid!() !== 0) this.skip(); // only root may switch; CI runs as root
+  it('switches user and group, without supplementary groups (as root; anyone else is refused with EPERM)', async () => {
+    if (process.getuid!() !== 0) {
+      await assert.rejects(spawner.spawn(sh('id -u', { uid: 0, gid: 0 })), (e: NodeJS.ErrnoException) => e.code === 'EPERM');
+      return;
+    }
     const c = await spawner.spawn(sh('id -u; id -g; id -G', { uid: 65534, gid: 65534 }));
     c.stderr.resume();
     assert.deepEqual((await collect(c.stdout)).toString().trim().split('\n'), ['65534', '65534', '65534']);

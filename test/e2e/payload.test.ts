@@ -85,10 +85,19 @@ async function changeMedium(qmp: QmpConnection, image: string | undefined): Prom
 async function auditLines(vm: Vm, client: PortholeClient, message: string): Promise<Array<Record<string, unknown>>> {
   await client.info();
   await new Promise((r) => setTimeout(r, 200));
-  return vm.console().split('\n')
-    .filter((l) => l.startsWith('[agent] {'))
-    .map((l) => JSON.parse(l.slice('[agent] '.length)) as Record<string, unknown>)
-    .filter((l) => l.message === message);
+  // The last piece may be a line the serial port is still delivering, and a kernel
+  // message can land inside a line: only whole lines that parse are the agent's.
+  const lines = vm.console().split('\n').slice(0, -1);
+  const records: Array<Record<string, unknown>> = [];
+  for (const l of lines) {
+    if (!l.startsWith('[agent] {')) continue;
+    try {
+      records.push(JSON.parse(l.slice('[agent] '.length)) as Record<string, unknown>);
+    } catch {
+      continue;
+    }
+  }
+  return records.filter((l) => l.message === message);
 }
 
 async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 60000): Promise<T> {

@@ -3,6 +3,8 @@
 export const AGENT_PORT_NAME = 'org.porthole.agent.0';
 export const QGA_PORT_NAME = 'org.qemu.guest_agent.0';
 export const rawPortName = (n: number) => `org.porthole.raw.${n}`;
+/** Where the guest has porthole-spawn, beside the agent, when the build made it. */
+export const GUEST_SPAWN_HELPER = '/opt/porthole/porthole-spawn';
 
 /** Load order matters: dependencies first (from `modinfo -F depends`). */
 export const GUEST_MODULES = [
@@ -47,8 +49,11 @@ while true; do sleep 3600; done
 /**
  * Raw virtio-serial throughput tool, run by node in the guest on each raw port.
  * The host sends 'U' + u64 length then that many bytes (guest answers 'K' when
- * all arrived), or 'D' + u64 length (guest sends that many bytes). While no host
- * is connected the port reads EOF: it is closed and reopened after a pause.
+ * all arrived), or 'D' + u64 length (guest sends that many bytes). 'H' and 'G'
+ * are 'U' and 'D' with the per-byte work any verified transfer does: CRC32C of
+ * each piece and sha256 of the whole, in the guest (native CRC32C from the
+ * agent's directory). While no host is connected the port reads EOF: it is
+ * closed and reopened after a pause.
  */
 export const RAW_TOOL = `'use strict';
 const fs = require('fs');
@@ -56,10 +61,16 @@ const net = require('net');
 // Polled by the event loop as the agent polls its port (see the transport's virtio-serial.ts), so the
 // limit is the port's, not a thread-pool round trip per 4 KiB read.
 const { Pipe, constants } = process.binding('pipe_wrap');
+const crypto = require('crypto');
 const zeros = Buffer.alloc(1 << 20);
 let socket;
 let pending = Buffer.alloc(0);
 let left = 0;
+let hash;
+let crc32c;
+// Loaded at the first checked transfer: the plain modes must work without the agent's files.
+const checker = () => (crc32c ??= require('/opt/porthole/node_modules/@node-rs/crc32').crc32c);
+const check = (piece) => { checker()(piece); hash.update(piece); };
 function open() {
   const handle = new Pipe(constants.SOCKET);
   handle.open(fs.openSync(process.argv[2], fs.constants.O_RDWR | fs.constants.O_NONBLOCK));
@@ -67,20 +78,48 @@ function open() {
   socket.on('data', onData);
   socket.on('error', () => undefined);
   // EOF: no host connected. Reopen after a pause instead of spinning.
-  socket.on('end', () => { socket.destroy(); pending = Buffer.alloc(0); left = 0; setTimeout(open, 20); });
+  socket.on('end', () => { socket.destroy(); pending = Buffer.alloc(0); left = 0; hash = undefined; setTimeout(open, 20); });
+}
+function received(piece) {
+  left -= piece.length;
+  if (hash && piece.length) check(piece);
+  if (left > 0) return;
+  if (hash) hash.digest();
+  hash = undefined;
+  socket.write('K');
+}
+async function send(len, checked) {
+  if (!checked) {
+    for (let n = len; n > 0; n -= zeros.length) socket.write(zeros.subarray(0, Math.min(n, zeros.length)));
+    return;
+  }
+  // Piece by piece as a verified sender works: checked, written, and the next one while the port moves it.
+  const sending = socket;
+  hash = crypto.createHash('sha256');
+  for (let n = len; n > 0 && !sending.destroyed; n -= 128 << 10) {
+    const out = zeros.subarray(0, Math.min(n, 128 << 10));
+    check(out);
+    if (!sending.write(out)) await new Promise((r) => { sending.once('drain', r); sending.once('close', r); });
+  }
+  hash?.digest();
+  hash = undefined;
 }
 function onData(chunk) {
   const take = Math.min(left, chunk.length);
-  left -= take;
-  if (take && left === 0) socket.write('K');
+  if (take) received(chunk.subarray(0, take));
   pending = Buffer.concat([pending, chunk.subarray(take)]);
   while (left === 0 && pending.length >= 9) {
     const kind = String.fromCharCode(pending[0]);
     const len = Number(pending.readBigUInt64BE(1));
-    const now = kind === 'U' ? Math.min(len, pending.length - 9) : 0;
-    pending = pending.subarray(9 + now);
-    if (kind === 'U') { left = len - now; if (left === 0) socket.write('K'); }
-    if (kind === 'D') for (let n = len; n > 0; n -= zeros.length) socket.write(zeros.subarray(0, Math.min(n, zeros.length)));
+    pending = pending.subarray(9);
+    if (kind === 'U' || kind === 'H') {
+      if (kind === 'H') hash = crypto.createHash('sha256');
+      left = len;
+      const now = pending.subarray(0, Math.min(len, pending.length));
+      pending = pending.subarray(now.length);
+      received(now);
+    }
+    if (kind === 'D' || kind === 'G') void send(len, kind === 'G');
   }
 }
 open();

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { GUEST_MODULES, INIT_SCRIPT, RAW_TOOL } from './guest-files';
+import { GUEST_MODULES, INIT_SCRIPT, RAW_TOOL, GUEST_SPAWN_HELPER } from './guest-files';
 
 /** Where prepared guests are cached (git-ignored). */
 export const CACHE_DIR = process.env.PORTHOLE_TESTBED_CACHE ?? join(__dirname, '..', '..', '..', '.cache', 'testbed');
@@ -139,7 +139,7 @@ export function buildOverlay(options: GuestOptions, out: string): void {
       // As the packages do: porthole-spawn beside the agent when the build made it there.
       const source = 'bundle' in options.agent ? options.agent.bundle : options.agent.executable;
       const helper = join(dirname(source), 'porthole-spawn');
-      if (existsSync(helper)) copyInto(root, helper, '/opt/porthole/porthole-spawn');
+      if (existsSync(helper)) copyInto(root, helper, GUEST_SPAWN_HELPER);
       // And the CRC32C addon beside the agent (pure JS is the agent's bottleneck under TCG).
       for (const pkg of CRC32C_ADDON) {
         const dir = dirname(require.resolve(`${pkg}/package.json`));

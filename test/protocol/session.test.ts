@@ -183,6 +183,39 @@ describe('session', () => {
     assert.ok(p.broker.closed);
   });
 
+  it('tells abort listeners once on a reset, at once when added late, and never after a normal finish', async () => {
+    const agentStreams: Stream[] = [];
+    const p = await pair((s) => agentStreams.push(s));
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const waitForStream = async (n: number) => { while (agentStreams.length < n) await new Promise((r) => setTimeout(r, 5)); return agentStreams[n - 1]; };
+
+    // Reset by the host: each listener once, with the host's reason; a removed one not at all.
+    const toReset = p.broker.openStream({ exec: {} });
+    const reset = await waitForStream(1);
+    const told: string[] = [];
+    reset.onAbort((e) => told.push(`a ${e.codeName} ${e.message}`));
+    const remove = reset.onAbort(() => told.push('removed'));
+    remove();
+    toReset.reset(new PortholeError(v1.ErrorCode.ERROR_CODE_CANCELLED, 'host gave up'));
+    await reset.closed.catch(() => undefined);
+    assert.deepEqual(told, ['a CANCELLED host gave up']);
+    reset.onAbort((e) => told.push(`late ${e.codeName}`));
+    assert.deepEqual(told, ['a CANCELLED host gave up', 'late CANCELLED']);
+
+    // Finished normally: never told.
+    const host = p.broker.openStream({ exec: {} });
+    const done = await waitForStream(2);
+    let finishedTold = false;
+    done.onAbort(() => { finishedTold = true; });
+    host.end();
+    assert.equal(await done.read(), null);
+    done.end();
+    assert.equal(await host.read(), null);
+    await done.closed;
+    assert.equal(finishedTold, false);
+  });
+
   it('keepalive detects a peer that stopped answering', async () => {
     const p = await socketPair();
     cleanups.push(p.cleanup);

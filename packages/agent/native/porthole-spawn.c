@@ -79,14 +79,28 @@ static void write_all(const void *data, size_t len) {
   }
 }
 
+/* Records for the agent are gathered and written once per turn of the loop: a command's
+ * start, outputs, ends and exit reach the agent in as few reads (and wake-ups) as possible. */
+static char *outbox;
+static size_t outbox_len, outbox_cap;
+
 static void send_record(char type, uint32_t id, const void *payload, size_t len) {
-  char head[9];
+  if (outbox_cap - outbox_len < 9 + len) {
+    while (outbox_cap - outbox_len < 9 + len) outbox_cap = outbox_cap ? outbox_cap * 2 : 1 << 16;
+    if (!(outbox = realloc(outbox, outbox_cap))) fatal("realloc");
+  }
   uint32_t n = 5 + len;
-  memcpy(head, &n, 4);
-  head[4] = type;
-  memcpy(head + 5, &id, 4);
-  write_all(head, 9);
-  if (len) write_all(payload, len);
+  char *at = outbox + outbox_len;
+  memcpy(at, &n, 4);
+  at[4] = type;
+  memcpy(at + 5, &id, 4);
+  if (len) memcpy(at + 9, payload, len);
+  outbox_len += 9 + len;
+}
+
+static void flush_records(void) {
+  write_all(outbox, outbox_len);
+  outbox_len = 0;
 }
 
 static void send_u32(char type, uint32_t id, uint32_t value) {
@@ -411,6 +425,7 @@ int main(int argc, char **argv) {
         if (c->out[fd] >= 0 && !c->waiting[fd]) owner[n] = c, fds[n++] = (struct pollfd){.fd = c->out[fd], .events = POLLIN};
       if (c->pending) owner[n] = c, fds[n++] = (struct pollfd){.fd = c->in, .events = POLLOUT};
     }
+    flush_records();
     if (poll(fds, n, -1) < 0) {
       if (errno == EINTR) continue;
       fatal("poll");
@@ -432,7 +447,10 @@ int main(int argc, char **argv) {
       }
       ssize_t r = read(0, buf + len, cap - len);
       if (r < 0 && errno != EINTR) fatal("read");
-      if (r == 0) return 0;
+      if (r == 0) {
+        flush_records();
+        return 0;
+      }
       if (r > 0) {
         len += r;
         size_t used = records(buf, len);

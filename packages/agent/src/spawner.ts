@@ -239,7 +239,7 @@ class HelperProcess {
       this.record(buf.toString('latin1', 4, 5), buf.readUInt32LE(5), buf.subarray(9, 4 + length));
       buf = buf.subarray(4 + length);
     }
-    this.received = Buffer.from(buf); // a copy: a partial record must not pin the whole read
+    this.received = buf.length ? Buffer.from(buf) : Buffer.alloc(0); // a copy: a partial record must not pin the whole read
     this.idle();
   }
 

@@ -21,7 +21,8 @@ type Waiter<T> = { resolve: (v: T) => void; reject: (e: unknown) => void };
  */
 export class Stream implements AsyncIterable<v1.StreamMessage> {
   readonly requestId: string;
-  private readonly abort = new AbortController();
+  /** Told when the stream is reset or the session is lost (a plain list: an AbortController per stream is costly in an emulated guest). */
+  private abortListeners?: Array<(reason: PortholeError) => void>;
   private readonly inbox: Array<{ message: v1.StreamMessage; size: number }> = [];
   private readers: Array<Waiter<v1.StreamMessage | null>> = [];
   private creditWaiters: Array<() => void> = [];
@@ -50,9 +51,21 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
     this.closed.catch(() => undefined);
   }
 
-  /** Aborted when the stream is reset or the session is lost; reason is a PortholeError. */
-  get signal(): AbortSignal {
-    return this.abort.signal;
+  /**
+   * Calls `listener` once when the stream is reset or the session is lost — at
+   * once if that already happened; never once the stream finished normally.
+   * Returns the function that removes it.
+   */
+  onAbort(listener: (reason: PortholeError) => void): () => void {
+    if (this.failure) {
+      listener(this.failure);
+      return () => undefined;
+    }
+    (this.abortListeners ??= []).push(listener);
+    return () => {
+      const at = this.abortListeners?.indexOf(listener) ?? -1;
+      if (at >= 0) this.abortListeners!.splice(at, 1);
+    };
   }
 
   get isOpen(): boolean {
@@ -155,7 +168,9 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
     this.inbox.length = 0;
     for (const r of this.readers.splice(0)) r.reject(error);
     this.grant(0);
-    this.abort.abort(error);
+    const listeners = this.abortListeners ?? [];
+    this.abortListeners = undefined;
+    for (const l of listeners) l(error);
     this.wire.forget(this.id);
     this.settle.reject(error);
   }
@@ -172,7 +187,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   private maybeFinished(): void {
     if (this.localEnded && this.remoteEnded && !this.failure) {
       this.wire.forget(this.id);
-      this.abort.abort(new PortholeError(v1.ErrorCode.ERROR_CODE_CANCELLED, 'stream finished'));
+      this.abortListeners = undefined;
       this.settle.resolve();
     }
   }

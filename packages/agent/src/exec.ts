@@ -1,7 +1,7 @@
 import { Readable, Writable } from 'node:stream';
 import { statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { v1, PortholeError, Stream } from '@porthole/protocol';
+import { v1, PortholeError, Stream, bytesOf } from '@porthole/protocol';
 import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
@@ -149,7 +149,7 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
     try {
       for await (const m of stream) {
         if (m.body === 'chunk' && child.stdin) {
-          if (!child.stdin.write(Buffer.from(m.chunk!.data ?? []))) await writable(child.stdin);
+          if (!child.stdin.write(bytesOf(m.chunk!.data))) await writable(child.stdin);
         } else if (m.body === 'execSignal') {
           // A bad signal name is the host's mistake; the command and the stream go on.
           try {

@@ -1,7 +1,7 @@
 import { promises as fsp, constants as fsc, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createHash, Hash } from 'node:crypto';
 import { join } from 'node:path';
-import { v1, PortholeError, Stream, CHUNK_SIZE } from '@porthole/protocol';
+import { v1, PortholeError, Stream, CHUNK_SIZE, bytesOf } from '@porthole/protocol';
 import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
@@ -341,7 +341,7 @@ export function chunksFromStream(stream: Stream, onEnd: (sha256: string) => void
   return {
     async *[Symbol.asyncIterator]() {
       for await (const m of stream) {
-        if (m.body === 'chunk') yield { offset: Number(m.chunk!.offset ?? 0), data: Buffer.from(m.chunk!.data ?? []) };
+        if (m.body === 'chunk') yield { offset: Number(m.chunk!.offset ?? 0), data: bytesOf(m.chunk!.data) };
         else if (m.body === 'fileWriteEnd') onEnd(m.fileWriteEnd!.sha256 ?? '');
         else if (m.body === 'cancel') throw new PortholeError(E.ERROR_CODE_CANCELLED, `cancelled by the host: ${m.cancel!.reason || 'no reason given'}`);
       }

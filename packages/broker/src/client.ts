@@ -3,7 +3,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import * as https from 'node:https';
 import { PassThrough, Readable, Writable } from 'node:stream';
-import { v1, PortholeError, Session, SessionLogger, Stream, CHUNK_SIZE, errors } from '@porthole/protocol';
+import { v1, PortholeError, Session, SessionLogger, Stream, CHUNK_SIZE, errors, bytesOf } from '@porthole/protocol';
 import { Connector, connectWithRetry } from '@porthole/transport';
 import { connectorForTarget } from './targets';
 import { BROKER_VERSION } from './version';
@@ -406,7 +406,7 @@ export class PortholeClient extends EventEmitter {
         let received = 0;
         for await (const m of stream) {
           if (m.body === 'chunk') {
-            const chunk = Buffer.from(m.chunk!.data ?? []);
+            const chunk = bytesOf(m.chunk!.data);
             hash.update(chunk);
             received += chunk.length;
             t.emit('progress', { bytes: received, total: Number(header.length) });
@@ -524,7 +524,7 @@ export class ExecTask extends EventEmitter {
           else if (m.body === 'execOutput') {
             const out = m.execOutput!.fd === v1.OutputStream.OUTPUT_STDERR ? this.stderr : this.stdout;
             // Backpressure: while the reader is behind, stop reading, so credit stops and the guest process waits.
-            if (!out.write(Buffer.from(m.execOutput!.data ?? []))) await new Promise((r) => out.once('drain', r));
+            if (!out.write(bytesOf(m.execOutput!.data))) await new Promise((r) => out.once('drain', r));
           } else if (m.body === 'execExit') {
             const x = m.execExit!;
             this.endStream();

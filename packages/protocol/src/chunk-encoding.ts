@@ -59,3 +59,12 @@ export function encodeStreamMessage(streamId: number, message: v1.StreamMessage.
   const body = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
   return [prefix.subarray(0, p), body];
 }
+
+/**
+ * Decoded bytes (a chunk's data, an output's data) as a Buffer without copying
+ * them: the decoder already hands out a view of the frame, which holds nothing else.
+ */
+export function bytesOf(data: Uint8Array | null | undefined): Buffer {
+  if (!data) return Buffer.alloc(0);
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}

@@ -67,6 +67,11 @@ export class FrameDecoder {
   readonly stats: FrameDecoderStats = { frames: 0, skippedBytes: 0, badFrames: 0 };
   private chunks: Buffer[] = [];
   private length = 0;
+  /**
+   * The checked header of the frame being gathered: a frame arrives in many reads
+   * (4 KiB each from a virtio-serial port under TCG), and its header is checked once.
+   */
+  private pending?: { total: number; crc: number };
   private readonly maxFrameSize: number;
 
   constructor(private readonly onFrame: (payload: Buffer) => void, private readonly options: FrameDecoderOptions = {}) {
@@ -96,20 +101,24 @@ export class FrameDecoder {
     if (this.length) this.stats.skippedBytes += this.length;
     this.chunks = [];
     this.length = 0;
+    this.pending = undefined;
   }
 
   private drain(): void {
     while (this.length >= FRAME_HEADER_SIZE) {
-      const head = this.peek(FRAME_HEADER_SIZE);
-      const problem = this.checkHeader(head);
-      if (problem) {
-        this.stats.badFrames++;
-        this.resync(problem);
-        continue;
+      if (!this.pending) {
+        const head = this.peek(FRAME_HEADER_SIZE);
+        const problem = this.checkHeader(head);
+        if (problem) {
+          this.stats.badFrames++;
+          this.resync(problem);
+          continue;
+        }
+        this.pending = { total: FRAME_HEADER_SIZE + head.readUInt32BE(6), crc: head.readUInt32BE(10) };
       }
-      const total = FRAME_HEADER_SIZE + head.readUInt32BE(6);
+      const { total, crc: expected } = this.pending;
       if (this.length < total) return;
-      const expected = head.readUInt32BE(10);
+      this.pending = undefined;
       const frame = this.take(total);
       const payload = frame.subarray(FRAME_HEADER_SIZE);
       if (crc32c(payload) !== expected) {

@@ -7,4 +7,4 @@ export {
 } from './frame';
 export { Stream } from './stream';
 export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW } from './session';
-export { encodeStreamMessage } from './chunk-encoding';
+export { encodeStreamMessage, bytesOf } from './chunk-encoding';

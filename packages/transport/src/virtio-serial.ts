@@ -3,6 +3,7 @@ import { Socket, SocketConstructorOpts } from 'node:net';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { Channel, ChannelBase, Connector } from './channel';
+import { SlabReader } from './unix-socket';
 
 export const DEFAULT_PORT_NAME = 'org.porthole.agent.0';
 
@@ -74,10 +75,15 @@ export class VirtioSerialChannel extends ChannelBase {
   private pendingBytes = 0;
   private idle = 0;
   private reopenTimer?: NodeJS.Timeout;
+  private readonly reader = new SlabReader();
 
   private constructor(readonly path: string) {
     super();
     this.description = `virtio-serial:${path}`;
+    this.reader.deliver = (chunk) => {
+      this.idle = 0;
+      this.emit('data', chunk);
+    };
   }
 
   static open(path: string): VirtioSerialChannel {
@@ -96,12 +102,11 @@ export class VirtioSerialChannel extends ChannelBase {
       closeSync(fd);
       throw new Error(`${this.description}: ${(e as Error).message}`);
     }
-    const socket = new Socket({ handle, readable: true, writable: true, allowHalfOpen: true, writableHighWaterMark: HIGH_WATER_MARK } as SocketConstructorOpts);
+    // Reads land one after another in a slab: a frame that came in many 4 KiB reads is one view, not a copy.
+    const socket = new Socket({
+      handle, readable: true, writable: true, allowHalfOpen: true, writableHighWaterMark: HIGH_WATER_MARK, onread: this.reader.onread,
+    } as SocketConstructorOpts);
     this.socket = socket;
-    socket.on('data', (chunk: Buffer) => {
-      this.idle = 0;
-      this.emit('data', chunk);
-    });
     socket.on('drain', () => this.emit('drain'));
     socket.on('end', () => this.hostGone(socket));
     socket.on('error', (e) => this.markClosed(new Error(`${this.description}: ${e.message}`, { cause: e })));

@@ -66,6 +66,9 @@ function pipeHandle(fd: number): PipeHandle {
  * emits 'discontinuity', closes the port and reopens it after a pause, so it
  * neither spins nor ends; what is written meanwhile waits for the reopened port.
  */
+/** Frames up to this size are written as one buffer (one copy is cheaper than another write). */
+const JOIN_BELOW = 64 * 1024;
+
 export class VirtioSerialChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
   readonly description: string;
@@ -141,10 +144,17 @@ export class VirtioSerialChannel extends ChannelBase {
       for (const part of parts) ok = this.write(part);
       return ok;
     }
-    // One writev for the parts of a frame.
+    // The guest kernel's virtio console has no writev: every part of a writev is a write of its
+    // own, each a buffer the host is notified of. So a frame's small parts go out as one buffer,
+    // and a large frame as its joined head and its data.
+    if (parts.length === 1) return this.socket.write(parts[0]);
+    let size = 0;
+    for (const part of parts) size += part.length;
+    if (size <= JOIN_BELOW) return this.socket.write(Buffer.concat(parts, size));
+    const last = parts[parts.length - 1];
     this.socket.cork();
-    let ok = true;
-    for (const part of parts) ok = this.socket.write(part);
+    this.socket.write(parts.length === 2 ? parts[0] : Buffer.concat(parts.slice(0, -1), size - last.length));
+    const ok = this.socket.write(last);
     this.socket.uncork();
     return ok;
   }

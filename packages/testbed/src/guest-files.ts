@@ -36,11 +36,12 @@ if [ -e /dev/virtio-ports/${QGA_PORT_NAME} ]; then
   mkdir -p /run/qga; /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/${QGA_PORT_NAME} -t /run/qga -f /run/qga/pid 2>&1 | sed 's/^/[qga] /' &
 fi
 if [ -e /etc/testbed/agent-cmd ]; then
+  log=$(cat /etc/testbed/agent-log 2>/dev/null)
   (while true; do
      $(cat /etc/testbed/agent-cmd) --channel virtio:${AGENT_PORT_NAME} --config /etc/porthole/agent.conf 2>&1
      echo "porthole-testbed: agent exited with status $?, restarting"
      sleep 1
-   done) | sed 's/^/[agent] /' &
+   done) | sed 's/^/[agent] /' >> "\${log:-/dev/console}" &
 fi
 echo "porthole-testbed: services started"
 while true; do sleep 3600; done

@@ -115,6 +115,11 @@ export interface GuestOptions {
   agent?: AgentSource;
   /** Text of /etc/porthole/agent.conf (the owner's policy). */
   agentConfig?: string;
+  /**
+   * A file in the guest for the agent's output (its audit log) instead of the console: the
+   * emulated serial console costs milliseconds of guest CPU per line, more than journald would.
+   */
+  agentLog?: string;
   /** Shell run at boot before the agent starts (output on the console, prefixed [boot]). */
   bootScript?: string;
   files?: Array<{ path: string; content: string | Buffer; mode?: number }>;
@@ -149,6 +154,7 @@ export function buildOverlay(options: GuestOptions, out: string): void {
       }
     }
     put('/etc/porthole/agent.conf', options.agentConfig ?? '# test bed default: everything on\n');
+    if (options.agentLog) put('/etc/testbed/agent-log', `${options.agentLog}\n`);
     if (options.bootScript) put('/etc/testbed/boot.sh', `#!/bin/sh\n${options.bootScript}\n`, 0o755);
     for (const f of options.files ?? []) put(f.path, f.content, f.mode ?? 0o644);
     packCpio(root, out);

@@ -155,6 +155,15 @@ describe('transports', () => {
     });
   });
 
+  it('virtio-serial channel: frames over 64 KiB (written as a joined head and their data) arrive whole', async function () {
+    this.timeout(30000);
+    await withPtyPair(async (a, b) => {
+      const host = await new SerialConnector(a).connect();
+      const guest = await new VirtioSerialConnector({ path: b }).connect();
+      await echoSessionCheck(host, guest, { bytes: 2 * 1024 * 1024, chunk: 192 * 1024 });
+    });
+  });
+
   it('virtio-serial: finds a port by name in sysfs when udev made no symlink', () => {
     const t = tempDir();
     try {

@@ -57,6 +57,9 @@ function pipeHandle(fd: number): PipeHandle {
   return handle;
 }
 
+/** Frames up to this size are written as one buffer (one copy is cheaper than another write). */
+const JOIN_BELOW = 64 * 1024;
+
 /**
  * The guest side of a virtio-serial port. It is a character device, not a
  * TTY: it is opened with fs and polled by the event loop like a pipe, so a
@@ -66,9 +69,6 @@ function pipeHandle(fd: number): PipeHandle {
  * emits 'discontinuity', closes the port and reopens it after a pause, so it
  * neither spins nor ends; what is written meanwhile waits for the reopened port.
  */
-/** Frames up to this size are written as one buffer (one copy is cheaper than another write). */
-const JOIN_BELOW = 64 * 1024;
-
 export class VirtioSerialChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
   readonly description: string;

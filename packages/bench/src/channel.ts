@@ -10,8 +10,15 @@ import { Session, Stream, CHUNK_SIZE, crc32c, crc32cIsNative } from '@porthole/p
 import { Channel, SocketChannel, UnixSocketConnector } from '@porthole/transport';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
 
-/** `raw+crc`: a raw copy where both ends also run CRC32C over every byte, as any checksummed framing must. */
-type Mode = 'raw' | 'raw+crc' | 'porthole';
+/**
+ * `raw+crc`: a raw copy where both ends also run CRC32C over every byte, as any checksummed framing must.
+ * `bare`: the least framing that can carry a small request beside bulk data (u32 length, u8 kind), with
+ * CRC32C run over every byte at both ends as in `raw+crc`.
+ */
+type Mode = 'raw' | 'raw+crc' | 'bare' | 'porthole';
+
+/** A bare record's header: u32 payload length, u8 kind (0 bulk, 1 ping). */
+const BARE_HEADER = 5;
 
 /**
  * Far side: a raw sink that acknowledges the byte count, or a Porthole "agent"
@@ -19,6 +26,10 @@ type Mode = 'raw' | 'raw+crc' | 'porthole';
  * the receiving end of the bulk transfer is then the one that dialed.
  */
 async function farSide(path: string, mode: Mode): Promise<void> {
+  if (mode === 'bare') {
+    bareFar(net.connect(path));
+    return;
+  }
   if (mode !== 'porthole') {
     const socket = net.connect(path);
     let n = 0;
@@ -31,6 +42,30 @@ async function farSide(path: string, mode: Mode): Promise<void> {
     return;
   }
   serveAsAgent(await new UnixSocketConnector(path).connect());
+}
+
+/** Reads bare records, checksums and discards bulk ones and answers each ping with one byte. */
+function bareFar(socket: net.Socket): void {
+  let header = Buffer.alloc(0);
+  let skip = 0;
+  socket.on('data', (c: Buffer) => {
+    crc32c(c);
+    for (let at = 0; at < c.length;) {
+      if (skip > 0) {
+        const n = Math.min(skip, c.length - at);
+        skip -= n;
+        at += n;
+        continue;
+      }
+      const piece = c.subarray(at, at + BARE_HEADER - header.length);
+      header = Buffer.concat([header, piece]);
+      at += piece.length;
+      if (header.length < BARE_HEADER) return;
+      skip = header.readUInt32BE(0);
+      if (header[4] === 1) socket.write('p');
+      header = Buffer.alloc(0);
+    }
+  });
 }
 
 /** An "agent" session that discards what is written to it and answers info: the protocol cost without the disk. */
@@ -100,28 +135,71 @@ export interface SessionFigures {
   loaded: number[];
 }
 
-/** `idleRequests` small requests, then a `bytes` file-write stream with small requests alongside it. */
-export async function measureSession(session: Session, bytes: number, idleRequests = 200): Promise<SessionFigures> {
+/** `idleRequests` small requests, then the bulk transfer with a small request every 5 ms alongside it. */
+async function measureUnderBulk(small: () => Promise<number>, bulk: () => Promise<void>, idleRequests: number): Promise<SessionFigures> {
   const idle: number[] = [];
-  for (let i = 0; i < idleRequests; i++) idle.push(await smallRequest(session));
-  const chunk = randomBytes(CHUNK_SIZE);
+  for (let i = 0; i < idleRequests; i++) idle.push(await small());
   const t0 = performance.now();
   let bulkDone = false;
-  const bulk = (async () => {
+  const transfer = bulk().then(() => { bulkDone = true; });
+  const loaded: number[] = [];
+  await new Promise((r) => setTimeout(r, 20));
+  while (!bulkDone) {
+    loaded.push(await small());
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await transfer;
+  return { ms: performance.now() - t0, idle, loaded };
+}
+
+/** `idleRequests` small requests, then a `bytes` file-write stream with small requests alongside it. */
+export function measureSession(session: Session, bytes: number, idleRequests = 200): Promise<SessionFigures> {
+  const chunk = randomBytes(CHUNK_SIZE);
+  return measureUnderBulk(() => smallRequest(session), async () => {
     const s = session.openStream({ fileWrite: {} });
     for (let sent = 0; sent < bytes; sent += chunk.length) await s.send({ chunk: { offset: sent, data: chunk } });
     s.end();
     while ((await s.read()) !== null);
-    bulkDone = true;
-  })();
-  const loaded: number[] = [];
-  await new Promise((r) => setTimeout(r, 20));
-  while (!bulkDone) {
-    loaded.push(await smallRequest(session));
-    await new Promise((r) => setTimeout(r, 5));
+  }, idleRequests);
+}
+
+/**
+ * The same measure over bare records: a ping's wait behind the bulk bytes already
+ * queued in Node and the kernel, which any protocol on one byte stream pays.
+ */
+async function bareRun(bytes: number): Promise<SessionFigures> {
+  const far = await startFar('bare', bytes);
+  const socket = far.socket;
+  let answered: (() => void) | undefined;
+  socket.on('data', () => answered?.());
+  const record = (kind: number, payload: Buffer) => {
+    const h = Buffer.alloc(BARE_HEADER);
+    h.writeUInt32BE(payload.length, 0);
+    h[4] = kind;
+    return payload.length ? Buffer.concat([h, payload]) : h;
+  };
+  const ping = record(1, Buffer.alloc(0));
+  const chunk = record(0, randomBytes(CHUNK_SIZE));
+  try {
+    return await measureUnderBulk(async () => {
+      const t = performance.now();
+      const got = new Promise<void>((r) => (answered = r));
+      socket.write(ping);
+      await got;
+      return performance.now() - t;
+    }, async () => {
+      // Paced as the session paces a bulk writer: a turn of the event loop after each chunk.
+      for (let sent = 0; sent < bytes; sent += CHUNK_SIZE) {
+        crc32c(chunk);
+        if (!socket.write(chunk)) await new Promise((r) => socket.once('drain', r));
+        await new Promise((r) => setImmediate(r));
+      }
+    }, 200);
+  } finally {
+    socket.destroy();
+    await far.worker.terminate();
+    rmSync(far.dir, { recursive: true, force: true });
   }
-  await bulk;
-  return { ms: performance.now() - t0, idle, loaded };
 }
 
 async function portholeRun(bytes: number): Promise<SessionFigures> {
@@ -150,6 +228,7 @@ export async function benchChannel(opts: { bytes?: number; rounds?: number } = {
   const best = { raw: Infinity, crc: Infinity, porthole: Infinity };
   const idle: number[] = [];
   const loaded: number[] = [];
+  const bare = { idle: [] as number[], loaded: [] as number[] };
   for (let i = 0; i < rounds; i++) {
     best.raw = Math.min(best.raw, await rawCopy(bytes, 'raw'));
     best.crc = Math.min(best.crc, await rawCopy(bytes, 'raw+crc'));
@@ -157,12 +236,17 @@ export async function benchChannel(opts: { bytes?: number; rounds?: number } = {
     best.porthole = Math.min(best.porthole, run.ms);
     idle.push(...run.idle);
     loaded.push(...run.loaded);
+    const b = await bareRun(bytes);
+    bare.idle.push(...b.idle);
+    bare.loaded.push(...b.loaded);
   }
   const raw = mibPerSecond(bytes, best.raw);
   const withCrc = mibPerSecond(bytes, best.crc);
   const ph = mibPerSecond(bytes, best.porthole);
   const p50i = percentile(idle, 50);
   const p50l = percentile(loaded, 50);
+  // What waiting behind the queued bulk bytes adds to a small request, whatever the protocol.
+  const bareWait = percentile(bare.loaded, 50) - percentile(bare.idle, 50);
   return {
     title: `Protocol stack over a Unix socket pair (${bytes / MiB} MiB, chunk ${CHUNK_SIZE / 1024} KiB)`,
     columns: ['measure', 'value', 'reference', 'ratio', 'target'],
@@ -171,9 +255,12 @@ export async function benchChannel(opts: { bytes?: number; rounds?: number } = {
       ['throughput vs a checksummed raw copy', ph, `raw copy + CRC32C both ends ${withCrc.toFixed(0)}`, ph / withCrc, ''],
       ['small request p50, ms (idle → under bulk)', p50l, `idle ${p50i.toFixed(3)}`, p50l / p50i, '≤ 2×'],
       ['small request p99, ms (idle → under bulk)', percentile(loaded, 99), `idle ${percentile(idle, 99).toFixed(3)}`, percentile(loaded, 99) / percentile(idle, 99), ''],
+      ['bare ping p50, ms (idle → under bulk)', percentile(bare.loaded, 50), `idle ${percentile(bare.idle, 50).toFixed(3)}`, percentile(bare.loaded, 50) / percentile(bare.idle, 50), ''],
+      ['floor for the small request: its idle time + the bare wait, ms', p50i + bareWait, `idle ${p50i.toFixed(3)}`, (p50i + bareWait) / p50i, ''],
     ],
     notes: [
       `far side in a worker thread; best of ${rounds} interleaved rounds each; ${loaded.length} small requests completed during the bulk transfers`,
+      'bare: records of u32 length + u8 kind and nothing else but CRC32C over every byte at both ends, the bulk written as the session writes it (a turn of the event loop per 128 KiB); its ping waits behind the bytes already queued in Node and the kernel, checked by the receiver, as any request on one checked byte stream must',
       `CRC32C: ${crc32cIsNative ? 'native (SSE4.2 via @node-rs/crc32)' : 'pure JS'}, ${crcSpeed().toFixed(0)} MiB/s on one core here`,
     ],
   };

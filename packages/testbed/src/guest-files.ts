@@ -67,11 +67,13 @@ const zeros = Buffer.alloc(1 << 20);
 let socket;
 let pending = Buffer.alloc(0);
 let left = 0;
-let hash;
+let hash; // of the checked upload under way
 let crc32c;
 // Loaded at the first checked transfer: the plain modes must work without the agent's files.
-const checker = () => (crc32c ??= require('/opt/porthole/node_modules/@node-rs/crc32').crc32c);
-const check = (piece) => { checker()(piece); hash.update(piece); };
+const check = (h, piece) => {
+  (crc32c ??= require('/opt/porthole/node_modules/@node-rs/crc32').crc32c)(piece);
+  h.update(piece);
+};
 function open() {
   const handle = new Pipe(constants.SOCKET);
   handle.open(fs.openSync(process.argv[2], fs.constants.O_RDWR | fs.constants.O_NONBLOCK));
@@ -83,7 +85,7 @@ function open() {
 }
 function received(piece) {
   left -= piece.length;
-  if (hash && piece.length) check(piece);
+  if (hash && piece.length) check(hash, piece);
   if (left > 0) return;
   if (hash) hash.digest();
   hash = undefined;
@@ -96,14 +98,13 @@ async function send(len, checked) {
   }
   // Piece by piece as a verified sender works: checked, written, and the next one while the port moves it.
   const sending = socket;
-  hash = crypto.createHash('sha256');
+  const h = crypto.createHash('sha256');
   for (let n = len; n > 0 && !sending.destroyed; n -= 128 << 10) {
     const out = zeros.subarray(0, Math.min(n, 128 << 10));
-    check(out);
+    check(h, out);
     if (!sending.write(out)) await new Promise((r) => { sending.once('drain', r); sending.once('close', r); });
   }
-  hash?.digest();
-  hash = undefined;
+  h.digest();
 }
 function onData(chunk) {
   const take = Math.min(left, chunk.length);

@@ -238,7 +238,7 @@ describe('session', () => {
     assert.ok((await p.broker.ping()) >= 0);
   });
 
-  it('small frames leave before bulk data queued while the channel was full', async () => {
+  it('small frames go out while the channel is full; bulk data waits for its drain', async () => {
     /** A byte channel that records what is written and says "full" on demand. */
     class RecordingChannel extends ChannelBase {
       readonly kind = 'bytes' as const;
@@ -271,11 +271,12 @@ describe('session', () => {
     channel.full = true;
     void first.send({ chunk: { data: chunk } }); // taken; the channel is now full
     await settle();
+    channel.written.length = 0;
     void second.send({ chunk: { data: chunk } }); // queued behind the full channel
     const small = broker.openStream({ info: {} });
     small.end();
     await settle();
-    channel.written.length = 0;
+    const beforeDrain = channel.written.length;
     channel.full = false;
     channel.emit('drain');
     await settle();
@@ -285,6 +286,7 @@ describe('session', () => {
       order.push(`${e.body}:${e.streamId === small.id ? 'small' : e.streamId === second.id ? 'bulk' : e.streamId}`);
     });
     for (const b of channel.written) decoder.push(b);
+    assert.equal(beforeDrain, 2, 'the small request went out before the drain, the bulk chunk did not');
     assert.deepEqual(order.slice(0, 3), ['open:small', 'close:small', 'message:bulk']);
   });
 });

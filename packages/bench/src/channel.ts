@@ -17,6 +17,9 @@ import { BenchTable, MiB, mibPerSecond, percentile } from './table';
  */
 type Mode = 'raw' | 'raw+crc' | 'bare' | 'porthole';
 
+/** Written before the measures on each fresh connection, so that both ends run optimised code (as a long-running agent does). */
+const WARM_BYTES = 64 * MiB;
+
 /** A bare record's header: u32 payload length, u8 kind (0 bulk, 1 ping). */
 const BARE_HEADER = 5;
 
@@ -135,8 +138,12 @@ export interface SessionFigures {
   loaded: number[];
 }
 
-/** `idleRequests` small requests, then the bulk transfer with a small request every 5 ms alongside it. */
-async function measureUnderBulk(small: () => Promise<number>, bulk: () => Promise<void>, idleRequests: number): Promise<SessionFigures> {
+/**
+ * `warm` once (a long-running agent's code is compiled and optimised; a fresh far side's is not), then
+ * `idleRequests` small requests, then the bulk transfer with a small request every 5 ms alongside it.
+ */
+async function measureUnderBulk(small: () => Promise<number>, bulk: () => Promise<void>, idleRequests: number, warm?: () => Promise<void>): Promise<SessionFigures> {
+  await warm?.();
   const idle: number[] = [];
   for (let i = 0; i < idleRequests; i++) idle.push(await small());
   const t0 = performance.now();
@@ -152,15 +159,19 @@ async function measureUnderBulk(small: () => Promise<number>, bulk: () => Promis
   return { ms: performance.now() - t0, idle, loaded };
 }
 
-/** `idleRequests` small requests, then a `bytes` file-write stream with small requests alongside it. */
-export function measureSession(session: Session, bytes: number, idleRequests = 200): Promise<SessionFigures> {
+/** A file-write stream of `bytes` in chunks, to its end. */
+async function bulkWrite(session: Session, bytes: number): Promise<void> {
   const chunk = randomBytes(CHUNK_SIZE);
-  return measureUnderBulk(() => smallRequest(session), async () => {
-    const s = session.openStream({ fileWrite: {} });
-    for (let sent = 0; sent < bytes; sent += chunk.length) await s.send({ chunk: { offset: sent, data: chunk } });
-    s.end();
-    while ((await s.read()) !== null);
-  }, idleRequests);
+  const s = session.openStream({ fileWrite: {} });
+  for (let sent = 0; sent < bytes; sent += chunk.length) await s.send({ chunk: { offset: sent, data: chunk } });
+  s.end();
+  while ((await s.read()) !== null);
+}
+
+/** `warmBytes` written first, `idleRequests` small requests, then a `bytes` file-write stream with small requests alongside it. */
+export function measureSession(session: Session, bytes: number, idleRequests = 200, warmBytes = 0): Promise<SessionFigures> {
+  return measureUnderBulk(() => smallRequest(session), () => bulkWrite(session, bytes), idleRequests,
+    warmBytes ? () => bulkWrite(session, warmBytes) : undefined);
 }
 
 /**
@@ -181,20 +192,21 @@ async function bareRun(bytes: number): Promise<SessionFigures> {
   const ping = record(1, Buffer.alloc(0));
   const chunk = record(0, randomBytes(CHUNK_SIZE));
   try {
+    const bulk = (total: number) => async () => {
+      // Paced as the session paces a bulk writer: a turn of the event loop after each chunk.
+      for (let sent = 0; sent < total; sent += CHUNK_SIZE) {
+        crc32c(chunk);
+        if (!socket.write(chunk)) await new Promise((r) => socket.once('drain', r));
+        await new Promise((r) => setImmediate(r));
+      }
+    };
     return await measureUnderBulk(async () => {
       const t = performance.now();
       const got = new Promise<void>((r) => (answered = r));
       socket.write(ping);
       await got;
       return performance.now() - t;
-    }, async () => {
-      // Paced as the session paces a bulk writer: a turn of the event loop after each chunk.
-      for (let sent = 0; sent < bytes; sent += CHUNK_SIZE) {
-        crc32c(chunk);
-        if (!socket.write(chunk)) await new Promise((r) => socket.once('drain', r));
-        await new Promise((r) => setImmediate(r));
-      }
-    }, 200);
+    }, bulk(bytes), 200, bulk(WARM_BYTES));
   } finally {
     socket.destroy();
     await far.worker.terminate();
@@ -209,7 +221,7 @@ async function portholeRun(bytes: number): Promise<SessionFigures> {
   });
   await session.ready();
   try {
-    return await measureSession(session, bytes);
+    return await measureSession(session, bytes, 200, WARM_BYTES);
   } finally {
     session.close();
     await far.worker.terminate();

@@ -66,8 +66,8 @@ export class Session extends EventEmitter {
   private pingSeq = 1;
   private lastReceived = Date.now();
   private keepaliveTimer?: NodeJS.Timeout;
-  /** Frames waiting for the channel: small ones (control, requests) leave before bulk data. */
-  private readonly sendQueues: { small: QueuedFrame[]; bulk: QueuedFrame[] } = { small: [], bulk: [] };
+  /** Bulk frames waiting for the channel; small ones (control, requests) never wait, so they pass these. */
+  private readonly bulkQueue: QueuedFrame[] = [];
   /** The channel asked us to wait for 'drain'. */
   private channelFull = false;
   private drainWaiters: Array<() => void> = [];
@@ -210,26 +210,33 @@ export class Session extends EventEmitter {
     let size = 0;
     for (const p of parts) size += p.length;
     return new Promise((handedOver) => {
-      (size <= SMALL_FRAME ? this.sendQueues.small : this.sendQueues.bulk).push({ parts, handedOver });
-      this.flushQueues();
+      if (size > SMALL_FRAME) {
+        this.bulkQueue.push({ parts, handedOver });
+        this.flushBulk();
+        return;
+      }
+      // A small frame (request, reply, credit, control) goes to the channel at once, even while it asks
+      // writers to wait: that answer is advisory, and holding the frame until the bulk data already in the
+      // channel drains would cost a request a whole write cycle. Its writer still waits for the drain.
+      if (this.writeFrame(parts) && !this.channelFull) handedOver();
+      else this.waitForDrain(handedOver);
     });
   }
 
-  private flushQueues(): void {
+  private flushBulk(): void {
     while (!this.channelFull && !this.isClosed) {
-      const small = this.sendQueues.small.shift();
-      const next = small ?? this.sendQueues.bulk.shift();
+      const next = this.bulkQueue.shift();
       if (!next) return;
-      if (this.writeFrame(next.parts)) {
-        // A bulk writer goes on after the event loop has polled I/O: a run of chunk encodings
-        // would otherwise hold back replies and small requests waiting to be read or written.
-        if (small) next.handedOver();
-        else setImmediate(next.handedOver);
-      } else {
-        this.channelFull = true;
-        this.drainWaiters.push(next.handedOver);
-      }
+      // A bulk writer goes on after the event loop has polled I/O: a run of chunk encodings
+      // would otherwise hold back replies and small requests waiting to be read or written.
+      if (this.writeFrame(next.parts)) setImmediate(next.handedOver);
+      else this.waitForDrain(next.handedOver);
     }
+  }
+
+  private waitForDrain(handedOver: () => void): void {
+    this.channelFull = true;
+    this.drainWaiters.push(handedOver);
   }
 
   private writeFrame(parts: Buffer[]): boolean {
@@ -248,7 +255,7 @@ export class Session extends EventEmitter {
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of waiters) w();
-    this.flushQueues();
+    this.flushBulk();
   };
 
   private readonly onDiscontinuity = (): void => {
@@ -272,7 +279,7 @@ export class Session extends EventEmitter {
     this.failAll(reason);
     for (const w of this.readyWaiters.splice(0)) w.reject(reason);
     for (const w of this.drainWaiters.splice(0)) w();
-    for (const q of [this.sendQueues.small, this.sendQueues.bulk]) for (const f of q.splice(0)) f.handedOver();
+    for (const f of this.bulkQueue.splice(0)) f.handedOver();
     this.emit('close', error);
   }
 

@@ -27,6 +27,24 @@ try {
   console.error(err.code === 'ENOENT' ? 'build: cc not found: install gcc and libc6-dev (scripts/setup.sh does)' : 'build: porthole-spawn did not compile');
   process.exit(1);
 }
+// CRC32C in three interleaved chains (packages/protocol/native/crc32c.c), an addon for Node on x86-64 hosts;
+// elsewhere, and where it does not load, the protocol uses @node-rs/crc32.
+if (process.arch === 'x64' && process.platform === 'linux') {
+  const headers = join(dirname(dirname(process.execPath)), 'include', 'node');
+  if (!existsSync(join(headers, 'node_api.h'))) {
+    console.error(`build: Node's C headers are not in ${headers} (they come with Node's packages and tarballs)`);
+    process.exit(1);
+  }
+  const addonDir = join(root, 'packages/protocol/build');
+  mkdirSync(addonDir, { recursive: true });
+  try {
+    execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-I', headers, '-o',
+      join(addonDir, 'crc32c-sse42.node'), join(root, 'packages/protocol/native/crc32c.c')], { stdio: 'inherit' });
+  } catch {
+    console.error('build: the CRC32C addon did not compile');
+    process.exit(1);
+  }
+}
 // The agent as one file, then as the single executable the VM tests and the .deb ship.
 run(process.execPath, [join(root, 'packages/agent/scripts/bundle.mjs')]);
 const sea = join(root, 'packages/agent/scripts/sea.mjs');

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Session, Stream, CHUNK_SIZE, crc32c, crc32cIsNative } from '@porthole/protocol';
+import { Session, Stream, CHUNK_SIZE, crc32c, crc32cImplementation } from '@porthole/protocol';
 import { Channel, SocketChannel, UnixSocketConnector } from '@porthole/transport';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
 
@@ -273,7 +273,7 @@ export async function benchChannel(opts: { bytes?: number; rounds?: number } = {
     notes: [
       `far side in a worker thread; best of ${rounds} interleaved rounds each; ${loaded.length} small requests completed during the bulk transfers`,
       'bare: records of u32 length + u8 kind and nothing else but CRC32C over every byte at both ends, the bulk written as the session writes it (a turn of the event loop per 128 KiB); its ping waits behind the bytes already queued in Node and the kernel, checked by the receiver, as any request on one checked byte stream must',
-      `CRC32C: ${crc32cIsNative ? 'native (SSE4.2 via @node-rs/crc32)' : 'pure JS'}, ${crcSpeed().toFixed(0)} MiB/s on one core here`,
+      `CRC32C: ${crc32cImplementation}, ${crcSpeed().toFixed(0)} MiB/s on one core here`,
     ],
   };
 }

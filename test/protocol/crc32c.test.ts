@@ -1,0 +1,48 @@
+import { strict as assert } from 'node:assert';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { crc32c, crc32cImplementation } from '@porthole/protocol';
+
+type Crc = (data: Uint8Array, previous?: number) => number;
+const load = createRequire(__filename);
+const addonPath = join(__dirname, '..', '..', 'packages', 'protocol', 'build', 'crc32c-sse42.node');
+const onBuildHost = process.arch === 'x64' && process.platform === 'linux';
+
+describe('CRC32C', () => {
+  const reference: Crc = (d, prev = 0) => (load('@node-rs/crc32') as { crc32c: Crc }).crc32c(d, prev) >>> 0;
+  const portable: Crc = (d, prev = 0) => (load('crc-32/crc32c') as { buf: Crc }).buf(d, prev | 0) >>> 0;
+
+  it('is the interleaved SSE4.2 addon exactly where the build makes it (x86-64 Linux)', () => {
+    assert.equal(/three interleaved chains/.test(crc32cImplementation), onBuildHost, crc32cImplementation);
+  });
+
+  it('gives the check value and continues from a previous result', () => {
+    assert.equal(crc32c(Buffer.from('123456789')), 0xe3069283);
+    assert.equal(crc32c(Buffer.from('6789'), crc32c(Buffer.from('12345'))), 0xe3069283);
+    assert.equal(crc32c(Buffer.alloc(0)), 0);
+    assert.equal(crc32c(Buffer.alloc(0), 0xdeadbeef), 0xdeadbeef);
+  });
+
+  it('agrees with @node-rs/crc32 and the portable one at every block boundary, offset and previous value', () => {
+    // The addon runs three chains over 3 × 8192 and 3 × 256 byte blocks after aligning to 8 bytes.
+    const lengths = [1, 7, 8, 9, 255, 767, 768, 769, 3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 3 * 8192 + 3 * 256 + 13, 128 * 1024, 300_001];
+    for (let i = 0; i < 200; i++) lengths.push(Math.floor(Math.random() * 70_000));
+    const pool = randomBytes(300_016);
+    for (const [i, n] of lengths.entries()) {
+      const offset = i % 8;
+      const data = pool.subarray(offset, offset + n);
+      const previous = i % 3 === 0 ? 0 : pool.readUInt32LE(i % 1000);
+      const want = reference(data, previous);
+      assert.equal(crc32c(data, previous), want, `length ${n} at offset ${offset}`);
+      if (n < 20_000) assert.equal(portable(data, previous), want, `portable, length ${n}`);
+    }
+  });
+
+  it('the addon refuses what is not bytes with a clear error', () => {
+    if (!onBuildHost) return assert.throws(() => load(addonPath), /Cannot find module/);
+    const addon = load(addonPath) as { crc32c: (d: unknown, p?: unknown) => number };
+    assert.throws(() => addon.crc32c('text'), /the data must be a Uint8Array/);
+    assert.throws(() => addon.crc32c(Buffer.from('x'), 'seed'), /the previous CRC must be a number/);
+  });
+});

@@ -58,6 +58,16 @@ describe('session', () => {
       e.code === v1.ErrorCode.ERROR_CODE_PROTOCOL && /version mismatch.*v99/.test(e.message));
   });
 
+  it('refuses a message larger than the peer\'s whole window at once, naming both sizes', async () => {
+    const p = await pair(undefined, 128 * 1024);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const stream = p.broker.openStream({ info: {} });
+    await assert.rejects(stream.send({ chunk: { data: randomBytes(200 * 1024) } }), (e: PortholeError) =>
+      e.code === v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT && /message of \d+ bytes is larger than the peer's window of 131072 bytes/.test(e.message));
+    await stream.send({ chunk: { data: randomBytes(64 * 1024) } }); // the stream is still usable
+  });
+
   it('carries a 32 MiB stream both ways intact with a small window', async function () {
     this.timeout(30000);
     const p = await pair(undefined, 256 * 1024);

@@ -138,22 +138,27 @@ export interface SessionFigures {
   loaded: number[];
 }
 
-/**
- * `warm` once (a long-running agent's code is compiled and optimised; a fresh far side's is not), then
- * `idleRequests` small requests, then the bulk transfer with a small request every 5 ms alongside it.
- */
-async function measureUnderBulk(small: () => Promise<number>, bulk: () => Promise<void>, idleRequests: number, warm?: () => Promise<void>): Promise<SessionFigures> {
-  await warm?.();
+export interface UnderBulkOptions {
+  /** Run once first (a long-running agent's code is compiled and optimised; a fresh far side's is not). */
+  warm?: () => Promise<void>;
+  /** Wait after the bulk transfer started, and between small requests during it (ms). */
+  startMs?: number;
+  gapMs?: number;
+}
+
+/** `idleRequests` small requests, then the bulk transfer with small requests alongside it. */
+export async function measureUnderBulk(small: () => Promise<number>, bulk: () => Promise<void>, idleRequests: number, options: UnderBulkOptions = {}): Promise<SessionFigures> {
+  await options.warm?.();
   const idle: number[] = [];
   for (let i = 0; i < idleRequests; i++) idle.push(await small());
   const t0 = performance.now();
   let bulkDone = false;
   const transfer = bulk().then(() => { bulkDone = true; });
   const loaded: number[] = [];
-  await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, options.startMs ?? 20));
   while (!bulkDone) {
     loaded.push(await small());
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, options.gapMs ?? 5));
   }
   await transfer;
   return { ms: performance.now() - t0, idle, loaded };
@@ -171,7 +176,7 @@ async function bulkWrite(session: Session, bytes: number): Promise<void> {
 /** `warmBytes` written first, `idleRequests` small requests, then a `bytes` file-write stream with small requests alongside it. */
 export function measureSession(session: Session, bytes: number, idleRequests = 200, warmBytes = 0): Promise<SessionFigures> {
   return measureUnderBulk(() => smallRequest(session), () => bulkWrite(session, bytes), idleRequests,
-    warmBytes ? () => bulkWrite(session, warmBytes) : undefined);
+    { warm: warmBytes ? () => bulkWrite(session, warmBytes) : undefined });
 }
 
 /**
@@ -206,7 +211,7 @@ async function bareRun(bytes: number): Promise<SessionFigures> {
       socket.write(ping);
       await got;
       return performance.now() - t;
-    }, bulk(bytes), 200, bulk(WARM_BYTES));
+    }, bulk(bytes), 200, { warm: bulk(WARM_BYTES) });
   } finally {
     socket.destroy();
     await far.worker.terminate();

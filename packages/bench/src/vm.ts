@@ -9,6 +9,7 @@ import { bootVm, Vm, agentBundlePath, GUEST_SPAWN_HELPER } from '@porthole/testb
 import { guestProcessTimes } from './process-floor';
 import { QgaClient } from './qga';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
+import { measureUnderBulk } from './channel';
 
 export interface VmBenchSizes {
   /** Bytes of the file moved each way. */
@@ -200,6 +201,11 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   const qgaDown = await timed(async () => { qgaBack = await qga.readFile(QGA_FILE, QGA_CHUNK); });
   if (!qgaBack.equals(data)) throw new Error(`qemu-guest-agent read back ${qgaBack.length} bytes that differ from the ${bytes} written`);
 
+  log(`info round trips idle, then beside a ${bytes / MiB} MiB injection and its read-back`);
+  const info = () => timed(async () => { await client.info(); });
+  const underInject = await measureUnderBulk(info, async () => { await client.installFile(data, { path: GUEST_FILE }).result; }, 30, { startMs: 200, gapMs: 50 });
+  const underRead = await measureUnderBulk(info, async () => { await portholeRead(client, GUEST_FILE); }, 0, { startMs: 200, gapMs: 50 });
+
   log(`exec /bin/true × ${sizes.execRuns} each`);
   // Each tool runs in blocks of back-to-back runs (its own steady state: a command started right after
   // another one's starts faster in this guest), in two rounds of opposite order so drift hits both alike.
@@ -298,5 +304,19 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       'RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent); the Porthole agent is Node (the JS bundle) plus porthole-spawn (C, started at the first command), qemu-ga is C',
     ],
   };
-  return [throughput, exec];
+  const idleInfo = med(underInject.idle);
+  const beside: BenchTable = {
+    title: 'VM: a small request beside a bulk transfer, one QEMU (TCG) guest',
+    columns: ['measure', 'ms', 'idle ms', 'ratio to idle'],
+    rows: [
+      [`info round trip p50, idle (${underInject.idle.length} runs)`, idleInfo, idleInfo, 1],
+      [`info round trip p50 during the ${bytes / MiB} MiB injection (${underInject.loaded.length} runs)`, med(underInject.loaded), idleInfo, med(underInject.loaded) / idleInfo],
+      ['info round trip p95 during the injection', percentile(underInject.loaded, 95), percentile(underInject.idle, 95), percentile(underInject.loaded, 95) / percentile(underInject.idle, 95)],
+      [`info round trip p50 during its read-back (${underRead.loaded.length} runs)`, med(underRead.loaded), idleInfo, med(underRead.loaded) / idleInfo],
+    ],
+    notes: [
+      'an info request (a stream opened, answered and closed) every 50 ms while the transfer runs; the transfer\'s stream window (256 KiB) bounds what the request can find queued ahead of it in the port',
+    ],
+  };
+  return [throughput, exec, beside];
 }

@@ -478,7 +478,8 @@ export class ExecTask extends EventEmitter {
       while (stdinQueue.length) {
         const { data, done } = stdinQueue.shift()!;
         try {
-          await this.stream.send({ chunk: { data } });
+          // A write may be any size; a message must fit the agent's stream window.
+          for (let off = 0; off < data.length; off += CHUNK_SIZE) await this.stream.send({ chunk: { data: data.subarray(off, off + CHUNK_SIZE) } });
           done();
         } catch (err) {
           done(err as Error);

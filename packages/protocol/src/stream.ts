@@ -28,6 +28,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   private creditWaiters: Array<() => void> = [];
   private sendChain: Promise<void> = Promise.resolve();
   private sendCredit: number;
+  private readonly peerWindow: number;
   private unacknowledged = 0;
   private localEnded = false;
   private remoteEnded = false;
@@ -46,6 +47,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   ) {
     this.requestId = open.requestId;
     this.sendCredit = peerWindow;
+    this.peerWindow = peerWindow;
     this.closed = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     // A closed promise nobody awaits must not crash the process on reset.
     this.closed.catch(() => undefined);
@@ -83,6 +85,11 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
     if (this.failure) throw this.failure;
     if (this.localEnded) throw new PortholeError(v1.ErrorCode.ERROR_CODE_PROTOCOL, `stream ${this.id}: send after end`);
     const { size, parts } = this.wire.measure(this.id, message);
+    if (size > this.peerWindow) {
+      // Waiting would never end: the peer never grants more than its whole window at once.
+      throw new PortholeError(v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
+        `stream ${this.id}: a message of ${size} bytes is larger than the peer's window of ${this.peerWindow} bytes (send data in pieces of at most CHUNK_SIZE)`);
+    }
     while (this.sendCredit < size && !this.failure) {
       await new Promise<void>((r) => this.creditWaiters.push(r));
     }

@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { v1, PortholeError, Session, Stream } from '@porthole/protocol';
+import { v1, PortholeError, Session, Stream, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { Channel, Connector, connectWithRetry } from '@porthole/transport';
 import { AgentConfig } from './config';
 import { Policy } from './policy';
@@ -116,6 +116,8 @@ export class Agent {
         kernel: os.release(),
       },
       keepaliveIntervalMs: 0,
+      // Its ports are slow: a short window keeps a transfer from queueing requests behind it.
+      streamWindow: SLOW_PORT_STREAM_WINDOW,
       onStream: (stream) => void this.serve(stream),
       logger: this.options.log,
     });

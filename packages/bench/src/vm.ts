@@ -4,7 +4,7 @@
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, PortholeClient } from '@porthole/broker';
-import { CHUNK_SIZE } from '@porthole/protocol';
+import { CHUNK_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { bootVm, Vm, agentBundlePath, GUEST_SPAWN_HELPER } from '@porthole/testbed';
 import { guestProcessTimes } from './process-floor';
 import { QgaClient } from './qga';
@@ -315,7 +315,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       [`info round trip p50 during its read-back (${underRead.loaded.length} runs)`, med(underRead.loaded), idleInfo, med(underRead.loaded) / idleInfo],
     ],
     notes: [
-      'an info request (a stream opened, answered and closed) every 50 ms while the transfer runs; the transfer\'s stream window (256 KiB) bounds what the request can find queued ahead of it in the port',
+      `an info request (a stream opened, answered and closed) every 50 ms while the transfer runs; the window the agent grants per stream (${SLOW_PORT_STREAM_WINDOW / 1024} KiB) bounds what the request can find queued ahead of it in the port; the broker grants the default ${DEFAULT_STREAM_WINDOW / MiB} MiB for the read-back`,
     ],
   };
   return [throughput, exec, beside];

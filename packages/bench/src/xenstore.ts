@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Session } from '@porthole/protocol';
+import { Session, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { Channel } from '@porthole/transport';
 import { XenstoreServer, connectXenstoreHost, connectXenstoreGuest, DEFAULT_WINDOW, DEFAULT_VALUE_SIZE } from '@porthole/xenstore';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
@@ -34,7 +34,7 @@ async function worker(job: Job): Promise<void> {
     server.introduceDomain(DOMID);
   } else {
     const channel = await connectXenstoreGuest({ path: guestOf(job.dir) }).connect();
-    if (job.benchXenstore === 'agent') serveAsAgent(channel);
+    if (job.benchXenstore === 'agent') serveAsAgent(channel, SLOW_PORT_STREAM_WINDOW);
     else {
       let received = 0;
       channel.on('data', (p: Buffer) => {

@@ -1,20 +1,24 @@
 import { strict as assert } from 'node:assert';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { crc32c, crc32cImplementation } from '@porthole/protocol';
 
 type Crc = (data: Uint8Array, previous?: number) => number;
 const load = createRequire(__filename);
 const addonPath = join(__dirname, '..', '..', 'packages', 'protocol', 'build', 'crc32c-sse42.node');
-const onBuildHost = process.arch === 'x64' && process.platform === 'linux';
+/** The build makes the addon on x86-64 Linux when Node's C headers are there (it says so when not). */
+const built = existsSync(addonPath);
 
 describe('CRC32C', () => {
   const reference: Crc = (d, prev = 0) => (load('@node-rs/crc32') as { crc32c: Crc }).crc32c(d, prev) >>> 0;
   const portable: Crc = (d, prev = 0) => (load('crc-32/crc32c') as { buf: Crc }).buf(d, prev | 0) >>> 0;
 
-  it('is the interleaved SSE4.2 addon exactly where the build makes it (x86-64 Linux)', () => {
-    assert.equal(/three interleaved chains/.test(crc32cImplementation), onBuildHost, crc32cImplementation);
+  it('is the interleaved SSE4.2 addon exactly when the build made it', () => {
+    assert.equal(/three interleaved chains/.test(crc32cImplementation), built, crc32cImplementation);
+    const headers = join(dirname(dirname(process.execPath)), 'include', 'node', 'node_api.h');
+    if (process.arch === 'x64' && process.platform === 'linux' && existsSync(headers)) assert.ok(built, `Node's headers are in ${dirname(headers)}: the build should have made the addon`);
   });
 
   it('gives the check value and continues from a previous result', () => {
@@ -40,7 +44,7 @@ describe('CRC32C', () => {
   });
 
   it('the addon refuses what is not bytes with a clear error', () => {
-    if (!onBuildHost) return assert.throws(() => load(addonPath), /Cannot find module/);
+    if (!built) return;
     const addon = load(addonPath) as { crc32c: (d: unknown, p?: unknown) => number };
     assert.throws(() => addon.crc32c('text'), /the data must be a Uint8Array/);
     assert.throws(() => addon.crc32c(Buffer.from('x'), 'seed'), /the previous CRC must be a number/);

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { FrameDecoder, encodeFrame, FRAME_HEADER_SIZE, FRAME_MAGIC } from '@porthole/protocol';
+import { SlabPool } from '@porthole/transport';
 
 /** Deterministic PRNG so a failing fuzz case can be replayed. */
 function rng(seed: number): () => number {
@@ -175,5 +176,22 @@ describe('frame codec', () => {
     assert.ok(payloads[0].equals(big) && payloads[1].equals(small));
     assert.equal(payloads[0].buffer, slab.buffer, 'the big payload is a view of the read buffer');
     assert.notEqual(payloads[1].buffer, slab.buffer, 'the small payload does not keep the read buffer alive');
+  });
+
+  it('holds the read slab of an incomplete frame, so the reader cannot refill it, and lets go once the frame is complete', () => {
+    const pool = new SlabPool(256 * 1024, 4);
+    const slab = pool.take();
+    const frame = encodeFrame(randomBytes(150 * 1024));
+    frame.copy(slab.bytes, 0, 0, 100 * 1024);
+    const payloads: Buffer[] = [];
+    const decoder = new FrameDecoder((p) => payloads.push(Buffer.from(p)));
+    decoder.push(slab.bytes.subarray(0, 100 * 1024));
+    slab.release(); // the reader moved on to another slab
+    const next = pool.take();
+    assert.notEqual(next, slab, 'the slab with the start of the frame is not handed out again');
+    decoder.push(frame.subarray(100 * 1024));
+    assert.equal(payloads.length, 1);
+    assert.ok(payloads[0].equals(frame.subarray(FRAME_HEADER_SIZE)));
+    assert.equal(pool.take(), slab, 'the frame complete, the slab is free again');
   });
 });

@@ -1,3 +1,4 @@
+import { slabOf, type Slab } from '@porthole/transport';
 import { crc32c } from './crc32c';
 
 /**
@@ -72,6 +73,8 @@ export class FrameDecoder {
    * (4 KiB each from a virtio-serial port under TCG), and its header is checked once.
    */
   private pending?: { total: number; crc: number };
+  /** The read slabs the buffered bytes lie in: held, so that they are not filled again under us. */
+  private held: Slab[] = [];
   private readonly maxFrameSize: number;
 
   constructor(private readonly onFrame: (payload: Buffer) => void, private readonly options: FrameDecoderOptions = {}) {
@@ -94,6 +97,7 @@ export class FrameDecoder {
     }
     this.length += chunk.length;
     this.drain();
+    this.holdBuffered();
   }
 
   /** Forget partial input (the stream was interrupted). */
@@ -102,6 +106,20 @@ export class FrameDecoder {
     this.chunks = [];
     this.length = 0;
     this.pending = undefined;
+    this.holdBuffered();
+  }
+
+  /** Hold the slabs of the bytes still buffered (one or two), let go of the rest. */
+  private holdBuffered(): void {
+    if (this.held.length === 0 && this.chunks.length === 0) return;
+    const now: Slab[] = [];
+    for (const c of this.chunks) {
+      const slab = slabOf(c);
+      if (slab && !now.includes(slab)) now.push(slab);
+    }
+    for (const slab of now) if (!this.held.includes(slab)) slab.hold();
+    for (const slab of this.held) if (!now.includes(slab)) slab.release();
+    this.held = now;
   }
 
   private drain(): void {

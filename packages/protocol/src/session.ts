@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
-import type { Channel } from '@porthole/transport';
+import { slabOf, type Channel, type Slab } from '@porthole/transport';
 import { v1, PROTOCOL_VERSION } from './messages';
 import { PortholeError, errors } from './errors';
 import { FrameDecoder, frameHeader, DEFAULT_MAX_FRAME_SIZE } from './frame';
@@ -313,14 +313,18 @@ export class Session extends EventEmitter {
       return;
     }
     this.lastReceived = Date.now();
+    // A large payload is a view of a read slab: a stream holds it while the message is queued or lent;
+    // anything else may keep its bytes for good, so the slab is never reused.
+    const slab = slabOf(payload);
+    if (slab && envelope.body !== 'message') slab.pin();
     try {
-      this.dispatch(envelope, payload.length);
+      this.dispatch(envelope, payload.length, slab);
     } catch (err) {
       this.log.error('message handling failed', { error: (err as Error).message, body: envelope.body });
     }
   }
 
-  private dispatch(envelope: v1.Envelope, size: number): void {
+  private dispatch(envelope: v1.Envelope, size: number, slab?: Slab): void {
     const id = envelope.streamId;
     switch (envelope.body) {
       case 'hello':
@@ -353,7 +357,7 @@ export class Session extends EventEmitter {
       case 'credit':
         return stream.grant(envelope.credit?.bytes ?? 0);
       case 'message':
-        return stream.deliver(envelope.message as v1.StreamMessage, size);
+        return stream.deliver(envelope.message as v1.StreamMessage, size, slab);
       case 'close':
         return stream.remoteEnd();
       case 'reset':

@@ -1,3 +1,4 @@
+import type { Slab } from '@porthole/transport';
 import { v1 } from './messages';
 import { PortholeError } from './errors';
 
@@ -11,7 +12,9 @@ export interface StreamWire {
   forget(streamId: number): void;
 }
 
-type Waiter<T> = { resolve: (v: T) => void; reject: (e: unknown) => void };
+type Reader = { lend: boolean; resolve: (v: v1.StreamMessage | null) => void; reject: (e: unknown) => void };
+/** A message from the peer, its encoded size, and the read slab its bytes lie in (held while queued). */
+type Inbound = { message: v1.StreamMessage; size: number; slab?: Slab };
 
 /**
  * One request on a session: an ordered, flow-controlled message stream in each
@@ -23,8 +26,10 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   readonly requestId: string;
   /** Told when the stream is reset or the session is lost (a plain list: an AbortController per stream is costly in an emulated guest). */
   private abortListeners?: Array<(reason: PortholeError) => void>;
-  private readonly inbox: Array<{ message: v1.StreamMessage; size: number }> = [];
-  private readers: Array<Waiter<v1.StreamMessage | null>> = [];
+  private readonly inbox: Inbound[] = [];
+  private readers: Reader[] = [];
+  /** The slab of the message readLent() gave out last: released at the next read. */
+  private lentSlab?: Slab;
   private creditWaiters: Array<() => void> = [];
   private sendChain: Promise<void> = Promise.resolve();
   private sendCredit: number;
@@ -118,37 +123,79 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
     this.fail(err);
   }
 
-  /** Next message from the peer; null once the peer ended. */
+  /** Next message from the peer; null once the peer ended. Its bytes stay valid for as long as anything refers to them. */
   read(): Promise<v1.StreamMessage | null> {
-    const queued = this.inbox.shift();
-    if (queued) {
-      this.consumed(queued.size);
-      return Promise.resolve(queued.message);
-    }
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.remoteEnded) return Promise.resolve(null);
-    return new Promise((resolve, reject) => this.readers.push({ resolve, reject }));
+    return this.next(false);
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<v1.StreamMessage> {
+  /**
+   * Next message from the peer, whose bytes are lent until this stream's next
+   * read: their memory may then be filled with later input. For a reader that
+   * is done with each message before asking for the next (writes it to a file,
+   * hashes it, drops it): the session's read buffers are then reused instead of
+   * fresh memory being taken for every 4 MiB. Copy anything kept longer.
+   */
+  readLent(): Promise<v1.StreamMessage | null> {
+    return this.next(true);
+  }
+
+  /** The messages as readLent() gives them, for `for await`. */
+  lent(): AsyncGenerator<v1.StreamMessage> {
+    return this.messages(true);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<v1.StreamMessage> {
+    return this.messages(false);
+  }
+
+  private async *messages(lend: boolean): AsyncGenerator<v1.StreamMessage> {
     for (;;) {
-      const message = await this.read();
+      const message = await this.next(lend);
       if (message === null) return;
       yield message;
     }
   }
 
+  private next(lend: boolean): Promise<v1.StreamMessage | null> {
+    // Asking for the next message is the promise that the last lent one is no longer used.
+    this.lentSlab?.release();
+    this.lentSlab = undefined;
+    const queued = this.inbox.shift();
+    if (queued) {
+      this.consumed(queued.size);
+      this.handOut(queued.slab, lend);
+      return Promise.resolve(queued.message);
+    }
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.remoteEnded) return Promise.resolve(null);
+    return new Promise((resolve, reject) => this.readers.push({ lend, resolve, reject }));
+  }
+
+  /** A message goes to its reader: a lent one keeps its slab held until the next read, any other pins it. */
+  private handOut(slab: Slab | undefined, lend: boolean): void {
+    if (!slab) return;
+    if (lend) {
+      // Two lent messages out at once (reads that overlapped): the older one cannot be tracked any more.
+      this.lentSlab?.releaseKept();
+      this.lentSlab = slab;
+      return;
+    }
+    slab.releaseKept();
+  }
+
   // ---- called by the session
 
   /** @internal */
-  deliver(message: v1.StreamMessage, size: number): void {
+  deliver(message: v1.StreamMessage, size: number, slab?: Slab): void {
     if (this.failure || this.remoteEnded) return;
+    slab?.hold();
     const reader = this.readers.shift();
     if (reader) {
       this.consumed(size);
+      this.handOut(slab, reader.lend);
       reader.resolve(message);
     } else {
-      this.inbox.push({ message, size });
+      this.inbox.push({ message, size, slab });
     }
   }
 
@@ -172,7 +219,10 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   fail(error: PortholeError): void {
     if (this.failure) return;
     this.failure = error;
-    this.inbox.length = 0;
+    // Queued messages were never given out; a lent one may still be in use (a write in flight): pinned.
+    for (const queued of this.inbox.splice(0)) queued.slab?.release();
+    this.lentSlab?.releaseKept();
+    this.lentSlab = undefined;
     for (const r of this.readers.splice(0)) r.reject(error);
     this.grant(0);
     const listeners = this.abortListeners ?? [];

@@ -5,7 +5,11 @@ import { EventEmitter } from 'node:events';
  * looks inside them.
  */
 export interface ChannelEvents {
-  /** Bytes (byte channel) or one whole packet (packet channel). */
+  /**
+   * Bytes (byte channel) or one whole packet (packet channel). A byte channel's chunk may be a view
+   * of a pooled read slab, refilled once nothing holds it: use it during the event, copy it, or hold
+   * its slab (see slabOf).
+   */
   data: [chunk: Buffer];
   /** Emitted after write() returned false, when writing may go on. */
   drain: [];

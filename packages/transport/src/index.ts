@@ -1,4 +1,5 @@
 export * from './channel';
+export * from './slab-pool';
 export * from './unix-socket';
 export * from './virtio-serial';
 export * from './serial';

@@ -1,6 +1,7 @@
 import * as net from 'node:net';
 import { existsSync, unlinkSync, statSync } from 'node:fs';
 import { Channel, ChannelBase, Connector } from './channel';
+import { SlabReader } from './slab-pool';
 
 /**
  * Bytes a socket channel queues before asking writers to wait, and the level
@@ -10,38 +11,6 @@ import { Channel, ChannelBase, Connector } from './channel';
  */
 const SOCKET_HIGH_WATER = 128 * 1024;
 const SOCKET_LOW_WATER = 32 * 1024;
-
-/** Room a read needs in a slab; a Unix socket read returns at most its peer's send buffer (~208 KiB). */
-const SLAB_READ_ROOM = 256 * 1024;
-const SLAB_SIZE = 4 * 1024 * 1024;
-
-/**
- * Socket reads into consecutive regions of large slabs instead of a fresh
- * 64 KiB buffer each: a frame that spans two reads is then one contiguous
- * view, which the frame decoder takes without copying.
- */
-export class SlabReader {
-  private slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-  private used = 0;
-  /** Where the bytes go (set by the channel that owns the socket). */
-  deliver: (chunk: Buffer) => void = () => undefined;
-
-  readonly onread: net.OnReadOpts = {
-    buffer: () => {
-      if (this.slab.length - this.used < SLAB_READ_ROOM) {
-        this.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-        this.used = 0;
-      }
-      return this.slab.subarray(this.used);
-    },
-    callback: (bytes: number, buffer: Uint8Array) => {
-      const chunk = Buffer.from(buffer.buffer, buffer.byteOffset, bytes);
-      this.used += bytes;
-      this.deliver(chunk);
-      return true; // keep reading: backpressure is the protocol's credit, not the socket's
-    },
-  };
-}
 
 /** A connected stream socket (the host side of a QEMU `-chardev socket`). */
 export class SocketChannel extends ChannelBase {

@@ -3,7 +3,7 @@ import { Socket, SocketConstructorOpts } from 'node:net';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { Channel, ChannelBase, Connector } from './channel';
-import { SlabReader } from './unix-socket';
+import { SlabReader } from './slab-pool';
 
 export const DEFAULT_PORT_NAME = 'org.porthole.agent.0';
 

@@ -179,7 +179,7 @@ export class Agent {
       }
       // Whatever the host still sends (e.g. its end) is read so the stream can finish.
       stream.end();
-      void (async () => { try { while ((await stream.read()) !== null); } catch { /* reset */ } })();
+      void (async () => { try { while ((await stream.readLent()) !== null); } catch { /* reset */ } })();
       this.log.info('request done', { ...audit, result: 'ok', durationMs: Date.now() - started });
     } catch (err) {
       const e = PortholeError.from(err);

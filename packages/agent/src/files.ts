@@ -16,7 +16,10 @@ export interface FileContext {
   log: AuditLogger;
 }
 
-/** Content for a write: chunks in order, each with its offset in the file. */
+/**
+ * Content for a write: chunks in order, each with its offset in the file. A chunk's data may be
+ * reused once the next chunk is asked for (see Stream.readLent).
+ */
 export type ChunkSource = AsyncIterable<{ offset: number; data: Buffer }>;
 
 function invalid(message: string, path?: Uint8Array): PortholeError {
@@ -340,7 +343,8 @@ export async function transferStatus(ctx: FileContext, requestId: string): Promi
 export function chunksFromStream(stream: Stream, onEnd: (sha256: string) => void): ChunkSource {
   return {
     async *[Symbol.asyncIterator]() {
-      for await (const m of stream) {
+      // Lent: the writer is done with a chunk (written and hashed) before it asks for the next.
+      for await (const m of stream.lent()) {
         if (m.body === 'chunk') yield { offset: Number(m.chunk!.offset ?? 0), data: bytesOf(m.chunk!.data) };
         else if (m.body === 'fileWriteEnd') onEnd(m.fileWriteEnd!.sha256 ?? '');
         else if (m.body === 'cancel') throw new PortholeError(E.ERROR_CODE_CANCELLED, `cancelled by the host: ${m.cancel!.reason || 'no reason given'}`);

@@ -81,7 +81,7 @@ export function serveAsAgent(channel: Channel, window?: number): Session {
     hello: { softwareVersion: 'bench' },
     streamWindow: window,
     onStream: (stream: Stream) => void (async () => {
-      for await (const m of stream) void m;
+      for await (const m of stream.lent()) void m;
       if (stream.open.request === 'info') await stream.send({ info: {} });
       stream.end();
     })().catch(() => undefined),

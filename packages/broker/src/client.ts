@@ -447,7 +447,7 @@ function toResult(r: v1.FileWriteResult.$Properties): Omit<InstallResult, 'resum
 
 async function drain(stream: Stream): Promise<void> {
   try {
-    while ((await stream.read()) !== null);
+    while ((await stream.readLent()) !== null);
   } catch {
     // reset after the answer: nothing more to read
   }

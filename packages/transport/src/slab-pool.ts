@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 
 /** Size of a read slab; reads land one after another in it. */
-export const SLAB_SIZE = 4 * 1024 * 1024;
+const SLAB_SIZE = 4 * 1024 * 1024;
 
 /** Room a read needs in a slab; a Unix socket read returns at most its peer's send buffer (~208 KiB). */
 const SLAB_READ_ROOM = 256 * 1024;

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import * as os from 'node:os';
 import { BenchTable, renderTable } from './table';
 import { SECTIONS } from './sections';
+import { cpuTicks, stealShare } from './cpu-steal';
 
 const REPO = join(__dirname, '..', '..', '..');
 const README_START = '<!-- BENCH:START -->';
@@ -43,8 +44,12 @@ async function main(): Promise<void> {
   for (const section of sections) {
     process.stderr.write(`running ${section.name}...\n`);
     try {
+      const before = cpuTicks();
       const result = await section.run(sizes[section.name]);
+      const steal = stealShare(before, cpuTicks());
       for (const t of Array.isArray(result) ? result : [result]) {
+        // Figures from a host that was busy elsewhere are low; say how busy, so runs can be compared.
+        if (steal !== undefined) t.notes = [...(t.notes ?? []), `CPU steal while this section ran: ${(steal * 100).toFixed(1)} % of the machine's CPU time went to other guests of the hypervisor (/proc/stat)`];
         tables.push(t);
         console.log(renderTable(t) + '\n');
       }

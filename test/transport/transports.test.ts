@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { spawn, ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { spawn, execFileSync, ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync, openSync, closeSync, readSync, writeSync, constants as fsConstants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as net from 'node:net';
@@ -140,6 +140,47 @@ describe('transports', () => {
       const guest = await new SerialConnector(b).connect();
       await echoSessionCheck(host, guest, { bytes: 256 * 1024, chunk: 4096 });
       await assert.rejects(new SerialConnector(join(dir, 'ttyNone')).connect(), /cannot open serial port .*ttyNone/);
+    });
+  });
+
+  it('serial tty: data still arrives while a write waits for room, and the write resumes (serialport poller keeps both interests)', async function () {
+    this.timeout(20000);
+    await withPtyPair(async (a, b) => {
+      const guest = await new SerialConnector(b).connect();
+      // XOFF from the peer stops the guest's output in the tty itself, so the write waits for room
+      // while socat stays free to pass bytes the other way.
+      execFileSync('stty', ['-F', b, 'ixon']);
+      const peer = openSync(a, fsConstants.O_RDWR | fsConstants.O_NOCTTY | fsConstants.O_NONBLOCK);
+      try {
+        writeSync(peer, Buffer.from([0x13]));
+        await new Promise((r) => setTimeout(r, 100));
+        const data = randomBytes(1024 * 1024);
+        assert.equal(guest.write(data), false, 'the write has to wait');
+        await new Promise((r) => setTimeout(r, 200));
+        const gotByte = new Promise<Buffer>((r) => guest.once('data', r));
+        writeSync(peer, Buffer.from('x'));
+        const got = await Promise.race([gotByte, new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000))]);
+        assert.equal(got?.toString(), 'x', 'a byte sent while the write waits reaches the reader');
+        writeSync(peer, Buffer.from([0x11]));
+        const received = createHash('sha256');
+        const buf = Buffer.alloc(64 * 1024);
+        let bytes = 0;
+        for (const deadline = Date.now() + 10_000; bytes < data.length && Date.now() < deadline;) {
+          try {
+            const n = readSync(peer, buf, 0, buf.length, null);
+            received.update(buf.subarray(0, n));
+            bytes += n;
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+            await new Promise((r) => setTimeout(r, 5));
+          }
+        }
+        assert.equal(bytes, data.length, `the write stalled after ${bytes} of ${data.length} bytes`);
+        assert.equal(received.digest('hex'), createHash('sha256').update(data).digest('hex'));
+      } finally {
+        closeSync(peer);
+        guest.close();
+      }
     });
   });
 

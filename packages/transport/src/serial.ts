@@ -10,6 +10,34 @@ interface SerialPortLike {
   write(data: Buffer): boolean;
   close(cb?: (err: Error | null) => void): void;
   isOpen: boolean;
+  /** The platform binding of an open port (serialport's own field). */
+  port?: { poller?: PollerLike };
+}
+
+/** The fd poller of @serialport/bindings-cpp on Unix: an EventEmitter over one uv_poll_t. */
+interface PollerLike {
+  poll(events: number): void;
+  listenerCount(event: string): number;
+}
+
+const UV_READABLE = 1;
+const UV_WRITABLE = 2;
+
+/**
+ * @serialport/bindings-cpp (13.0.0) restarts its uv_poll_t with only the event
+ * asked for last, so a read that finds the line empty while a write waits for
+ * room drops the write's interest: once the peer has nothing more to send, the
+ * write never resumes and the session stalls. Ask for every event a waiter is
+ * still listening for (its `once` calls poll before adding the new listener).
+ */
+function keepPollInterest(poller: PollerLike | undefined): void {
+  if (!poller || typeof poller.poll !== 'function' || typeof poller.listenerCount !== 'function') return;
+  const poll = poller.poll.bind(poller);
+  poller.poll = (events: number) => poll(
+    events
+    | (poller.listenerCount('readable') > 0 ? UV_READABLE : 0)
+    | (poller.listenerCount('writable') > 0 ? UV_WRITABLE : 0),
+  );
 }
 
 /**
@@ -72,7 +100,10 @@ export class SerialConnector implements Connector {
     return new Promise((resolve, reject) => {
       port.open((err) => {
         if (err) reject(new Error(`cannot open serial port ${this.path}: ${err.message}`, { cause: err }));
-        else resolve(new SerialChannel(port, this.description));
+        else {
+          keepPollInterest(port.port?.poller);
+          resolve(new SerialChannel(port, this.description));
+        }
       });
     });
   }

@@ -221,7 +221,10 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
       assert.ok(i < 10, 'the restarted agent answers');
       await sleep(1000);
     }
-    const [killed, gone] = (await run(client, ['cat', '/tmp/agent-stop'])).stdout.trim().split(' ').map(Number);
+    const stamp = await run(client, ['cat', '/tmp/agent-stop']);
+    const times = /^(\d+\.\d+) (\d+\.\d+)$/.exec(stamp.stdout.trim());
+    assert.ok(times, `the guest-side timer left no "start end" line in /tmp/agent-stop (${stamp.stderr.trim() || stamp.stdout.trim() || 'empty'})`);
+    const [killed, gone] = [Number(times[1]), Number(times[2])];
     assert.ok(gone - killed < 2, `the agent took ${(gone - killed).toFixed(2)} s from SIGTERM to its end (guest clock)`);
   });
 

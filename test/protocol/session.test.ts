@@ -117,6 +117,25 @@ describe('session', () => {
     assert.equal(sent, 64 * chunk.length);
   });
 
+  it('resets a stream whose peer sends past the credit it was granted, naming the overrun, and holds nothing more', async () => {
+    const window = 64 * 1024;
+    let agentStream: Stream | undefined;
+    const p = await pair((s) => { agentStream = s; }, window);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const stream = p.broker.openStream({ exec: { argv: [Buffer.from('sleep')] } });
+    const reset = stream.read().then(() => undefined, (e: PortholeError) => e);
+    // A peer that ignores credit: 1 MiB of chunks written straight to the channel, nobody reading on the far side.
+    const chunk = randomBytes(16 * 1024);
+    for (let i = 0; i < 64; i++) p.host.write(encodeFrame(v1.Envelope.encode({ streamId: stream.id, message: { chunk: { offset: i * chunk.length, data: chunk } } }).finish()));
+    const e = await reset;
+    assert.ok(e instanceof PortholeError, 'the stream was reset');
+    assert.equal(e.codeName, 'PROTOCOL');
+    assert.match(e.message, /sent \d+ bytes past the \d+ bytes of credit granted/);
+    await assert.rejects(agentStream!.closed, (err: PortholeError) => err.codeName === 'PROTOCOL');
+    assert.equal(p.agent.openStreams, 0, 'the agent forgot the stream');
+  });
+
   it('a bulk transfer does not starve a small request', async function () {
     this.timeout(60000);
     const p = await pair((s) => {

@@ -1,0 +1,75 @@
+// The agent under a host that breaks the protocol's rules: credit ignored,
+// streams and files opened without end, floods of failing requests. Each case
+// checks the agent refuses with a cause that names the rule or limit, holds
+// nothing for the offender, and goes on serving.
+import { strict as assert } from 'node:assert';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { v1, PortholeError, Stream, encodeFrame } from '@porthole/protocol';
+import { AgentHarness, startAgentHarness } from './harness';
+import { info, writeFile } from './client';
+
+const b = (s: string) => Buffer.from(s);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Writes `count` chunks of `size` bytes for `stream` straight to the channel, credit or not. */
+function flood(h: AgentHarness, stream: Stream, count: number, size = 64 * 1024): void {
+  const data = randomBytes(size);
+  for (let i = 0; i < count; i++) {
+    h.session.channel.write(encodeFrame(v1.Envelope.encode({ streamId: stream.id, message: { chunk: { offset: i * size, data } } }).finish()));
+  }
+}
+
+/** A process is gone when it no longer exists or is only a zombie waiting for its reaper. */
+function gone(pid: number): boolean {
+  try {
+    return /^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/** The error that ends a stream (reading it to its end). */
+async function failure(stream: Stream): Promise<PortholeError | undefined> {
+  try {
+    while ((await stream.read()) !== null);
+    return undefined;
+  } catch (err) {
+    return err as PortholeError;
+  }
+}
+
+describe('agent: a host that breaks the rules', function () {
+  this.timeout(60000);
+  let h: AgentHarness;
+  afterEach(async () => h.cleanup());
+
+  it('stdin sent past the credit into a command that never reads: the stream is reset, the command stopped', async () => {
+    h = await startAgentHarness();
+    const stream = h.session.openStream({ exec: { argv: [b('sleep'), b('60')], stdin: true } });
+    const started = await stream.read();
+    assert.equal(started?.body, 'execStarted');
+    const pid = started!.execStarted!.pid;
+    flood(h, stream, 64); // 4 MiB against the agent's 256 KiB window
+    const e = await failure(stream);
+    assert.equal(e?.codeName, 'PROTOCOL', e?.message);
+    assert.match(e!.message, /past the \d+ bytes of credit granted/);
+    for (let i = 0; i < 100 && !gone(pid); i++) await sleep(50);
+    assert.ok(gone(pid), 'the command was stopped');
+    assert.ok((await info(h.session)).uptimeMs, 'the agent goes on serving');
+  });
+
+  it('a file write sent without waiting for credit is reset; nothing is left at the target or beside it', async () => {
+    h = await startAgentHarness();
+    const path = join(h.root, 'flooded.bin');
+    const stream = h.session.openStream({ requestId: randomUUID(), fileWrite: { path: b(path) } });
+    flood(h, stream, 64);
+    const e = await failure(stream);
+    assert.equal(e?.codeName, 'PROTOCOL', e?.message);
+    for (let i = 0; i < 50 && readdirSync(h.root).length; i++) await sleep(20);
+    assert.deepEqual(readdirSync(h.root), [], 'no target, no temporary');
+    const ok = await writeFile(h.session, { path: b(path) }, b('fine'));
+    assert.equal(Number(ok.size), 4);
+  });
+});

@@ -26,6 +26,33 @@ async function pair(onStream: (s: Stream) => void = (s) => void echo(s), window?
   return { ...p, agent, broker };
 }
 
+/** A byte channel that records what is written, says "full" on demand, and whether it was asked to stop reading. */
+class RecordingChannel extends ChannelBase {
+  readonly kind = 'bytes' as const;
+  readonly description = 'recording';
+  full = false;
+  paused = false;
+  readonly written: Buffer[] = [];
+  write(data: Buffer): boolean {
+    return this.writeParts([data]);
+  }
+  writeParts(parts: readonly Buffer[]): boolean {
+    this.written.push(Buffer.concat(parts));
+    return !this.full;
+  }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+  }
+  close(): void {
+    this.markClosed();
+  }
+}
+
+const frameOf = (envelope: v1.Envelope.$Properties) => encodeFrame(v1.Envelope.encode(envelope).finish());
+
 describe('session', () => {
   const cleanups: Array<() => void> = [];
   afterEach(() => cleanups.splice(0).forEach((c) => c()));
@@ -268,29 +295,10 @@ describe('session', () => {
   });
 
   it('small frames go out while the channel is full; bulk data waits for its drain', async () => {
-    /** A byte channel that records what is written and says "full" on demand. */
-    class RecordingChannel extends ChannelBase {
-      readonly kind = 'bytes' as const;
-      readonly description = 'recording';
-      full = false;
-      readonly written: Buffer[] = [];
-      write(data: Buffer): boolean {
-        return this.writeParts([data]);
-      }
-      writeParts(parts: readonly Buffer[]): boolean {
-        this.written.push(Buffer.concat(parts));
-        return !this.full;
-      }
-      close(): void {
-        this.markClosed();
-      }
-    }
     const channel = new RecordingChannel();
     const broker = new Session(channel, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
     cleanups.push(() => broker.close());
-    channel.emit('data', encodeFrame(v1.Envelope.encode({
-      hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'agent', instanceId: 'a', reply: true },
-    }).finish()));
+    channel.emit('data', frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'agent', instanceId: 'a', reply: true } }));
     await broker.ready();
     const settle = () => new Promise((r) => setImmediate(r));
     const chunk = randomBytes(64 * 1024);
@@ -317,5 +325,28 @@ describe('session', () => {
     for (const b of channel.written) decoder.push(b);
     assert.equal(beforeDrain, 2, 'the small request went out before the drain, the bulk chunk did not');
     assert.deepEqual(order.slice(0, 3), ['open:small', 'close:small', 'message:bulk']);
+  });
+
+  it('a peer that never reads: what waits for the channel stays bounded, the peer is not read meanwhile, and reading resumes on drain', async () => {
+    const channel = new RecordingChannel();
+    const agent = new Session(channel, { role: 'agent', hello: agentHello, onStream: () => undefined });
+    cleanups.push(() => agent.close());
+    channel.emit('data', frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_BROKER, softwareVersion: 'b', instanceId: 'b' } }));
+    await agent.ready();
+    channel.full = true;
+    channel.written.length = 0;
+    // 1M pings in reads of 1000, fed only while the session reads (a paused socket delivers nothing more).
+    const batch = Buffer.concat(Array.from({ length: 1000 }, (_, i) => frameOf({ ping: { nonce: i + 1 } })));
+    let fed = 0;
+    while (fed < 1000 && !channel.paused) {
+      channel.emit('data', batch);
+      fed++;
+    }
+    const written = channel.written.reduce((n, w) => n + w.length, 0);
+    assert.ok(channel.paused, `the session stopped reading (after ${fed} reads, ${written} bytes of pongs waiting)`);
+    assert.ok(written <= 1024 * 1024 + batch.length * 2, `${written} bytes waiting for the channel`);
+    channel.full = false;
+    channel.emit('drain');
+    assert.equal(channel.paused, false, 'reading resumes once the channel drained');
   });
 });

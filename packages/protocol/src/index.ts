@@ -6,5 +6,5 @@ export {
   FRAME_MAGIC, FRAME_VERSION, FRAME_HEADER_SIZE, DEFAULT_MAX_FRAME_SIZE,
 } from './frame';
 export { Stream } from './stream';
-export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from './session';
+export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_BACKLOG } from './session';
 export { encodeStreamMessage, bytesOf } from './chunk-encoding';

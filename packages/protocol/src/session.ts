@@ -34,6 +34,11 @@ export interface SessionOptions {
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
   maxFrameSize?: number;
+  /**
+   * Bytes of frames this side may hand to a channel that asked it to wait, before it stops reading
+   * the peer (default 1 MiB): the answers to a peer that sends requests but never reads are bounded.
+   */
+  maxBacklog?: number;
   logger?: SessionLogger;
 }
 
@@ -51,6 +56,14 @@ export const SLOW_PORT_STREAM_WINDOW = 256 * 1024;
 
 /** Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a transfer. */
 const SMALL_FRAME = 8 * 1024;
+
+/**
+ * Default for SessionOptions.maxBacklog. Only frames the channel takes after it asked writers to wait
+ * count: pongs, credit, resets and replies, which nobody waits for. A peer that reads never gets near it.
+ */
+export const DEFAULT_MAX_BACKLOG = 1024 * 1024;
+/** What one queued frame costs beyond its bytes (the channel's write request, a waiter): a flood of tiny frames counts. */
+const QUEUED_FRAME_COST = 256;
 
 type QueuedFrame = { parts: Buffer[]; handedOver: () => void };
 
@@ -80,6 +93,11 @@ export class Session extends EventEmitter {
   private readonly bulkQueue: QueuedFrame[] = [];
   /** The channel asked us to wait for 'drain'. */
   private channelFull = false;
+  /** Bytes handed to the channel since it asked us to wait. */
+  private backlog = 0;
+  /** The channel was asked to stop reading the peer until it drains. */
+  private inputPaused = false;
+  private readonly maxBacklog: number;
   private drainWaiters: Array<() => void> = [];
   private readonly wire: StreamWire;
   private requestSeq = 0;
@@ -88,6 +106,7 @@ export class Session extends EventEmitter {
     super();
     this.log = options.logger ?? silent;
     this.window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    this.maxBacklog = options.maxBacklog ?? DEFAULT_MAX_BACKLOG;
     this.nextStreamId = options.role === 'broker' ? 1 : 2;
     if (channel.kind === 'bytes') {
       this.decoder = new FrameDecoder((payload) => this.receive(payload), {
@@ -250,9 +269,22 @@ export class Session extends EventEmitter {
   }
 
   private writeFrame(parts: Buffer[]): boolean {
+    if (this.channelFull) this.growBacklog(parts);
     if (this.channel.kind === 'packets') return this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
     if (this.channel.writeParts) return this.channel.writeParts([frameHeader(parts), ...parts]);
     return this.channel.write(Buffer.concat([frameHeader(parts), ...parts]));
+  }
+
+  /** A frame goes to a channel that asked us to wait: past the bound, the peer is not read until it drains. */
+  private growBacklog(parts: Buffer[]): void {
+    this.backlog += QUEUED_FRAME_COST;
+    for (const p of parts) this.backlog += p.length;
+    if (this.backlog <= this.maxBacklog || this.inputPaused) return;
+    this.inputPaused = true;
+    this.channel.pause?.();
+    this.log.debug('the peer does not read what this side sends: reading from it paused until the channel drains', {
+      channel: this.channel.description, waitingBytes: this.backlog,
+    });
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -262,6 +294,11 @@ export class Session extends EventEmitter {
 
   private readonly onDrain = (): void => {
     this.channelFull = false;
+    this.backlog = 0;
+    if (this.inputPaused) {
+      this.inputPaused = false;
+      this.channel.resume?.();
+    }
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of waiters) w();

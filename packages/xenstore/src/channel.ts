@@ -93,6 +93,8 @@ export class XenstoreChannel extends ChannelBase {
   private partial: { count: number; next: number; parts: Buffer[]; bytes: number } | undefined;
   /** Reading starts once the opener has had a chance to attach its 'data' listener. */
   private reading = false;
+  /** Keys are left unread while paused: the writer's window then holds it back. */
+  private paused = false;
 
   private readonly refreshOut: () => void;
   private readonly refreshIn: () => void;
@@ -150,6 +152,16 @@ export class XenstoreChannel extends ChannelBase {
     return false;
   }
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.reading) this.refreshIn();
+  }
+
   close(): void {
     if (this.closed) return;
     this.markClosed();
@@ -187,6 +199,7 @@ export class XenstoreChannel extends ChannelBase {
 
   /** Read new keys in order, hand complete packets on, delete what was read. */
   private async readIncoming(): Promise<void> {
+    if (this.paused) return;
     const fresh = seqs(await listOrEmpty(this.client, this.inDir)).filter((s) => !this.taken.has(s));
     if (!fresh.length) return;
     for (const s of fresh) this.taken.add(s);

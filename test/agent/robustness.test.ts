@@ -4,10 +4,12 @@
 // nothing for the offender, and goes on serving.
 import { strict as assert } from 'node:assert';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { v1, PortholeError, Stream, encodeFrame } from '@porthole/protocol';
-import { AgentHarness, startAgentHarness } from './harness';
+import { v1, PortholeError, Session, Stream, encodeFrame } from '@porthole/protocol';
+import { Channel, UnixSocketConnector } from '@porthole/transport';
+import { Agent, createAuditLogger } from '@porthole/agent';
+import { AgentHarness, SPAWN_HELPER, agentTestConfig, startAgentHarness } from './harness';
 import { info, writeFile } from './client';
 
 const b = (s: string) => Buffer.from(s);
@@ -73,3 +75,63 @@ describe('agent: a host that breaks the rules', function () {
     assert.equal(Number(ok.size), 4);
   });
 });
+
+describe('agent: listening on a Unix socket, one host at a time', function () {
+  this.timeout(30000);
+  let dir: string;
+  let sock: string;
+  let agent: Agent;
+  let running: Promise<void>;
+  const channels: Channel[] = [];
+  beforeEach(() => {
+    const t = agentTestConfig('porthole-agent-listen-', (c) => { c.session.peerTimeoutSeconds = 1; });
+    dir = t.dir;
+    sock = join(dir, 'agent.sock');
+    agent = new Agent({ connector: new UnixSocketConnector(sock, { listen: true }), config: t.config, log: createAuditLogger({ silent: true }), spawnHelper: SPAWN_HELPER });
+    running = agent.run().catch(() => undefined);
+  });
+  afterEach(async () => {
+    agent.stop();
+    for (const c of channels.splice(0)) c.close();
+    await running;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const dial = async () => {
+    for (let i = 0; ; i++) {
+      try {
+        const c = await new UnixSocketConnector(sock).connect();
+        channels.push(c);
+        return c;
+      } catch (err) {
+        if (i > 100) throw err;
+        await sleep(20); // the agent is not listening yet
+      }
+    }
+  };
+  const greeted = async (channel: Channel, ms: number) => {
+    const s = new Session(channel, { role: 'broker', hello: { softwareVersion: 'next host' }, keepaliveIntervalMs: 0 });
+    await s.ready(ms);
+    return info(s);
+  };
+
+  it('a host that sends 9 bytes and falls silent is dropped: the next host is greeted', async () => {
+    const silent = await dial();
+    silent.write(encodeFrame(randomBytes(10)).subarray(0, 9));
+    const started = Date.now();
+    const next = await dial();
+    assert.ok((await greeted(next, 10000)).uptimeMs);
+    assert.ok(Date.now() - started < 5000, `greeted after ${Date.now() - started} ms`);
+    assert.ok(silent.closed, 'the silent host was disconnected');
+  });
+
+  it('a host that went away in the middle of a frame: the next connection starts with a fresh decoder', async () => {
+    const cut = await dial();
+    cut.write(encodeFrame(randomBytes(1024 * 1024)).subarray(0, 100));
+    await sleep(100);
+    cut.close();
+    const next = await dial();
+    assert.ok((await greeted(next, 2000)).uptimeMs);
+  });
+});
+

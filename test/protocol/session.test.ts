@@ -349,4 +349,44 @@ describe('session', () => {
     channel.emit('drain');
     assert.equal(channel.paused, false, 'reading resumes once the channel drained');
   });
+
+  it('a frame cut by the previous host does not swallow the next host\'s hello', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, frameTimeoutMs: 100 });
+    cleanups.push(() => agent.close());
+    // The old host went away 100 bytes into a 1 MiB frame (a serial line gives no sign of it) ...
+    p.host.write(encodeFrame(randomBytes(1024 * 1024)).subarray(0, 100));
+    await new Promise((r) => setTimeout(r, 50));
+    // ... and a new host says hello.
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    const hello = await broker.ready(3000);
+    assert.equal(hello.softwareVersion, 'test-agent');
+    assert.equal((await agent.ready(3000)).softwareVersion, 'test-broker');
+  });
+
+  it('the agent drops a host that sends nothing and answers no ping, so that another can connect', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, keepaliveIntervalMs: 50, keepaliveTimeoutMs: 300 });
+    // 9 bytes of a header, then silence.
+    p.host.write(encodeFrame(randomBytes(10)).subarray(0, 9));
+    const started = Date.now();
+    const closed = await new Promise<Error | undefined>((r) => agent.once('close', r));
+    assert.match(String(closed?.message), /nothing received from the peer for 300 ms/);
+    assert.ok(Date.now() - started < 2000);
+    assert.ok(p.guest.closed, 'the channel is closed, so the agent can take the next one');
+  });
+
+  it('an idle broker that answers pings keeps its session with the agent', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, keepaliveIntervalMs: 50, keepaliveTimeoutMs: 300 });
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    cleanups.push(() => agent.close());
+    await broker.ready();
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.ok(agent.isReady && broker.isReady);
+  });
 });
+

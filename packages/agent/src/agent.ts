@@ -77,6 +77,7 @@ export class Agent {
     const every = Math.min(3600_000, Math.max(60_000, this.options.config.transfers.abandonAfterSeconds * 1000));
     this.sweepTimer = setInterval(() => this.transfers.sweep(), every);
     this.sweepTimer.unref();
+    let quiet = false;
     while (!this.stopped) {
       let channel: Channel;
       try {
@@ -89,10 +90,16 @@ export class Agent {
         if (this.stopped) return;
         throw err;
       }
-      this.log.info('channel open', { channel: channel.description });
+      // A channel without a host (a virtio-serial port nobody opened) is dropped and opened again every
+      // session.peer_timeout_seconds: said once, then only at debug level until a host answers.
+      this.log.log(quiet ? 'debug' : 'info', 'channel open', { channel: channel.description });
       const session = this.openSession(channel);
-      await new Promise<void>((resolve) => session.once('close', () => resolve()));
-      this.log.warn('channel closed', { channel: channel.description });
+      const error = await new Promise<Error | undefined>((resolve) => session.once('close', resolve));
+      const established = session.peerHello !== undefined;
+      this.log.log(established || !quiet ? 'warn' : 'debug', established ? 'channel closed' : 'channel closed before a host said hello', {
+        channel: channel.description, reason: error?.message,
+      });
+      quiet = !established;
       if (!this.stopped) await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -115,7 +122,9 @@ export class Agent {
         os: `${os.platform()}`,
         kernel: os.release(),
       },
-      keepaliveIntervalMs: 0,
+      // A host that sends nothing and answers no ping is dropped: on a socket the next host is waiting.
+      keepaliveIntervalMs: (this.policy.config.session.peerTimeoutSeconds * 1000) / 3,
+      keepaliveTimeoutMs: this.policy.config.session.peerTimeoutSeconds * 1000,
       // Its ports are slow: a short window keeps a transfer from queueing requests behind it.
       streamWindow: SLOW_PORT_STREAM_WINDOW,
       onStream: (stream) => void this.serve(stream),

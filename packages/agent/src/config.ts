@@ -10,6 +10,8 @@ export interface AgentConfig {
   exec: { enabled: boolean; users: string[]; commands: string[]; maxConcurrent: number; secretArgs: string[]; spawnHelper: boolean };
   payload: { enabled: boolean; runCommands: boolean; stateDir: string };
   transfers: { stateDir: string; abandonAfterSeconds: number };
+  /** What one host may hold on its connection. */
+  session: { peerTimeoutSeconds: number };
   /** Nova-style requests in xenstore (data/host → data/guest), served with a xenstore channel only. */
   nova: { enabled: boolean };
   log: { file: string; level: string };
@@ -27,6 +29,7 @@ export function defaultConfig(): AgentConfig {
     exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
     payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
     transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400 },
+    session: { peerTimeoutSeconds: 30 },
     nova: { enabled: true },
     log: { file: '', level: 'info' },
   };
@@ -40,6 +43,7 @@ const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' 
   exec: { enabled: 'bool', users: 'strings', commands: 'strings', max_concurrent: 'int', secret_args: 'strings', spawn_helper: 'bool' },
   payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string' },
   transfers: { state_dir: 'string', abandon_after_seconds: 'int' },
+  session: { peer_timeout_seconds: 'int' },
   nova: { enabled: 'bool' },
   log: { file: 'string', level: 'string' },
 };
@@ -100,6 +104,7 @@ export function parseConfig(text: string, source = 'agent.conf'): AgentConfig {
     if (!p.startsWith('/')) throw new Error(`${source}: path prefixes must be absolute, got ${JSON.stringify(p)}`);
     if (p.split('/').includes('..')) throw new Error(`${source}: path prefixes must not contain "..": ${JSON.stringify(p)}`);
   }
+  if (result.session.peerTimeoutSeconds < 1) throw new Error(`${source}: session.peer_timeout_seconds must be at least 1`);
   if (!LOG_LEVELS.includes(result.log.level)) throw new Error(`${source}: log.level must be ${LOG_LEVELS.join(', ')}`);
   return result;
 }

@@ -15,6 +15,7 @@ function describePolicy(policy: Policy, source: string): string {
     `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}; spawn_helper ${c.exec.spawnHelper}`,
     `  payload:    ${onOff(c.payload.enabled)}; run_commands ${c.payload.runCommands}; state_dir ${c.payload.stateDir}`,
     `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}`,
+    `  session:    peer_timeout_seconds ${c.session.peerTimeoutSeconds}`,
     `  nova:       ${onOff(c.nova.enabled)} (xenstore data/host requests, with --channel xen)`,
     `  log:        file ${c.log.file || '(stderr only)'}; level ${c.log.level}`,
   ].join('\n');

@@ -30,10 +30,16 @@ export interface SessionOptions {
   onStream?: (stream: Stream) => void;
   /** Credit granted per stream, in encoded bytes. */
   streamWindow?: number;
-  /** 0 turns keepalive off. Default: broker 5000, agent 0. */
+  /**
+   * 0 turns keepalive off. Default: broker 5000, agent 0. A session that received no frame for
+   * keepaliveTimeoutMs closes. A broker waits for its agent's hello as long as its caller says
+   * (ready()); an agent also drops a peer that never said hello, so that the next host gets greeted.
+   */
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
   maxFrameSize?: number;
+  /** See FrameDecoderOptions.frameTimeoutMs. */
+  frameTimeoutMs?: number;
   /**
    * Bytes of frames this side may hand to a channel that asked it to wait, before it stops reading
    * the peer (default 1 MiB): the answers to a peer that sends requests but never reads are bounded.
@@ -111,6 +117,7 @@ export class Session extends EventEmitter {
     if (channel.kind === 'bytes') {
       this.decoder = new FrameDecoder((payload) => this.receive(payload), {
         maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+        frameTimeoutMs: options.frameTimeoutMs,
         onGarbage: (reason) => this.log.debug('skipping bytes on the channel', { reason, channel: channel.description }),
       });
     }
@@ -322,6 +329,7 @@ export class Session extends EventEmitter {
     this.channel.off('drain', this.onDrain);
     this.channel.off('close', this.onClose);
     this.channel.off('discontinuity', this.onDiscontinuity);
+    this.decoder?.reset();
     const reason = this.closedReason();
     this.failAll(reason);
     for (const w of this.readyWaiters.splice(0)) w.reject(reason);
@@ -458,12 +466,12 @@ export class Session extends EventEmitter {
 
   private startKeepalive(interval: number, timeout: number): void {
     this.keepaliveTimer = setInterval(() => {
-      if (!this.peerHello) return;
+      if (!this.peerHello && this.options.role === 'broker') return;
       if (Date.now() - this.lastReceived > timeout) {
-        this.close(errors.timeout(`the peer stopped answering (nothing received for ${timeout} ms)`));
+        this.close(errors.timeout(`the peer stopped answering: nothing received from the peer for ${timeout} ms`));
         return;
       }
-      this.ping(timeout).catch(() => undefined);
+      if (this.peerHello) this.ping(timeout).catch(() => undefined);
     }, interval);
     this.keepaliveTimer.unref();
   }

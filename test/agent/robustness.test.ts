@@ -76,6 +76,65 @@ describe('agent: a host that breaks the rules', function () {
   });
 });
 
+describe('agent: what one host may hold', function () {
+  this.timeout(60000);
+  let h: AgentHarness;
+  afterEach(async () => h.cleanup());
+
+  const parts = () => readdirSync(h.root).filter((n) => n.endsWith('.part'));
+  const waitFor = async (what: string, ok: () => boolean, ms = 10000) => {
+    for (const end = Date.now() + ms; !ok(); await sleep(50)) if (Date.now() > end) assert.fail(`${what} (waited ${ms} ms)`);
+  };
+
+  it('streams past session.max_streams are refused with RESOURCE_EXHAUSTED naming the limit', async () => {
+    h = await startAgentHarness((c) => { c.session.maxStreams = 4; });
+    const sleeping = Array.from({ length: 4 }, () => h.session.openStream({ exec: { argv: [b('sleep'), b('30')] } }));
+    for (const s of sleeping) assert.equal((await s.read())?.body, 'execStarted');
+    const refused = await failure(h.session.openStream({ info: {} }));
+    assert.equal(refused?.codeName, 'RESOURCE_EXHAUSTED', refused?.message);
+    assert.equal(refused?.rule, 'session.max_streams = 4');
+    assert.match(refused!.message, /4 streams are open/);
+    for (const s of sleeping) s.reset(new PortholeError(v1.ErrorCode.ERROR_CODE_CANCELLED, 'enough'));
+    await waitFor('a stream is free again', () => h.session.openStreams === 0);
+    assert.ok((await info(h.session)).uptimeMs);
+  });
+
+  it('file reads and writes past session.max_open_files are refused with RESOURCE_EXHAUSTED naming the limit', async () => {
+    h = await startAgentHarness((c) => { c.session.maxOpenFiles = 3; });
+    const waiting = Array.from({ length: 3 }, (_, i) => h.session.openStream({ requestId: randomUUID(), fileWrite: { path: b(join(h.root, `w${i}`)) } }));
+    await waitFor('three temporaries open', () => parts().length === 3);
+    const refused = await failure(h.session.openStream({ fileRead: { path: b('/etc/hostname') } }));
+    assert.equal(refused?.codeName, 'RESOURCE_EXHAUSTED', refused?.message);
+    assert.equal(refused?.rule, 'session.max_open_files = 3');
+    for (const s of waiting) s.reset(new PortholeError(v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'never mind'));
+    await waitFor('the temporaries are gone', () => parts().length === 0);
+    await writeFile(h.session, { path: b(join(h.root, 'after')) }, b('x'));
+  });
+
+  it('writes opened without data leave no temporary once their host is gone', async () => {
+    h = await startAgentHarness();
+    for (let i = 0; i < 200; i++) h.session.openStream({ requestId: randomUUID(), fileWrite: { path: b(join(h.root, `f${i}`)) } });
+    await waitFor('the agent opened its limit of temporaries', () => parts().length >= 32, 20000);
+    h.session.close();
+    await h.reconnect();
+    await waitFor('no temporary is left', () => parts().length === 0);
+  });
+
+  it('a storm of cancelled writes keeps at most transfers.max_unfinished temporaries for a resume', async () => {
+    h = await startAgentHarness((c) => { c.transfers.maxUnfinished = 10; });
+    for (let i = 0; i < 60; i++) {
+      const s = h.session.openStream({ requestId: randomUUID(), fileWrite: { path: b(join(h.root, `s${i}`)) } });
+      await s.send({ chunk: { offset: 0, data: randomBytes(1000) } });
+      await sleep(5);
+      s.reset(new PortholeError(v1.ErrorCode.ERROR_CODE_CANCELLED, 'changed my mind'));
+    }
+    await waitFor('at most 10 are kept', () => parts().length <= 10);
+    await sleep(300);
+    assert.ok(parts().length <= 10, `${parts().length} temporaries`);
+    assert.ok(parts().length >= 1, 'the newest are kept for a resume');
+  });
+});
+
 describe('agent: listening on a Unix socket, one host at a time', function () {
   this.timeout(30000);
   let dir: string;

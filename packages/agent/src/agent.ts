@@ -11,6 +11,13 @@ import { createSpawner, defaultSpawnHelperPath, Spawner } from './spawner';
 import { showPath } from './paths';
 import { AGENT_VERSION } from './version';
 
+/** What one host holds on its connection, counted against the owner's [session] limits. */
+interface HostHold {
+  openFiles: number;
+  /** Requests being served: once they settled after the host went away, what they left behind is swept. */
+  requests: Set<Promise<void>>;
+}
+
 export interface AgentOptions {
   connector: Connector;
   config: AgentConfig;
@@ -44,7 +51,8 @@ export class Agent {
   constructor(private readonly options: AgentOptions) {
     this.policy = new Policy(options.config);
     this.users = new UserDb(options.etcDir);
-    this.transfers = new TransferStore(options.config.transfers.stateDir, options.config.transfers.abandonAfterSeconds * 1000);
+    const t = options.config.transfers;
+    this.transfers = new TransferStore(t.stateDir, t.abandonAfterSeconds * 1000, t.maxUnfinished || Infinity);
     this.spawner = createSpawner(options.config.exec.spawnHelper, options.spawnHelper ?? defaultSpawnHelperPath(), options.log);
   }
 
@@ -71,11 +79,10 @@ export class Agent {
 
   async run(): Promise<void> {
     this.log.info('commands start through ' + this.spawner.description);
-    const swept = this.transfers.sweep();
-    if (swept) this.log.info('abandoned transfers removed', { count: swept });
+    this.sweepTransfers('at start');
     // Hourly, or sooner when the owner set a shorter age (but not more than once a minute).
     const every = Math.min(3600_000, Math.max(60_000, this.options.config.transfers.abandonAfterSeconds * 1000));
-    this.sweepTimer = setInterval(() => this.transfers.sweep(), every);
+    this.sweepTimer = setInterval(() => this.sweepTransfers('periodically'), every);
     this.sweepTimer.unref();
     let quiet = false;
     while (!this.stopped) {
@@ -93,8 +100,10 @@ export class Agent {
       // A channel without a host (a virtio-serial port nobody opened) is dropped and opened again every
       // session.peer_timeout_seconds: said once, then only at debug level until a host answers.
       this.log.log(quiet ? 'debug' : 'info', 'channel open', { channel: channel.description });
-      const session = this.openSession(channel);
+      const hold: HostHold = { openFiles: 0, requests: new Set() };
+      const session = this.openSession(channel, hold);
       const error = await new Promise<Error | undefined>((resolve) => session.once('close', resolve));
+      void Promise.allSettled([...hold.requests]).then(() => this.sweepTransfers('after the host went away'));
       const established = session.peerHello !== undefined;
       this.log.log(established || !quiet ? 'warn' : 'debug', established ? 'channel closed' : 'channel closed before a host said hello', {
         channel: channel.description, reason: error?.message,
@@ -112,7 +121,12 @@ export class Agent {
     this.spawner.close();
   }
 
-  private openSession(channel: Channel): Session {
+  private sweepTransfers(when: string): void {
+    const count = this.transfers.sweep();
+    if (count) this.log.info('unfinished transfers removed', { count, when });
+  }
+
+  private openSession(channel: Channel, hold: HostHold): Session {
     const session = new Session(channel, {
       role: 'agent',
       hello: {
@@ -127,7 +141,19 @@ export class Agent {
       keepaliveTimeoutMs: this.policy.config.session.peerTimeoutSeconds * 1000,
       // Its ports are slow: a short window keeps a transfer from queueing requests behind it.
       streamWindow: SLOW_PORT_STREAM_WINDOW,
-      onStream: (stream) => void this.serve(stream),
+      onStream: (stream) => {
+        const max = this.policy.config.session.maxStreams;
+        if (max > 0 && session.openStreams > max) {
+          const e = new PortholeError(v1.ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED,
+            `${session.openStreams - 1} streams are open on this connection already, the most the guest's owner allows at once`, { rule: `session.max_streams = ${max}` });
+          this.log.warn('request refused', { request: stream.open.request, requestId: stream.open.requestId, result: e.codeName, error: e.message, rule: e.rule });
+          stream.reset(e);
+          return;
+        }
+        const served = this.serve(stream, hold);
+        hold.requests.add(served);
+        void served.finally(() => hold.requests.delete(served));
+      },
       logger: this.options.log,
     });
     session.on('ready', (hello: v1.Hello) => {
@@ -139,14 +165,29 @@ export class Agent {
     return session;
   }
 
-  private async serve(stream: Stream): Promise<void> {
+  /** Runs `use` as one of the files a host may hold open at once (session.max_open_files). */
+  private async withOpenFile<T>(hold: HostHold, use: () => Promise<T>): Promise<T> {
+    const max = this.policy.config.session.maxOpenFiles;
+    if (max > 0 && hold.openFiles >= max) {
+      throw new PortholeError(v1.ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED,
+        `${hold.openFiles} files are open for this host already, the most the guest's owner allows at once`, { rule: `session.max_open_files = ${max}` });
+    }
+    hold.openFiles++;
+    try {
+      return await use();
+    } finally {
+      hold.openFiles--;
+    }
+  }
+
+  private async serve(stream: Stream, hold: HostHold): Promise<void> {
     const open = stream.open;
     const started = Date.now();
     const audit: Record<string, unknown> = { request: open.request, requestId: open.requestId };
     try {
       switch (open.request) {
         case 'fileWrite':
-          await this.handleWrite(stream, open.fileWrite as v1.FileWriteRequest, audit);
+          await this.withOpenFile(hold, () => this.handleWrite(stream, open.fileWrite as v1.FileWriteRequest, audit));
           break;
         case 'transferStatus': {
           const status = await transferStatus(this.fileContext, open.requestId);
@@ -155,7 +196,7 @@ export class Agent {
           break;
         }
         case 'fileRead': {
-          const r = await readFileToStream(this.fileContext, open.fileRead!, stream);
+          const r = await this.withOpenFile(hold, () => readFileToStream(this.fileContext, open.fileRead!, stream));
           Object.assign(audit, { path: showPath(r.path), size: r.length, sha256: r.sha256 });
           break;
         }

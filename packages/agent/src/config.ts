@@ -9,9 +9,9 @@ export interface AgentConfig {
   fileRead: { enabled: boolean; allow: string[]; deny: string[] };
   exec: { enabled: boolean; users: string[]; commands: string[]; maxConcurrent: number; secretArgs: string[]; spawnHelper: boolean };
   payload: { enabled: boolean; runCommands: boolean; stateDir: string };
-  transfers: { stateDir: string; abandonAfterSeconds: number };
+  transfers: { stateDir: string; abandonAfterSeconds: number; maxUnfinished: number };
   /** What one host may hold on its connection. */
-  session: { peerTimeoutSeconds: number };
+  session: { maxStreams: number; maxOpenFiles: number; peerTimeoutSeconds: number };
   /** Nova-style requests in xenstore (data/host → data/guest), served with a xenstore channel only. */
   nova: { enabled: boolean };
   log: { file: string; level: string };
@@ -28,8 +28,8 @@ export function defaultConfig(): AgentConfig {
     fileRead: { enabled: true, allow: ['/'], deny: ['/proc/kcore'] },
     exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
     payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
-    transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400 },
-    session: { peerTimeoutSeconds: 30 },
+    transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400, maxUnfinished: 64 },
+    session: { maxStreams: 128, maxOpenFiles: 32, peerTimeoutSeconds: 30 },
     nova: { enabled: true },
     log: { file: '', level: 'info' },
   };
@@ -42,8 +42,8 @@ const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' 
   file_read: { enabled: 'bool', allow: 'strings', deny: 'strings' },
   exec: { enabled: 'bool', users: 'strings', commands: 'strings', max_concurrent: 'int', secret_args: 'strings', spawn_helper: 'bool' },
   payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string' },
-  transfers: { state_dir: 'string', abandon_after_seconds: 'int' },
-  session: { peer_timeout_seconds: 'int' },
+  transfers: { state_dir: 'string', abandon_after_seconds: 'int', max_unfinished: 'int' },
+  session: { max_streams: 'int', max_open_files: 'int', peer_timeout_seconds: 'int' },
   nova: { enabled: 'bool' },
   log: { file: 'string', level: 'string' },
 };

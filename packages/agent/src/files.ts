@@ -34,19 +34,34 @@ function safeId(requestId: string): string {
  * Unfinished transfers survive a reconnect (and an agent restart): the
  * temporary file stays next to its target and a small record says where it is.
  * Finished ones are remembered (bounded) so a retried request gets its result.
+ * What is kept is bounded too: a temporary without a byte in it is no use for
+ * a resume, and at most `maxUnfinished` others are kept (the newest).
  */
 export class TransferStore {
   private readonly completed = new Map<string, v1.FileWriteResult.$Properties>();
+  /** Records of writes under way (by file name): never swept. */
+  private readonly active = new Set<string>();
 
-  constructor(private readonly stateDir: string, private readonly abandonAfterMs: number) {}
+  constructor(private readonly stateDir: string, private readonly abandonAfterMs: number, private readonly maxUnfinished = Infinity) {}
 
-  private recordPath(requestId: string): string {
-    return join(this.stateDir, `${safeId(requestId)}.json`);
+  private recordName(requestId: string): string {
+    return `${safeId(requestId)}.json`;
   }
 
+  private recordPath(requestId: string): string {
+    return join(this.stateDir, this.recordName(requestId));
+  }
+
+  /** A write starts (or resumes): its record says where its temporary is. */
   remember(requestId: string, target: Buffer, temp: Buffer): void {
     mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
     writeFileSync(this.recordPath(requestId), JSON.stringify({ target: target.toString('base64'), temp: temp.toString('base64'), at: Date.now() }), { mode: 0o600 });
+    this.active.add(this.recordName(requestId));
+  }
+
+  /** The write ended: its record, if it was kept for a resume, may now be swept. */
+  release(requestId: string): void {
+    this.active.delete(this.recordName(requestId));
   }
 
   find(requestId: string): { target: Buffer; temp: Buffer } | undefined {
@@ -76,31 +91,53 @@ export class TransferStore {
     return this.completed.get(requestId);
   }
 
-  /** Remove temporaries nobody resumed in time. Returns how many were removed. */
+  /**
+   * Remove the temporaries of writes not under way that nobody resumed in time, that hold no byte,
+   * or that are older than the newest `maxUnfinished`. Returns how many were removed.
+   */
   sweep(now = Date.now()): number {
-    let removed = 0;
     let names: string[] = [];
     try {
       names = readdirSync(this.stateDir);
     } catch {
       return 0;
     }
-    for (const name of names.filter((n) => n.endsWith('.json'))) {
-      const record = join(this.stateDir, name);
+    const kept: Array<{ record: string; temp: Buffer; at: number }> = [];
+    let removed = 0;
+    const remove = (record: string, temp: Buffer) => {
       try {
-        if (now - statSync(record).mtimeMs < this.abandonAfterMs) continue;
-        const r = JSON.parse(readFileSync(record, 'utf8')) as { temp: string };
-        try {
-          unlinkSync(Buffer.from(r.temp, 'base64'));
-        } catch {
-          // already gone
-        }
+        unlinkSync(temp);
+      } catch {
+        // already gone
+      }
+      try {
         unlinkSync(record);
         removed++;
       } catch {
-        // a record being written right now
+        // removed meanwhile
       }
+    };
+    for (const name of names.filter((n) => n.endsWith('.json') && !this.active.has(n))) {
+      const record = join(this.stateDir, name);
+      let entry: { record: string; temp: Buffer; at: number };
+      try {
+        const at = statSync(record).mtimeMs;
+        entry = { record, temp: Buffer.from((JSON.parse(readFileSync(record, 'utf8')) as { temp: string }).temp, 'base64'), at };
+      } catch {
+        continue; // a record being written right now
+      }
+      const held = (() => {
+        try {
+          return statSync(entry.temp).size;
+        } catch {
+          return 0;
+        }
+      })();
+      if (held === 0 || now - entry.at >= this.abandonAfterMs) remove(entry.record, entry.temp);
+      else kept.push(entry);
     }
+    kept.sort((a, b) => b.at - a.at);
+    for (const old of kept.slice(this.maxUnfinished)) remove(old.record, old.temp);
     return removed;
   }
 }
@@ -316,6 +353,9 @@ export async function writeFileAtomic(
       await fsp.unlink(temp).catch(() => undefined);
       ctx.transfers.forget(requestId);
     }
+    ctx.transfers.release(requestId);
+    // Kept ones are bounded in number: a storm of cut writes must not fill the disk with temporaries.
+    if (keepForResume) ctx.transfers.sweep();
   }
 }
 

@@ -14,8 +14,8 @@ function describePolicy(policy: Policy, source: string): string {
     `  file_read:  ${onOff(c.fileRead.enabled)}; allow ${JSON.stringify(c.fileRead.allow)}; deny ${JSON.stringify(c.fileRead.deny)}`,
     `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}; spawn_helper ${c.exec.spawnHelper}`,
     `  payload:    ${onOff(c.payload.enabled)}; run_commands ${c.payload.runCommands}; state_dir ${c.payload.stateDir}`,
-    `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}`,
-    `  session:    peer_timeout_seconds ${c.session.peerTimeoutSeconds}`,
+    `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}; max_unfinished ${c.transfers.maxUnfinished || 'unlimited'}`,
+    `  session:    max_streams ${c.session.maxStreams || 'unlimited'}; max_open_files ${c.session.maxOpenFiles || 'unlimited'}; peer_timeout_seconds ${c.session.peerTimeoutSeconds}`,
     `  nova:       ${onOff(c.nova.enabled)} (xenstore data/host requests, with --channel xen)`,
     `  log:        file ${c.log.file || '(stderr only)'}; level ${c.log.level}`,
   ].join('\n');

@@ -135,6 +135,32 @@ describe('agent: what one host may hold', function () {
   });
 });
 
+describe('agent: a flood of failing requests', function () {
+  this.timeout(60000);
+  let h: AgentHarness;
+  afterEach(async () => h.cleanup());
+
+  it('is logged a few times, then counted in one line', async () => {
+    h = await startAgentHarness();
+    const failures: Array<PortholeError | undefined> = [];
+    for (let batch = 0; batch < 6; batch++) failures.push(...await Promise.all(Array.from({ length: 50 }, () => failure(h.session.openStream({ fileWrite: {} })))));
+    assert.ok(failures.every((e) => e?.codeName === 'INVALID_ARGUMENT'), 'every request was refused: ' + [...new Set(failures.map((e) => e?.message))].join('; '));
+    const failed = () => h.audit.filter((l) => l.message === 'request failed');
+    assert.ok(failed().length <= 10, `${failed().length} lines for 300 alike failures`);
+    h.session.close();
+    const summary = await (async () => {
+      for (let i = 0; i < 100; i++, await sleep(20)) {
+        const line = failed().find((l) => typeof l.suppressed === 'number');
+        if (line) return line;
+      }
+      return undefined;
+    })();
+    assert.ok(summary, 'a line counts the failures left out once the host is gone');
+    assert.equal(summary.result, 'INVALID_ARGUMENT');
+    assert.equal(failed().length - 1 + Number(summary.suppressed), 300);
+  });
+});
+
 describe('agent: listening on a Unix socket, one host at a time', function () {
   this.timeout(30000);
   let dir: string;

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { v1, Session, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION } from '@porthole/protocol';
+import { v1, Session, SessionLogger, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION } from '@porthole/protocol';
 import { ChannelBase } from '@porthole/transport';
 import { socketPair } from '../helpers/socket-pair';
 
@@ -387,6 +387,26 @@ describe('session', () => {
     await broker.ready();
     await new Promise((r) => setTimeout(r, 1000));
     assert.ok(agent.isReady && broker.isReady);
+  });
+
+  it('repeated warnings are limited: a few, then one line counting what was left out', async () => {
+    const lines: Array<{ level: string; message: string; meta?: Record<string, unknown> }> = [];
+    const logger = Object.fromEntries((['debug', 'info', 'warn', 'error'] as const).map((level) =>
+      [level, (message: string, meta?: object) => lines.push({ level, message, meta: meta as Record<string, unknown> })])) as unknown as SessionLogger;
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, logger });
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    await broker.ready();
+    // 500 frames whose checksums are right and whose contents are no Envelope.
+    p.host.write(Buffer.concat(Array.from({ length: 500 }, () => encodeFrame(Buffer.from([0xff, 0xff, 0xff])))));
+    await broker.ping();
+    const warned = () => lines.filter((l) => l.message.startsWith('undecodable message ignored'));
+    assert.ok(warned().length >= 1 && warned().length <= 10, `${warned().length} warnings`);
+    agent.close();
+    const summary = warned().find((l) => l.meta?.suppressed);
+    assert.ok(summary, 'a line counts what was left out');
+    assert.equal(warned().length - 1 + Number(summary.meta!.suppressed), 500);
   });
 });
 

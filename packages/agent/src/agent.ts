@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { v1, PortholeError, Session, Stream, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
+import { v1, PortholeError, RepeatLimitedLogger, Session, Stream, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { Channel, Connector, connectWithRetry } from '@porthole/transport';
 import { AgentConfig } from './config';
 import { Policy } from './policy';
@@ -45,11 +45,14 @@ export class Agent {
   private readonly stopping = new AbortController();
   private readonly startedAt = Date.now();
   private sweepTimer?: NodeJS.Timeout;
+  /** Failed and refused requests: a host can cause them by the thousand, so repeats are counted, not each logged. */
+  private readonly failures: RepeatLimitedLogger;
   /** Listeners for sessions (the payload applier sends events through the current one). */
   readonly sessions = new Set<(s: Session) => void>();
 
   constructor(private readonly options: AgentOptions) {
     this.policy = new Policy(options.config);
+    this.failures = new RepeatLimitedLogger(options.log);
     this.users = new UserDb(options.etcDir);
     const t = options.config.transfers;
     this.transfers = new TransferStore(t.stateDir, t.abandonAfterSeconds * 1000, t.maxUnfinished || Infinity);
@@ -103,7 +106,10 @@ export class Agent {
       const hold: HostHold = { openFiles: 0, requests: new Set() };
       const session = this.openSession(channel, hold);
       const error = await new Promise<Error | undefined>((resolve) => session.once('close', resolve));
-      void Promise.allSettled([...hold.requests]).then(() => this.sweepTransfers('after the host went away'));
+      void Promise.allSettled([...hold.requests]).then(() => {
+        this.failures.flush();
+        this.sweepTransfers('after the host went away');
+      });
       const established = session.peerHello !== undefined;
       this.log.log(established || !quiet ? 'warn' : 'debug', established ? 'channel closed' : 'channel closed before a host said hello', {
         channel: channel.description, reason: error?.message,
@@ -146,7 +152,7 @@ export class Agent {
         if (max > 0 && session.openStreams > max) {
           const e = new PortholeError(v1.ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED,
             `${session.openStreams - 1} streams are open on this connection already, the most the guest's owner allows at once`, { rule: `session.max_streams = ${max}` });
-          this.log.warn('request refused', { request: stream.open.request, requestId: stream.open.requestId, result: e.codeName, error: e.message, rule: e.rule });
+          this.failures.warn('request refused', { request: stream.open.request, requestId: stream.open.requestId, result: e.codeName, error: e.message, rule: e.rule });
           stream.reset(e);
           return;
         }
@@ -233,7 +239,7 @@ export class Agent {
       this.log.info('request done', { ...audit, result: 'ok', durationMs: Date.now() - started });
     } catch (err) {
       const e = PortholeError.from(err);
-      this.log.warn('request failed', { ...audit, result: e.codeName, error: e.message, rule: e.rule, durationMs: Date.now() - started });
+      this.failures.warn('request failed', { ...audit, result: e.codeName, error: e.message, rule: e.rule, durationMs: Date.now() - started });
       stream.reset(e);
     }
   }

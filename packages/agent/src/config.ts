@@ -29,7 +29,7 @@ export function defaultConfig(): AgentConfig {
     exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
     payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
     transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400, maxUnfinished: 64 },
-    session: { maxStreams: 128, maxOpenFiles: 32, peerTimeoutSeconds: 30 },
+    session: { maxStreams: 128, maxOpenFiles: 64, peerTimeoutSeconds: 30 },
     nova: { enabled: true },
     log: { file: '', level: 'info' },
   };

@@ -8,3 +8,4 @@ export {
 export { Stream } from './stream';
 export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_BACKLOG } from './session';
 export { encodeStreamMessage, bytesOf } from './chunk-encoding';
+export { RepeatLimitedLogger, RepeatLimit } from './log-limit';

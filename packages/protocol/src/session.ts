@@ -7,13 +7,9 @@ import { PortholeError, errors } from './errors';
 import { FrameDecoder, frameHeader, DEFAULT_MAX_FRAME_SIZE } from './frame';
 import { encodeStreamMessage } from './chunk-encoding';
 import { Stream, StreamWire } from './stream';
+import { RepeatLimitedLogger, SessionLogger } from './log-limit';
 
-export interface SessionLogger {
-  debug(message: string, meta?: object): void;
-  info(message: string, meta?: object): void;
-  warn(message: string, meta?: object): void;
-  error(message: string, meta?: object): void;
-}
+export type { SessionLogger };
 
 export interface SessionOptions {
   role: 'agent' | 'broker';
@@ -87,7 +83,8 @@ export class Session extends EventEmitter {
   private nextStreamId: number;
   private readonly window: number;
   private readonly decoder?: FrameDecoder;
-  private readonly log: SessionLogger;
+  /** The peer controls what is warned about: repeats are limited. */
+  private readonly log: RepeatLimitedLogger;
   private closedError?: Error;
   private isClosed = false;
   private readyWaiters: Array<{ resolve: (h: v1.Hello) => void; reject: (e: unknown) => void }> = [];
@@ -110,7 +107,7 @@ export class Session extends EventEmitter {
 
   constructor(readonly channel: Channel, private readonly options: SessionOptions) {
     super();
-    this.log = options.logger ?? silent;
+    this.log = new RepeatLimitedLogger(options.logger ?? silent);
     this.window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
     this.maxBacklog = options.maxBacklog ?? DEFAULT_MAX_BACKLOG;
     this.nextStreamId = options.role === 'broker' ? 1 : 2;
@@ -335,6 +332,7 @@ export class Session extends EventEmitter {
     for (const w of this.readyWaiters.splice(0)) w.reject(reason);
     for (const w of this.drainWaiters.splice(0)) w();
     for (const f of this.bulkQueue.splice(0)) f.handedOver();
+    this.log.flush();
     this.emit('close', error);
   }
 

@@ -52,7 +52,7 @@ describe('agent: a host that breaks the rules', function () {
     const stream = h.session.openStream({ exec: { argv: [b('sleep'), b('60')], stdin: true } });
     const started = await stream.read();
     assert.equal(started?.body, 'execStarted');
-    const pid = started!.execStarted!.pid;
+    const pid = Number(started!.execStarted!.pid);
     flood(h, stream, 64); // 4 MiB against the agent's 256 KiB window
     const e = await failure(stream);
     assert.equal(e?.codeName, 'PROTOCOL', e?.message);

@@ -1,4 +1,3 @@
-import { realpathSync } from 'node:fs';
 import { basename as pathBasename } from 'node:path';
 import { v1, PortholeError } from '@porthole/protocol';
 import { AgentConfig } from './config';
@@ -104,11 +103,11 @@ export class Policy {
   }
 
   /**
-   * The real location of an existing directory (after all symlinks) must be
-   * allowed too: a link inside an allowed prefix must not lead out of it.
+   * `real` is where `requested` really is, links resolved: it must be allowed too. A link inside an
+   * allowed prefix must not lead out of it (nor mkdir, nor the write).
    */
-  checkRealDirectory(area: Area, dir: Buffer, requested: Buffer): void {
-    const real = Buffer.from(realpathSync.native(dir, { encoding: 'buffer' }));
+  checkRealLocation(area: Area, real: Buffer, requested: Buffer): void {
+    if (real.equals(requested)) return;
     try {
       this.checkPath(area, real);
     } catch (err) {

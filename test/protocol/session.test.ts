@@ -365,6 +365,19 @@ describe('session', () => {
     assert.equal((await agent.ready(3000)).softwareVersion, 'test-broker');
   });
 
+  it('a frame whose rest arrived while the process was frozen (a paused VM) is not dropped', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, frameTimeoutMs: 100 });
+    cleanups.push(() => agent.close());
+    const hello = frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_BROKER, softwareVersion: 'paused', instanceId: 'p' } });
+    p.host.write(hello.subarray(0, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    p.host.write(hello.subarray(10));
+    for (const end = Date.now() + 400; Date.now() < end;) { /* frozen: the rest waits in the socket, the timer expires */ }
+    assert.equal((await agent.ready(1000)).softwareVersion, 'paused');
+  });
+
   it('the agent drops a host that sends nothing and answers no ping, so that another can connect', async () => {
     const p = await socketPair();
     cleanups.push(p.cleanup);

@@ -50,7 +50,7 @@ const COPY_BELOW = 64 * 1024;
  * coming for seconds only when the peer went away in the middle of it (or a new one took over a serial
  * line without a sign), and then the bytes that follow belong to someone else.
  */
-export const DEFAULT_FRAME_TIMEOUT_MS = 3000;
+export const DEFAULT_FRAME_TIMEOUT_MS = 5000;
 
 export interface FrameDecoderStats {
   frames: number;
@@ -138,18 +138,23 @@ export class FrameDecoder {
       return;
     }
     this.lastInput = Date.now();
-    if (this.timer) return;
-    const check = (): void => {
-      this.timer = undefined;
-      if (this.length === 0) return;
-      const quiet = Date.now() - this.lastInput;
-      if (quiet < this.frameTimeoutMs) {
-        this.timer = setTimeout(check, this.frameTimeoutMs - quiet).unref();
-        return;
-      }
-      this.dropIncomplete();
-    };
-    this.timer = setTimeout(check, this.frameTimeoutMs).unref();
+    if (!this.timer) this.arm(this.frameTimeoutMs);
+  }
+
+  private arm(ms: number): void {
+    // Decided after the event loop's next poll for input: a process that was frozen (a paused VM) runs
+    // its timers before it reads the bytes that came meanwhile, and those must count.
+    const timer = setTimeout(() => setImmediate(() => this.expire(timer)), ms).unref();
+    this.timer = timer;
+  }
+
+  private expire(timer: NodeJS.Timeout): void {
+    if (this.timer !== timer) return; // reset meanwhile
+    this.timer = undefined;
+    if (this.length === 0) return;
+    const quiet = Date.now() - this.lastInput;
+    if (quiet < this.frameTimeoutMs) this.arm(this.frameTimeoutMs - quiet);
+    else this.dropIncomplete();
   }
 
   /** The frame being gathered will not be completed: drop its magic, scan what came after it. */

@@ -466,7 +466,10 @@ export class Session extends EventEmitter {
     this.keepaliveTimer = setInterval(() => {
       if (!this.peerHello && this.options.role === 'broker') return;
       if (Date.now() - this.lastReceived > timeout) {
-        this.close(errors.timeout(`the peer stopped answering: nothing received from the peer for ${timeout} ms`));
+        // Decided after the next poll for input (see FrameDecoder): a frozen process reads what came meanwhile first.
+        setImmediate(() => {
+          if (Date.now() - this.lastReceived > timeout) this.close(errors.timeout(`the peer stopped answering: nothing received from the peer for ${timeout} ms`));
+        });
         return;
       }
       if (this.peerHello) this.ping(timeout).catch(() => undefined);

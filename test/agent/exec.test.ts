@@ -1,5 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentConfig } from '@porthole/agent';
 import { v1, PortholeError, Stream } from '@porthole/protocol';
 import { AgentHarness, TRANSPORTS, socketLink, startAgentHarness } from './harness';
 import { exec, info } from './client';
@@ -42,7 +45,7 @@ for (const suite of SUITES) describe(`agent: exec ${suite.name}`, function () {
   let h: AgentHarness;
   const spawned: number[] = [];
   beforeEach(async () => {
-    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; c.exec.spawnHelper = suite.spawnHelper; }, suite.link);
+    h = await startAgentHarness((c) => { c.exec.secretArgs = ['--password']; c.exec.groups = ['4321']; c.exec.spawnHelper = suite.spawnHelper; }, suite.link);
   });
   afterEach(async () => {
     for (const pid of spawned.splice(0)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
@@ -190,3 +193,51 @@ for (const suite of SUITES) describe(`agent: exec ${suite.name}`, function () {
     assert.ok(h.session.peerHello!.capabilities.includes(v1.Capability.CAPABILITY_EXEC), 'the hello showed the policy at connect time');
   });
 });
+
+describe('agent: exec policy, groups and environment', function () {
+  this.timeout(60000);
+  let h: AgentHarness;
+  let secret: string;
+  afterEach(async () => h.cleanup());
+
+  /** A file only root and group root may read, in directories anyone may enter. */
+  async function start(tune: (c: AgentConfig) => void = () => undefined) {
+    h = await startAgentHarness((c) => { c.exec.users = ['nobody']; tune(c); });
+    for (const d of [h.dir, h.root]) chmodSync(d, 0o755);
+    secret = join(h.root, 'secret');
+    writeFileSync(secret, 'root only\n', { mode: 0o640 });
+  }
+  const asNobody = (req: v1.ExecRequest.$Properties): v1.ExecRequest.$Properties => ({ ...req, user: { name: 'nobody' } });
+
+  it('exec -u nobody -g 0 is refused by rule; the user\'s own group and groups the owner names are allowed', async () => {
+    await start();
+    await assert.rejects(exec(h.session, asNobody({ ...argv('/bin/cat', secret), group: { numeric: 0 } })), (e: PortholeError) =>
+      e.code === E.ERROR_CODE_POLICY_DENIED && e.rule === "exec.groups = [] (only the user's own groups)" && /group root/.test(e.message));
+    await assert.rejects(exec(h.session, asNobody({ ...argv('/bin/cat', secret), group: { name: 'root' } })), (e: PortholeError) => e.code === E.ERROR_CODE_POLICY_DENIED);
+    const own = await exec(h.session, asNobody({ ...argv('/bin/cat', secret), group: { name: 'nogroup' } }));
+    assert.notEqual(own.exit.code, 0, 'allowed, and the file stays unreadable');
+    assert.equal(own.stdout.length, 0);
+    h.agent.setConfig({ ...h.config, exec: { ...h.config.exec, groups: ['root'] } });
+    const named = await exec(h.session, asNobody({ ...argv('/bin/cat', secret), group: { numeric: 0 } }));
+    assert.equal(named.stdout.toString(), 'root only\n', 'the owner allowed group root');
+  });
+
+  it('LD_PRELOAD and other loader variables are refused unless exec.env_allow names them', async () => {
+    await start((c) => { c.exec.commands = ['/bin/echo']; });
+    const lib = join(h.root, 'preload.so');
+    const src = join(h.root, 'preload.c');
+    writeFileSync(src, '#include <unistd.h>\n__attribute__((constructor)) static void run(void) { write(2, "library code ran\\n", 17); }\n');
+    execFileSync('cc', ['-shared', '-fPIC', '-o', lib, src]);
+    chmodSync(lib, 0o755);
+    await assert.rejects(exec(h.session, asNobody({ ...argv('/bin/echo', 'hello'), env: { LD_PRELOAD: lib } })), (e: PortholeError) =>
+      e.code === E.ERROR_CODE_POLICY_DENIED && e.rule === 'exec.env_allow = []' && /LD_PRELOAD/.test(e.message));
+    await assert.rejects(exec(h.session, asNobody({ ...argv('/bin/echo', 'hello'), env: { [`LD_PRELOAD=${lib}`]: '' } })), (e: PortholeError) =>
+      e.code === E.ERROR_CODE_INVALID_ARGUMENT);
+    const plain = await exec(h.session, asNobody({ ...argv('/bin/echo', 'hello'), env: { GREETING: 'hi' } }));
+    assert.equal(plain.stdout.toString(), 'hello\n');
+    h.agent.setConfig({ ...h.config, exec: { ...h.config.exec, envAllow: ['LD_PRELOAD'] } });
+    const allowed = await exec(h.session, asNobody({ ...argv('/bin/echo', 'hello'), env: { LD_PRELOAD: lib } }));
+    assert.equal(allowed.stderr.toString(), 'library code ran\n', 'what the owner allows works');
+  });
+});
+

@@ -40,10 +40,12 @@ describe('agent: the bundled executable', function () {
   it('--version and --check-config', () => {
     assert.match(run('--version').stdout, /^porthole-agent \d+\.\d+\.\d+/);
     const good = join(dir, 'good.conf');
-    writeFileSync(good, '[exec]\nenabled = false\nusers = ["app"]\n');
+    writeFileSync(good, '[exec]\nenabled = false\nusers = ["app"]\ngroups = ["adm"]\nenv_allow = ["LD_LIBRARY_PATH"]\n[session]\nmax_streams = 16\n');
     const ok = run('--check-config', '--config', good);
     assert.equal(ok.status, 0, ok.stderr);
-    assert.match(ok.stdout, /exec: +OFF; users \["app"\]/);
+    assert.match(ok.stdout, /exec: +OFF; users \["app"\]; groups each user's own \+ \["adm"\]/);
+    assert.match(ok.stdout, /env_allow \["LD_LIBRARY_PATH"\]; refused unless allowed: LD_\* /);
+    assert.match(ok.stdout, /session: +max_streams 16; max_open_files 64; peer_timeout_seconds 30/);
     const example = run('--check-config', '--config', join(__dirname, '../../installers/agent.conf.example'));
     assert.equal(example.status, 0, example.stderr);
     const missing = run('--check-config', '--config', join(dir, 'none.conf'));

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { v1, PortholeError } from '@porthole/protocol';
 import { AgentConfig, TransferStore } from '@porthole/agent';
@@ -141,7 +141,9 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
       chunkSize: 100_000, sha256: '0'.repeat(64),
       afterChunk: async (sent) => {
         if (sent < 200_000) return;
-        await new Promise((r) => setTimeout(r, 100));
+        // Once the agent holds the bytes: a temporary without any is no use for a resume and goes at once.
+        const part = () => extras(h.root).find((n) => n.endsWith('.part'));
+        for (let i = 0; i < 200 && !(part() && statSync(join(h.root, part()!)).size === 200_000); i++) await new Promise((r) => setTimeout(r, 10));
         h.session.close();
       },
     });
@@ -211,6 +213,26 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
     assert.equal(await refused({ fileWrite: { path: b(join(h.root, 'z')), resumeOffset: 10 } }), 'INVALID_ARGUMENT');
     assert.deepEqual(readdirSync(h.root), []);
     assert.equal((await writeFile(h.session, { path: b(join(h.root, 'ok')) }, b('fine'))).size, 4);
+  });
+
+  it('concurrent writes with mkdir into the same new directories all succeed', async () => {
+    for (let round = 0; round < 3; round++) {
+      const dir = join(h.root, `new${round}/a/b`);
+      const results = await Promise.allSettled(Array.from({ length: 30 }, (_, i) =>
+        writeFile(h.session, { path: b(join(dir, `f${i}`)), mkdirParents: true }, b(`content ${i}`))));
+      const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      assert.deepEqual(failed.map((r) => (r.reason as Error).message), [], `round ${round}`);
+      assert.equal(readdirSync(dir).length, 30);
+    }
+  });
+
+  it('setuid and setgid bits survive the owner change; the result reports the mode read back', async () => {
+    const path = join(h.root, 'suid');
+    const r = await writeFile(h.session, { path: b(path), owner: { name: 'nobody' }, group: { numeric: 4242 }, mode: 0o6755, hasMode: true }, b('#!/bin/sh\n'));
+    assert.equal(statSync(path).mode & 0o7777, 0o6755);
+    assert.equal(r.mode, 0o6755);
+    const line = h.audit.find((l) => l.request === 'fileWrite' && l.result === 'ok');
+    assert.equal(line?.mode, '06755');
   });
 
   it('reads a file or a range with its metadata and sha256', async () => {
@@ -285,6 +307,42 @@ describe('agent: path safety and owner policy for files', function () {
     assert.equal(readFileSync(join(allowed, 'real.conf'), 'utf8'), 'new');
     await assert.rejects(writeFile(h.session, { path: b(join(allowed, 'escape')) }, b('pwned')), code(E.ERROR_CODE_POLICY_DENIED));
     assert.equal(readFileSync(join(outside, 'secret'), 'utf8'), 'outside');
+  });
+
+  it('a directory swapped for a symbolic link during the write: the request fails, nothing lands through the link', async () => {
+    await start(() => undefined);
+    const allowed = join(h.root, 'allowed');
+    const dir = join(allowed, 'd');
+    mkdirSync(dir);
+    const decoy = join(allowed, 'decoy');
+    mkdirSync(decoy);
+    const content = randomBytes(300_000);
+    let part = '';
+    const write = writeFile(h.session, { path: b(join(dir, 'x')) }, content, {
+      chunkSize: 100_000,
+      afterChunk: async (sent) => {
+        if (sent !== 100_000) return;
+        // A local user swaps the directory for a link to one holding a file under the temporary's name.
+        for (let i = 0; i < 100 && !readdirSync(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+        part = readdirSync(dir)[0];
+        renameSync(dir, join(allowed, 'd.old'));
+        writeFileSync(join(decoy, part), 'decoy');
+        symlinkSync(decoy, dir);
+      },
+    });
+    await assert.rejects(write, (e: PortholeError) => /replaced while it was written/.test(e.message));
+    assert.ok(!existsSync(join(decoy, 'x')), 'nothing was renamed into the other directory');
+    assert.equal(readFileSync(join(decoy, part), 'utf8'), 'decoy', 'the file under the temporary\'s name there was not removed');
+    assert.deepEqual(readdirSync(join(allowed, 'd.old')).filter((n) => statSync(join(allowed, 'd.old', n)).size > 0), [], 'no copy of the data is left behind');
+  });
+
+  it('writing an allowed prefix itself: allowed as a file, a directory is named as such', async () => {
+    await start((c, root) => { c.fileWrite.allow = [join(root, 'allowed'), join(root, 'app.conf')]; });
+    const file = join(h.root, 'app.conf');
+    await writeFile(h.session, { path: b(file) }, b('setting = 1\n'));
+    assert.equal(readFileSync(file, 'utf8'), 'setting = 1\n');
+    await assert.rejects(writeFile(h.session, { path: b(join(h.root, 'allowed')) }, b('x')), (e: PortholeError) =>
+      code(E.ERROR_CODE_IS_A_DIRECTORY)(e) && /allowed is a directory/.test(e.message));
   });
 
   it('refuses writes and reads the owner turned off, and sizes over the limit', async () => {

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { v1, PortholeError } from '@porthole/protocol';
-import { AgentConfig, Policy, defaultConfig, isWithin, normalize, parseConfig, showPath } from '@porthole/agent';
+import { AgentConfig, LOADER_ENV, Policy, defaultConfig, isWithin, normalize, parseConfig, showPath } from '@porthole/agent';
 
 const example = readFileSync(join(__dirname, '../../installers/agent.conf.example'), 'utf8');
 const snake = (s: string) => s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -58,6 +58,38 @@ describe('agent: config and policy', () => {
     assert.doesNotThrow(() => p.checkExec('/usr/bin/systemctl', 'app'));
     assert.throws(() => p.checkExec('/bin/systemctl', 'app'), (e: PortholeError) => e.rule === 'exec.commands = [/usr/bin/systemctl, uptime]');
     assert.throws(() => p.checkExec('rm', 'app'), /not in the guest owner's allow-list/);
+  });
+
+  it("groups: a command runs only with its user's own groups unless exec.groups names more", () => {
+    const nobody = { name: 'nobody', groups: [65534] };
+    const p = policyOf(() => undefined);
+    assert.doesNotThrow(() => p.checkGroup(65534, 'nogroup', nobody));
+    assert.throws(() => p.checkGroup(0, 'root', nobody), (e: PortholeError) =>
+      e.code === v1.ErrorCode.ERROR_CODE_POLICY_DENIED && e.rule === "exec.groups = [] (only the user's own groups)" && /as nobody with group root/.test(e.message));
+    const wider = policyOf((c) => { c.exec.groups = ['adm', '40*', 'app?']; });
+    assert.doesNotThrow(() => wider.checkGroup(4, 'adm', nobody));
+    assert.doesNotThrow(() => wider.checkGroup(4042, '4042', nobody), 'a gid matches too');
+    assert.doesNotThrow(() => wider.checkGroup(1001, 'app2', nobody));
+    assert.doesNotThrow(() => wider.checkGroup(65534, 'nogroup', nobody), 'the own groups stay allowed');
+    assert.throws(() => wider.checkGroup(0, 'root', nobody), (e: PortholeError) => e.rule === 'exec.groups = [adm, 40*, app?]');
+  });
+
+  it('environment: variables that change what a command loads are refused unless exec.env_allow names them', () => {
+    const p = policyOf(() => undefined);
+    assert.doesNotThrow(() => p.checkEnv(['FOO', 'LANG', 'TZ', 'PATH', 'PYTHONUNBUFFERED', 'LDFLAGS']));
+    for (const name of ['LD_PRELOAD', 'LD_LIBRARY_PATH', 'LD_AUDIT', 'GCONV_PATH', 'GLIBC_TUNABLES', 'NODE_OPTIONS', 'PYTHONPATH', 'PYTHONSTARTUP',
+      'PERL5LIB', 'PERL5OPT', 'RUBYOPT', 'BASH_ENV', 'ENV', 'IFS', 'BASH_FUNC_ls%%', 'JAVA_TOOL_OPTIONS', 'HOME', 'GIT_SSH_COMMAND']) {
+      assert.throws(() => p.checkEnv(['FOO', name]), (e: PortholeError) =>
+        e.code === v1.ErrorCode.ERROR_CODE_POLICY_DENIED && e.rule === 'exec.env_allow = []' && e.message.includes(name), name);
+    }
+    const documented = example.slice(example.indexOf('# Environment variables a request may set'), example.indexOf('# env_allow = []'));
+    for (const name of LOADER_ENV) assert.ok(documented.split(/[\s#:]+/).includes(name), `${name} is listed in agent.conf.example`);
+    const allowing = policyOf((c) => { c.exec.envAllow = ['LD_LIBRARY_PATH', 'PYTHON*']; });
+    assert.doesNotThrow(() => allowing.checkEnv(['LD_LIBRARY_PATH', 'PYTHONPATH']));
+    assert.throws(() => allowing.checkEnv(['LD_PRELOAD']), (e: PortholeError) => e.rule === 'exec.env_allow = [LD_LIBRARY_PATH, PYTHON*]');
+    // A name carrying "=" would smuggle another variable in: NAME=x.so= is LD_PRELOAD to the loader.
+    assert.throws(() => p.checkEnv(['LD_PRELOAD=/tmp/x.so']), (e: PortholeError) => e.code === v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
+    assert.throws(() => p.checkEnv(['']), (e: PortholeError) => e.code === v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT);
   });
 
   it('redacts secret argv values', () => {

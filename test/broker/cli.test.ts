@@ -51,6 +51,10 @@ describe('broker: porthole CLI against the real agent', function () {
     assert.equal(json.protocol, 1);
     assert.deepEqual(json.capabilities.slice(0, 3), ['file_write', 'file_read', 'exec']);
     assert.ok(json.limits.readDeny.includes(join(guest.root, 'secret')));
+    assert.ok(json.limits.execEnvRefused.includes('LD_*'));
+    assert.deepEqual([json.limits.maxStreams, json.limits.maxOpenFiles, json.limits.peerTimeoutSeconds], [128, 64, 30]);
+    assert.match(info.stdout.toString(), /^exec env: +refused LD_\* .*; allowed anyway -$/m);
+    assert.match(info.stdout.toString(), /^per host: +max streams 128; max open files 64; dropped after 30 s of silence$/m);
     const ping = await porthole(['ping', guest.target]);
     assert.match(ping.stdout.toString(), /^pong from porthole-agent \S+ in \d+\.\d\d ms$/m);
     const pj = JSON.parse((await porthole(['--json', 'ping', guest.target])).stdout.toString());

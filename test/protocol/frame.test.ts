@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { FrameDecoder, encodeFrame, FRAME_HEADER_SIZE, FRAME_MAGIC } from '@porthole/protocol';
+import { FrameDecoder, encodeFrame, FRAME_HEADER_SIZE, FRAME_MAGIC, PROTOCOL_VERSION, v1 } from '@porthole/protocol';
 import { SlabPool } from '@porthole/transport';
 
 /** Deterministic PRNG so a failing fuzz case can be replayed. */
@@ -15,11 +15,24 @@ function rng(seed: number): () => number {
   };
 }
 
-function collect(max?: number): { decoder: FrameDecoder; frames: Buffer[] } {
+function collect(max?: number, frameTimeoutMs?: number): { decoder: FrameDecoder; frames: Buffer[] } {
   const frames: Buffer[] = [];
-  const decoder = new FrameDecoder((p) => frames.push(Buffer.from(p)), { maxFrameSize: max });
+  const decoder = new FrameDecoder((p) => frames.push(Buffer.from(p)), { maxFrameSize: max, frameTimeoutMs });
   return { decoder, frames };
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A new peer's first frame: a broker's hello. */
+const helloFrame = (instanceId: string) =>
+  encodeFrame(v1.Envelope.encode({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_BROKER, softwareVersion: 'next host', instanceId } }).finish());
+const isHello = (f: Buffer, instanceId: string) => {
+  try {
+    return v1.Envelope.decode(f).hello?.instanceId === instanceId;
+  } catch {
+    return false;
+  }
+};
 
 describe('frame codec', () => {
   it('round-trips frames of many sizes, including empty', () => {
@@ -194,4 +207,80 @@ describe('frame codec', () => {
     assert.ok(payloads[0].equals(frame.subarray(FRAME_HEADER_SIZE)));
     assert.equal(pool.take(), slab, 'the frame complete, the slab is free again');
   });
+
+  it('a frame cut by a peer that went away does not swallow the next peer\'s hello: it is dropped once its bytes stop coming', async () => {
+    const { decoder, frames } = collect(undefined, 50);
+    // The old peer's frame announces 100 KiB and stops after 100 bytes; the new peer says hello and waits.
+    decoder.push(encodeFrame(randomBytes(100 * 1024)).subarray(0, 100));
+    decoder.push(helloFrame('new'));
+    assert.equal(frames.length, 0, 'taken for the rest of the cut frame at first');
+    await sleep(200);
+    assert.equal(frames.length, 1);
+    assert.ok(isHello(frames[0], 'new'));
+    assert.equal(decoder.buffered, 0);
+    assert.ok(decoder.stats.badFrames >= 1, 'counted as a bad frame');
+  });
+
+  it('a header cut after 9 bytes is dropped after the timeout, not held for ever', async () => {
+    const { decoder, frames } = collect(undefined, 50);
+    decoder.push(encodeFrame(randomBytes(10)).subarray(0, 9));
+    assert.equal(decoder.buffered, 9);
+    await sleep(200);
+    assert.equal(decoder.buffered, 0);
+    decoder.push(helloFrame('after'));
+    assert.ok(isHello(frames[0], 'after'));
+  });
+
+  it('a frame whose bytes keep coming is not cut, however slow (a serial line)', async () => {
+    const { decoder, frames } = collect(undefined, 60);
+    const payload = randomBytes(2000);
+    const f = encodeFrame(payload);
+    for (let off = 0; off < f.length; off += 200) {
+      decoder.push(f.subarray(off, off + 200));
+      await sleep(20); // the whole frame takes 4 timeouts, each gap a third of one
+    }
+    assert.equal(frames.length, 1);
+    assert.ok(frames[0].equals(payload));
+  });
+
+  it('fuzz: garbage and cut frames, then a new peer\'s hello: the hello is always delivered once the cut frame times out', async function () {
+    this.timeout(60000);
+    const rand = rng(0x5eed);
+    const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(rand() * 256)));
+    const rounds: Array<{ decoder: FrameDecoder; frames: Buffer[]; id: string; ambiguous: boolean }> = [];
+    for (let round = 0; round < 2000; round++) {
+      const { decoder, frames } = collect(64 * 1024, 40);
+      const id = `peer-${round}`;
+      const hello = helloFrame(id);
+      const parts: Buffer[] = [bytes(Math.floor(rand() * 100))];
+      let ambiguous = false;
+      // One to three cut frames: a header alone, a header and part of the payload, or a header announcing more than will come.
+      for (let n = 1 + Math.floor(rand() * 3); n > 0; n--) {
+        const f = encodeFrame(bytes(1 + Math.floor(rand() * 8 * 1024)));
+        const at = 1 + Math.floor(rand() * (f.length - 1));
+        parts.push(f.subarray(0, at));
+        // Only the last cut frame can be completed by what follows it (see the first fuzz test).
+        if (n === 1) ambiguous = hello.subarray(0, f.length - at).equals(f.subarray(at));
+        if (rand() < 0.3) parts.push(bytes(Math.floor(rand() * 50)));
+      }
+      const all = Buffer.concat([...parts, hello]);
+      assert.doesNotThrow(() => {
+        for (let off = 0; off < all.length;) {
+          const n = 1 + Math.floor(rand() * 1500);
+          decoder.push(all.subarray(off, off + n));
+          off += n;
+        }
+      });
+      rounds.push({ decoder, frames, id, ambiguous });
+    }
+    // Each cut frame in a row costs one timeout of quiet.
+    const done = (r: (typeof rounds)[number]) => r.ambiguous || r.frames.some((f) => isHello(f, r.id));
+    for (let waited = 0; waited < 5000 && !rounds.every(done); waited += 50) await sleep(50);
+    for (const [i, r] of rounds.entries()) {
+      if (r.ambiguous) continue;
+      assert.ok(r.frames.some((f) => isHello(f, r.id)), `round ${i}: the hello after the cut frames was not delivered`);
+      assert.equal(r.decoder.buffered, 0, `round ${i}: bytes still held`);
+    }
+  });
 });
+

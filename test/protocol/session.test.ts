@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { v1, Session, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION } from '@porthole/protocol';
+import { v1, Session, SessionLogger, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION } from '@porthole/protocol';
 import { ChannelBase } from '@porthole/transport';
 import { socketPair } from '../helpers/socket-pair';
 
@@ -25,6 +25,33 @@ async function pair(onStream: (s: Stream) => void = (s) => void echo(s), window?
   const broker = new Session(p.host, { role: 'broker', hello: brokerHello, streamWindow: window, keepaliveIntervalMs: 0 });
   return { ...p, agent, broker };
 }
+
+/** A byte channel that records what is written, says "full" on demand, and whether it was asked to stop reading. */
+class RecordingChannel extends ChannelBase {
+  readonly kind = 'bytes' as const;
+  readonly description = 'recording';
+  full = false;
+  paused = false;
+  readonly written: Buffer[] = [];
+  write(data: Buffer): boolean {
+    return this.writeParts([data]);
+  }
+  writeParts(parts: readonly Buffer[]): boolean {
+    this.written.push(Buffer.concat(parts));
+    return !this.full;
+  }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+  }
+  close(): void {
+    this.markClosed();
+  }
+}
+
+const frameOf = (envelope: v1.Envelope.$Properties) => encodeFrame(v1.Envelope.encode(envelope).finish());
 
 describe('session', () => {
   const cleanups: Array<() => void> = [];
@@ -115,6 +142,25 @@ describe('session', () => {
     }
     await sending;
     assert.equal(sent, 64 * chunk.length);
+  });
+
+  it('resets a stream whose peer sends past the credit it was granted, naming the overrun, and holds nothing more', async () => {
+    const window = 64 * 1024;
+    let agentStream: Stream | undefined;
+    const p = await pair((s) => { agentStream = s; }, window);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    const stream = p.broker.openStream({ exec: { argv: [Buffer.from('sleep')] } });
+    const reset = stream.read().then(() => undefined, (e: PortholeError) => e);
+    // A peer that ignores credit: 1 MiB of chunks written straight to the channel, nobody reading on the far side.
+    const chunk = randomBytes(16 * 1024);
+    for (let i = 0; i < 64; i++) p.host.write(encodeFrame(v1.Envelope.encode({ streamId: stream.id, message: { chunk: { offset: i * chunk.length, data: chunk } } }).finish()));
+    const e = await reset;
+    assert.ok(e instanceof PortholeError, 'the stream was reset');
+    assert.equal(e.codeName, 'PROTOCOL');
+    assert.match(e.message, /sent \d+ bytes past the \d+ bytes of credit granted/);
+    await assert.rejects(agentStream!.closed, (err: PortholeError) => err.codeName === 'PROTOCOL');
+    assert.equal(p.agent.openStreams, 0, 'the agent forgot the stream');
   });
 
   it('a bulk transfer does not starve a small request', async function () {
@@ -249,29 +295,10 @@ describe('session', () => {
   });
 
   it('small frames go out while the channel is full; bulk data waits for its drain', async () => {
-    /** A byte channel that records what is written and says "full" on demand. */
-    class RecordingChannel extends ChannelBase {
-      readonly kind = 'bytes' as const;
-      readonly description = 'recording';
-      full = false;
-      readonly written: Buffer[] = [];
-      write(data: Buffer): boolean {
-        return this.writeParts([data]);
-      }
-      writeParts(parts: readonly Buffer[]): boolean {
-        this.written.push(Buffer.concat(parts));
-        return !this.full;
-      }
-      close(): void {
-        this.markClosed();
-      }
-    }
     const channel = new RecordingChannel();
     const broker = new Session(channel, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
     cleanups.push(() => broker.close());
-    channel.emit('data', encodeFrame(v1.Envelope.encode({
-      hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'agent', instanceId: 'a', reply: true },
-    }).finish()));
+    channel.emit('data', frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'agent', instanceId: 'a', reply: true } }));
     await broker.ready();
     const settle = () => new Promise((r) => setImmediate(r));
     const chunk = randomBytes(64 * 1024);
@@ -299,4 +326,100 @@ describe('session', () => {
     assert.equal(beforeDrain, 2, 'the small request went out before the drain, the bulk chunk did not');
     assert.deepEqual(order.slice(0, 3), ['open:small', 'close:small', 'message:bulk']);
   });
+
+  it('a peer that never reads: what waits for the channel stays bounded, the peer is not read meanwhile, and reading resumes on drain', async () => {
+    const channel = new RecordingChannel();
+    const agent = new Session(channel, { role: 'agent', hello: agentHello, onStream: () => undefined });
+    cleanups.push(() => agent.close());
+    channel.emit('data', frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_BROKER, softwareVersion: 'b', instanceId: 'b' } }));
+    await agent.ready();
+    channel.full = true;
+    channel.written.length = 0;
+    // 1M pings in reads of 1000, fed only while the session reads (a paused socket delivers nothing more).
+    const batch = Buffer.concat(Array.from({ length: 1000 }, (_, i) => frameOf({ ping: { nonce: i + 1 } })));
+    let fed = 0;
+    while (fed < 1000 && !channel.paused) {
+      channel.emit('data', batch);
+      fed++;
+    }
+    const written = channel.written.reduce((n, w) => n + w.length, 0);
+    assert.ok(channel.paused, `the session stopped reading (after ${fed} reads, ${written} bytes of pongs waiting)`);
+    assert.ok(written <= 1024 * 1024 + batch.length * 2, `${written} bytes waiting for the channel`);
+    channel.full = false;
+    channel.emit('drain');
+    assert.equal(channel.paused, false, 'reading resumes once the channel drained');
+  });
+
+  it('a frame cut by the previous host does not swallow the next host\'s hello', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, frameTimeoutMs: 100 });
+    cleanups.push(() => agent.close());
+    // The old host went away 100 bytes into a 1 MiB frame (a serial line gives no sign of it) ...
+    p.host.write(encodeFrame(randomBytes(1024 * 1024)).subarray(0, 100));
+    await new Promise((r) => setTimeout(r, 50));
+    // ... and a new host says hello.
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    const hello = await broker.ready(3000);
+    assert.equal(hello.softwareVersion, 'test-agent');
+    assert.equal((await agent.ready(3000)).softwareVersion, 'test-broker');
+  });
+
+  it('a frame whose rest arrived while the process was frozen (a paused VM) is not dropped', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, frameTimeoutMs: 100 });
+    cleanups.push(() => agent.close());
+    const hello = frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_BROKER, softwareVersion: 'paused', instanceId: 'p' } });
+    p.host.write(hello.subarray(0, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    p.host.write(hello.subarray(10));
+    for (const end = Date.now() + 400; Date.now() < end;) { /* frozen: the rest waits in the socket, the timer expires */ }
+    assert.equal((await agent.ready(1000)).softwareVersion, 'paused');
+  });
+
+  it('the agent drops a host that sends nothing and answers no ping, so that another can connect', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, keepaliveIntervalMs: 50, keepaliveTimeoutMs: 300 });
+    // 9 bytes of a header, then silence.
+    p.host.write(encodeFrame(randomBytes(10)).subarray(0, 9));
+    const started = Date.now();
+    const closed = await new Promise<Error | undefined>((r) => agent.once('close', r));
+    assert.match(String(closed?.message), /nothing received from the peer for 300 ms/);
+    assert.ok(Date.now() - started < 2000);
+    assert.ok(p.guest.closed, 'the channel is closed, so the agent can take the next one');
+  });
+
+  it('an idle broker that answers pings keeps its session with the agent', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, keepaliveIntervalMs: 50, keepaliveTimeoutMs: 300 });
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    cleanups.push(() => agent.close());
+    await broker.ready();
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.ok(agent.isReady && broker.isReady);
+  });
+
+  it('repeated warnings are limited: a few, then one line counting what was left out', async () => {
+    const lines: Array<{ level: string; message: string; meta?: Record<string, unknown> }> = [];
+    const logger = Object.fromEntries((['debug', 'info', 'warn', 'error'] as const).map((level) =>
+      [level, (message: string, meta?: object) => lines.push({ level, message, meta: meta as Record<string, unknown> })])) as unknown as SessionLogger;
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello, logger });
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    await broker.ready();
+    // 500 frames whose checksums are right and whose contents are no Envelope.
+    p.host.write(Buffer.concat(Array.from({ length: 500 }, () => encodeFrame(Buffer.from([0xff, 0xff, 0xff])))));
+    await broker.ping();
+    const warned = () => lines.filter((l) => l.message.startsWith('undecodable message ignored'));
+    assert.ok(warned().length >= 1 && warned().length <= 10, `${warned().length} warnings`);
+    agent.close();
+    const summary = warned().find((l) => l.meta?.suppressed);
+    assert.ok(summary, 'a line counts what was left out');
+    assert.equal(warned().length - 1 + Number(summary.meta!.suppressed), 500);
+  });
 });
+

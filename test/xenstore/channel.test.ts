@@ -153,6 +153,19 @@ describe('XenstoreChannel (packets over xenstore keys)', function () {
     assert.ok(!guest.closed);
   });
 
+  it('keys that are not key numbers as a writer makes them ("0007", names) are removed, never read as packets', async () => {
+    fx = await startServer();
+    const { host, guest } = await pair();
+    const c = await fx.dom0();
+    const dir = '/local/domain/5/data/porthole/to-guest';
+    const one = `0/1:${Buffer.from('not packet 7').toString('base64')}`;
+    for (const name of ['0007', '00', '1234567890123456', 'not-a-number']) await c.write(`${dir}/${name}`, one);
+    const got = receive(guest, 1);
+    host.write(Buffer.from('after them'));
+    assert.deepEqual((await got).map(String), ['after them']);
+    assert.deepEqual(await emptied(fx, 'to-guest'), []);
+  });
+
   it('closing: the peer connection going away closes the channel with a cause; write() then returns false', async () => {
     fx = await startServer();
     const { host, guest } = await pair();

@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { v1, PortholeError, Session, Stream, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
+import { v1, PortholeError, RepeatLimitedLogger, Session, Stream, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { Channel, Connector, connectWithRetry } from '@porthole/transport';
 import { AgentConfig } from './config';
 import { Policy } from './policy';
@@ -10,6 +10,13 @@ import { runExec } from './exec';
 import { createSpawner, defaultSpawnHelperPath, Spawner } from './spawner';
 import { showPath } from './paths';
 import { AGENT_VERSION } from './version';
+
+/** What one host holds on its connection, counted against the owner's [session] limits. */
+interface HostHold {
+  openFiles: number;
+  /** Requests being served: once they settled after the host went away, what they left behind is swept. */
+  requests: Set<Promise<void>>;
+}
 
 export interface AgentOptions {
   connector: Connector;
@@ -38,13 +45,17 @@ export class Agent {
   private readonly stopping = new AbortController();
   private readonly startedAt = Date.now();
   private sweepTimer?: NodeJS.Timeout;
+  /** Failed and refused requests: a host can cause them by the thousand, so repeats are counted, not each logged. */
+  private readonly failures: RepeatLimitedLogger;
   /** Listeners for sessions (the payload applier sends events through the current one). */
   readonly sessions = new Set<(s: Session) => void>();
 
   constructor(private readonly options: AgentOptions) {
     this.policy = new Policy(options.config);
+    this.failures = new RepeatLimitedLogger(options.log);
     this.users = new UserDb(options.etcDir);
-    this.transfers = new TransferStore(options.config.transfers.stateDir, options.config.transfers.abandonAfterSeconds * 1000);
+    const t = options.config.transfers;
+    this.transfers = new TransferStore(t.stateDir, t.abandonAfterSeconds * 1000, t.maxUnfinished || Infinity);
     this.spawner = createSpawner(options.config.exec.spawnHelper, options.spawnHelper ?? defaultSpawnHelperPath(), options.log);
   }
 
@@ -71,12 +82,12 @@ export class Agent {
 
   async run(): Promise<void> {
     this.log.info('commands start through ' + this.spawner.description);
-    const swept = this.transfers.sweep();
-    if (swept) this.log.info('abandoned transfers removed', { count: swept });
+    this.sweepTransfers('at start');
     // Hourly, or sooner when the owner set a shorter age (but not more than once a minute).
     const every = Math.min(3600_000, Math.max(60_000, this.options.config.transfers.abandonAfterSeconds * 1000));
-    this.sweepTimer = setInterval(() => this.transfers.sweep(), every);
+    this.sweepTimer = setInterval(() => this.sweepTransfers('periodically'), every);
     this.sweepTimer.unref();
+    let quiet = false;
     while (!this.stopped) {
       let channel: Channel;
       try {
@@ -89,10 +100,21 @@ export class Agent {
         if (this.stopped) return;
         throw err;
       }
-      this.log.info('channel open', { channel: channel.description });
-      const session = this.openSession(channel);
-      await new Promise<void>((resolve) => session.once('close', () => resolve()));
-      this.log.warn('channel closed', { channel: channel.description });
+      // A channel without a host (a virtio-serial port nobody opened) is dropped and opened again every
+      // session.peer_timeout_seconds: said once, then only at debug level until a host answers.
+      this.log.log(quiet ? 'debug' : 'info', 'channel open', { channel: channel.description });
+      const hold: HostHold = { openFiles: 0, requests: new Set() };
+      const session = this.openSession(channel, hold);
+      const error = await new Promise<Error | undefined>((resolve) => session.once('close', resolve));
+      void Promise.allSettled([...hold.requests]).then(() => {
+        this.failures.flush();
+        this.sweepTransfers('after the host went away');
+      });
+      const established = session.peerHello !== undefined;
+      this.log.log(established || !quiet ? 'warn' : 'debug', established ? 'channel closed' : 'channel closed before a host said hello', {
+        channel: channel.description, reason: error?.message,
+      });
+      quiet = !established;
       if (!this.stopped) await new Promise((r) => setTimeout(r, 200));
     }
   }
@@ -105,7 +127,12 @@ export class Agent {
     this.spawner.close();
   }
 
-  private openSession(channel: Channel): Session {
+  private sweepTransfers(when: string): void {
+    const count = this.transfers.sweep();
+    if (count) this.log.info('unfinished transfers removed', { count, when });
+  }
+
+  private openSession(channel: Channel, hold: HostHold): Session {
     const session = new Session(channel, {
       role: 'agent',
       hello: {
@@ -115,10 +142,24 @@ export class Agent {
         os: `${os.platform()}`,
         kernel: os.release(),
       },
-      keepaliveIntervalMs: 0,
+      // A host that sends nothing and answers no ping is dropped: on a socket the next host is waiting.
+      keepaliveIntervalMs: (this.policy.config.session.peerTimeoutSeconds * 1000) / 3,
+      keepaliveTimeoutMs: this.policy.config.session.peerTimeoutSeconds * 1000,
       // Its ports are slow: a short window keeps a transfer from queueing requests behind it.
       streamWindow: SLOW_PORT_STREAM_WINDOW,
-      onStream: (stream) => void this.serve(stream),
+      onStream: (stream) => {
+        const max = this.policy.config.session.maxStreams;
+        if (max > 0 && session.openStreams > max) {
+          const e = new PortholeError(v1.ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED,
+            `${session.openStreams - 1} streams are open on this connection already, the most the guest's owner allows at once`, { rule: `session.max_streams = ${max}` });
+          this.failures.warn('request refused', { request: stream.open.request, requestId: stream.open.requestId, result: e.codeName, error: e.message, rule: e.rule });
+          stream.reset(e);
+          return;
+        }
+        const served = this.serve(stream, hold);
+        hold.requests.add(served);
+        void served.finally(() => hold.requests.delete(served));
+      },
       logger: this.options.log,
     });
     session.on('ready', (hello: v1.Hello) => {
@@ -130,14 +171,29 @@ export class Agent {
     return session;
   }
 
-  private async serve(stream: Stream): Promise<void> {
+  /** Runs `use` as one of the files a host may hold open at once (session.max_open_files). */
+  private async withOpenFile<T>(hold: HostHold, use: () => Promise<T>): Promise<T> {
+    const max = this.policy.config.session.maxOpenFiles;
+    if (max > 0 && hold.openFiles >= max) {
+      throw new PortholeError(v1.ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED,
+        `${hold.openFiles} files are open for this host already, the most the guest's owner allows at once`, { rule: `session.max_open_files = ${max}` });
+    }
+    hold.openFiles++;
+    try {
+      return await use();
+    } finally {
+      hold.openFiles--;
+    }
+  }
+
+  private async serve(stream: Stream, hold: HostHold): Promise<void> {
     const open = stream.open;
     const started = Date.now();
     const audit: Record<string, unknown> = { request: open.request, requestId: open.requestId };
     try {
       switch (open.request) {
         case 'fileWrite':
-          await this.handleWrite(stream, open.fileWrite as v1.FileWriteRequest, audit);
+          await this.withOpenFile(hold, () => this.handleWrite(stream, open.fileWrite as v1.FileWriteRequest, audit));
           break;
         case 'transferStatus': {
           const status = await transferStatus(this.fileContext, open.requestId);
@@ -146,7 +202,7 @@ export class Agent {
           break;
         }
         case 'fileRead': {
-          const r = await readFileToStream(this.fileContext, open.fileRead!, stream);
+          const r = await this.withOpenFile(hold, () => readFileToStream(this.fileContext, open.fileRead!, stream));
           Object.assign(audit, { path: showPath(r.path), size: r.length, sha256: r.sha256 });
           break;
         }
@@ -183,7 +239,7 @@ export class Agent {
       this.log.info('request done', { ...audit, result: 'ok', durationMs: Date.now() - started });
     } catch (err) {
       const e = PortholeError.from(err);
-      this.log.warn('request failed', { ...audit, result: e.codeName, error: e.message, rule: e.rule, durationMs: Date.now() - started });
+      this.failures.warn('request failed', { ...audit, result: e.codeName, error: e.message, rule: e.rule, durationMs: Date.now() - started });
       stream.reset(e);
     }
   }

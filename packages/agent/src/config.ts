@@ -7,9 +7,14 @@ const { parse } = require('smol-toml') as { parse(text: string): Record<string, 
 export interface AgentConfig {
   fileWrite: { enabled: boolean; allow: string[]; deny: string[]; maxFileSize: number; allowFinalSymlink: boolean };
   fileRead: { enabled: boolean; allow: string[]; deny: string[] };
-  exec: { enabled: boolean; users: string[]; commands: string[]; maxConcurrent: number; secretArgs: string[]; spawnHelper: boolean };
+  exec: {
+    enabled: boolean; users: string[]; groups: string[]; commands: string[]; envAllow: string[];
+    maxConcurrent: number; secretArgs: string[]; spawnHelper: boolean;
+  };
   payload: { enabled: boolean; runCommands: boolean; stateDir: string };
-  transfers: { stateDir: string; abandonAfterSeconds: number };
+  transfers: { stateDir: string; abandonAfterSeconds: number; maxUnfinished: number };
+  /** What one host may hold on its connection. */
+  session: { maxStreams: number; maxOpenFiles: number; peerTimeoutSeconds: number };
   /** Nova-style requests in xenstore (data/host → data/guest), served with a xenstore channel only. */
   nova: { enabled: boolean };
   log: { file: string; level: string };
@@ -24,9 +29,10 @@ export function defaultConfig(): AgentConfig {
   return {
     fileWrite: { enabled: true, allow: ['/'], deny: ['/proc', '/sys', '/dev'], maxFileSize: 0, allowFinalSymlink: false },
     fileRead: { enabled: true, allow: ['/'], deny: ['/proc/kcore'] },
-    exec: { enabled: true, users: [], commands: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
+    exec: { enabled: true, users: [], groups: [], commands: [], envAllow: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
     payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
-    transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400 },
+    transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400, maxUnfinished: 64 },
+    session: { maxStreams: 128, maxOpenFiles: 64, peerTimeoutSeconds: 30 },
     nova: { enabled: true },
     log: { file: '', level: 'info' },
   };
@@ -37,9 +43,13 @@ type Table = Record<string, unknown>;
 const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' | 'string'>> = {
   file_write: { enabled: 'bool', allow: 'strings', deny: 'strings', max_file_size: 'size', allow_final_symlink: 'bool' },
   file_read: { enabled: 'bool', allow: 'strings', deny: 'strings' },
-  exec: { enabled: 'bool', users: 'strings', commands: 'strings', max_concurrent: 'int', secret_args: 'strings', spawn_helper: 'bool' },
+  exec: {
+    enabled: 'bool', users: 'strings', groups: 'strings', commands: 'strings', env_allow: 'strings',
+    max_concurrent: 'int', secret_args: 'strings', spawn_helper: 'bool',
+  },
   payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string' },
-  transfers: { state_dir: 'string', abandon_after_seconds: 'int' },
+  transfers: { state_dir: 'string', abandon_after_seconds: 'int', max_unfinished: 'int' },
+  session: { max_streams: 'int', max_open_files: 'int', peer_timeout_seconds: 'int' },
   nova: { enabled: 'bool' },
   log: { file: 'string', level: 'string' },
 };
@@ -100,6 +110,7 @@ export function parseConfig(text: string, source = 'agent.conf'): AgentConfig {
     if (!p.startsWith('/')) throw new Error(`${source}: path prefixes must be absolute, got ${JSON.stringify(p)}`);
     if (p.split('/').includes('..')) throw new Error(`${source}: path prefixes must not contain "..": ${JSON.stringify(p)}`);
   }
+  if (result.session.peerTimeoutSeconds < 1) throw new Error(`${source}: session.peer_timeout_seconds must be at least 1`);
   if (!LOG_LEVELS.includes(result.log.level)) throw new Error(`${source}: log.level must be ${LOG_LEVELS.join(', ')}`);
   return result;
 }

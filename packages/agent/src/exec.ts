@@ -91,8 +91,15 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   }
   if (!argv.length || !argv[0]) throw new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, 'empty command');
   const user = ctx.users.user(req.user);
-  const gid = ctx.users.group(req.group) ?? user?.gid;
+  const group = ctx.users.group(req.group);
+  const gid = group ?? user?.gid;
   ctx.policy.checkExec(req.shellCommand ? '/bin/sh' : argv[0], user?.name);
+  if (group !== undefined) {
+    // Without a user the command runs as the agent's.
+    const runAs = user ?? ctx.users.user({ numeric: process.getuid?.() ?? 0 })!;
+    ctx.policy.checkGroup(group, ctx.users.groupName(group), { name: runAs.name, groups: ctx.users.groupsOf(runAs) });
+  }
+  ctx.policy.checkEnv(Object.keys(req.env ?? {}));
   const max = ctx.policy.config.exec.maxConcurrent;
   if (max > 0 && ctx.running.count >= max) {
     throw new PortholeError(E.ERROR_CODE_RESOURCE_EXHAUSTED, `${ctx.running.count} commands are already running (the guest owner's limit is ${max})`, {

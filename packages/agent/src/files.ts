@@ -34,19 +34,34 @@ function safeId(requestId: string): string {
  * Unfinished transfers survive a reconnect (and an agent restart): the
  * temporary file stays next to its target and a small record says where it is.
  * Finished ones are remembered (bounded) so a retried request gets its result.
+ * What is kept is bounded too: a temporary without a byte in it is no use for
+ * a resume, and at most `maxUnfinished` others are kept (the newest).
  */
 export class TransferStore {
   private readonly completed = new Map<string, v1.FileWriteResult.$Properties>();
+  /** Records of writes under way (by file name): never swept. */
+  private readonly active = new Set<string>();
 
-  constructor(private readonly stateDir: string, private readonly abandonAfterMs: number) {}
+  constructor(private readonly stateDir: string, private readonly abandonAfterMs: number, private readonly maxUnfinished = Infinity) {}
 
-  private recordPath(requestId: string): string {
-    return join(this.stateDir, `${safeId(requestId)}.json`);
+  private recordName(requestId: string): string {
+    return `${safeId(requestId)}.json`;
   }
 
+  private recordPath(requestId: string): string {
+    return join(this.stateDir, this.recordName(requestId));
+  }
+
+  /** A write starts (or resumes): its record says where its temporary is. */
   remember(requestId: string, target: Buffer, temp: Buffer): void {
     mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
     writeFileSync(this.recordPath(requestId), JSON.stringify({ target: target.toString('base64'), temp: temp.toString('base64'), at: Date.now() }), { mode: 0o600 });
+    this.active.add(this.recordName(requestId));
+  }
+
+  /** The write ended: its record, if it was kept for a resume, may now be swept. */
+  release(requestId: string): void {
+    this.active.delete(this.recordName(requestId));
   }
 
   find(requestId: string): { target: Buffer; temp: Buffer } | undefined {
@@ -76,31 +91,53 @@ export class TransferStore {
     return this.completed.get(requestId);
   }
 
-  /** Remove temporaries nobody resumed in time. Returns how many were removed. */
+  /**
+   * Remove the temporaries of writes not under way that nobody resumed in time, that hold no byte,
+   * or that are older than the newest `maxUnfinished`. Returns how many were removed.
+   */
   sweep(now = Date.now()): number {
-    let removed = 0;
     let names: string[] = [];
     try {
       names = readdirSync(this.stateDir);
     } catch {
       return 0;
     }
-    for (const name of names.filter((n) => n.endsWith('.json'))) {
-      const record = join(this.stateDir, name);
+    const kept: Array<{ record: string; temp: Buffer; at: number }> = [];
+    let removed = 0;
+    const remove = (record: string, temp: Buffer) => {
       try {
-        if (now - statSync(record).mtimeMs < this.abandonAfterMs) continue;
-        const r = JSON.parse(readFileSync(record, 'utf8')) as { temp: string };
-        try {
-          unlinkSync(Buffer.from(r.temp, 'base64'));
-        } catch {
-          // already gone
-        }
+        unlinkSync(temp);
+      } catch {
+        // already gone
+      }
+      try {
         unlinkSync(record);
         removed++;
       } catch {
-        // a record being written right now
+        // removed meanwhile
       }
+    };
+    for (const name of names.filter((n) => n.endsWith('.json') && !this.active.has(n))) {
+      const record = join(this.stateDir, name);
+      let entry: { record: string; temp: Buffer; at: number };
+      try {
+        const at = statSync(record).mtimeMs;
+        entry = { record, temp: Buffer.from((JSON.parse(readFileSync(record, 'utf8')) as { temp: string }).temp, 'base64'), at };
+      } catch {
+        continue; // a record being written right now
+      }
+      const held = (() => {
+        try {
+          return statSync(entry.temp).size;
+        } catch {
+          return 0;
+        }
+      })();
+      if (held === 0 || now - entry.at >= this.abandonAfterMs) remove(entry.record, entry.temp);
+      else kept.push(entry);
     }
+    kept.sort((a, b) => b.at - a.at);
+    for (const old of kept.slice(this.maxUnfinished)) remove(old.record, old.temp);
     return removed;
   }
 }
@@ -114,36 +151,67 @@ async function lstatOrNull(path: Buffer) {
   }
 }
 
-/** Walk the parents of `path`, creating missing ones when asked, and check where they really lead. */
+/** `dir` with all links resolved, followed by `rest`. */
+async function realPath(dir: Buffer, rest: readonly Buffer[] = []): Promise<Buffer> {
+  const real = Buffer.from(await fsp.realpath(dir, { encoding: 'buffer' }));
+  return rest.length ? joinComponents([...components(real), ...rest]) : real;
+}
+
+/**
+ * Walk the parents of `path`, creating missing ones when asked, and check where they really lead:
+ * wherever a link is on the way, the real location of what is asked for must be allowed too.
+ */
 async function prepareParent(ctx: FileContext, path: Buffer, req: v1.FileWriteRequest.$Properties): Promise<Buffer> {
   const parts = components(path);
   const uid = ctx.users.user(req.parentOwner)?.uid;
   const gid = ctx.users.group(req.parentGroup);
   for (let i = 1; i < parts.length; i++) {
     const dir = joinComponents(parts.slice(0, i));
-    const st = await lstatOrNull(dir);
+    let st = await lstatOrNull(dir);
     if (!st) {
       if (!req.mkdirParents) {
         throw new PortholeError(E.ERROR_CODE_NOT_FOUND, `parent directory ${showPath(dir)} does not exist (ask for mkdir to create it)`, { path: dir });
       }
       ctx.policy.checkPath('file_write', dir);
-      await fsp.mkdir(dir, { mode: req.hasParentMode ? req.parentMode! : 0o755 });
-      if (req.hasParentMode) await fsp.chmod(dir, req.parentMode!); // umask must not narrow the owner's mode
-      if (uid !== undefined || gid !== undefined) await fsp.chown(dir, uid ?? -1, gid ?? -1);
-      continue;
+      const made = await fsp.mkdir(dir, { mode: req.hasParentMode ? req.parentMode! : 0o755 }).then(() => true, (err: NodeJS.ErrnoException) => {
+        if (err.code === 'EEXIST') return false; // another write made it meanwhile: checked below like any existing one
+        throw err;
+      });
+      if (made) {
+        // Owner first: a change of owner clears the set-group-ID bit the mode may ask for.
+        if (uid !== undefined || gid !== undefined) await fsp.chown(dir, uid ?? -1, gid ?? -1);
+        if (req.hasParentMode) await fsp.chmod(dir, req.parentMode!); // umask must not narrow the owner's mode
+        continue;
+      }
+      st = await fsp.lstat(dir);
     }
     if (st.isSymbolicLink()) {
       const target = await fsp.stat(dir).catch(() => null);
       if (!target?.isDirectory()) throw new PortholeError(E.ERROR_CODE_NOT_A_DIRECTORY, `${showPath(dir)} is not a directory`, { path: dir });
       // Checked before anything is created below it: a link must not lead mkdir out of the allowed prefixes.
-      ctx.policy.checkRealDirectory('file_write', dir, path);
+      ctx.policy.checkRealLocation('file_write', await realPath(dir, parts.slice(i)), path);
     } else if (!st.isDirectory()) {
       throw new PortholeError(E.ERROR_CODE_NOT_A_DIRECTORY, `${showPath(dir)} is a file, not a directory`, { path: dir });
     }
   }
   const parent = joinComponents(parts.slice(0, -1));
-  ctx.policy.checkRealDirectory('file_write', parent, path);
+  // The file itself must be allowed where it really goes (an allowed prefix may name a file).
+  ctx.policy.checkRealLocation('file_write', await realPath(parent, parts.slice(-1)), path);
   return parent;
+}
+
+function sameFile(a: { dev: number; ino: number } | null, b: { dev: number; ino: number }): boolean {
+  return a !== null && a.dev === b.dev && a.ino === b.ino;
+}
+
+/**
+ * A directory on the path was replaced (by a link, say) while the file was written: the request fails,
+ * and the content, which may now sit where nobody looks for it, is emptied through our own descriptor.
+ */
+async function replacedMeanwhile(handle: fsp.FileHandle, path: Buffer, when: string): Promise<PortholeError> {
+  await handle.truncate(0).catch(() => undefined);
+  return new PortholeError(E.ERROR_CODE_PERMISSION_DENIED,
+    `${showPath(path)} was not written: a directory on its path was replaced while it was written (found ${when}); the content was discarded, send it again`, { path });
 }
 
 /** Feed `length` bytes of `src` (from its start) to `hash`, copying them to `dst` when given; memory stays bounded. */
@@ -210,8 +278,8 @@ export async function writeFileAtomic(
       });
     }
     // The link stays; the file it points to gets the content, and must itself be allowed.
-    ctx.policy.checkRealDirectory('file_write', path, path);
-    target = Buffer.from(await fsp.realpath(path, { encoding: 'buffer' }));
+    target = await realPath(path);
+    ctx.policy.checkRealLocation('file_write', target, path);
     parent = joinComponents(components(target).slice(0, -1));
     existing = await lstatOrNull(target);
   }
@@ -256,6 +324,8 @@ export async function writeFileAtomic(
       await hashCopy(old, handle, existing.size, hash).finally(() => old.close());
     }
   }
+  /** The temporary's identity: the name may come to lead elsewhere, the inode stays ours. */
+  const made = await handle.stat();
   // Chunk offsets count from the start of the new content.
   const appendBase = append && existing?.isFile() ? existing.size : 0;
   let keepForResume = false;
@@ -280,13 +350,16 @@ export async function writeFileAtomic(
     if (expected && expected !== sha256) {
       throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `content sha256 ${sha256} does not match the expected ${expected}; ${showPath(path)} was not changed`, { path });
     }
-    await handle.sync();
-    const mode = req.hasMode ? req.mode! & 0o7777 : existing?.isFile() ? existing.mode & 0o7777 : 0o644;
-    await handle.chmod(mode);
     const finalUid = uid ?? (existing?.isFile() ? existing.uid : process.getuid?.() ?? 0);
     const finalGid = gid ?? (existing?.isFile() ? existing.gid : process.getgid?.() ?? 0);
+    // Owner first: a change of owner clears the set-user-ID and set-group-ID bits the mode may ask for.
     await handle.chown(finalUid, finalGid);
-    await handle.close();
+    await handle.chmod(req.hasMode ? req.mode! & 0o7777 : existing?.isFile() ? existing.mode & 0o7777 : 0o644);
+    await handle.sync();
+    // What is reported is what the file has.
+    const mode = (await handle.stat()).mode & 0o7777;
+    // The directory may have been swapped for a link since it was checked: rename only our own temporary.
+    if (!sameFile(await lstatOrNull(temp), made)) throw await replacedMeanwhile(handle, path, 'before the rename');
     if (overwrite === v1.OverwritePolicy.OVERWRITE_FAIL_IF_EXISTS) {
       // link() refuses to replace: no window in which another writer's file is overwritten.
       await fsp.link(temp, target).catch((err: NodeJS.ErrnoException) => {
@@ -297,6 +370,7 @@ export async function writeFileAtomic(
     } else {
       await fsp.rename(temp, target);
     }
+    if (!sameFile(await lstatOrNull(target), made)) throw await replacedMeanwhile(handle, path, 'during the rename');
     const dir = await fsp.open(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
     await dir.sync().finally(() => dir.close());
     const result: v1.FileWriteResult.$Properties = { path, size: appendBase + position, sha256, uid: finalUid, gid: finalGid, mode };
@@ -312,10 +386,14 @@ export async function writeFileAtomic(
       await handle.sync().catch(() => undefined);
       await handle.close().catch(() => undefined);
     } else {
+      // Only our own temporary: through a swapped directory the name may lead to someone else's file.
+      if (sameFile(await lstatOrNull(temp).catch(() => null), made)) await fsp.unlink(temp).catch(() => undefined);
       await handle.close().catch(() => undefined);
-      await fsp.unlink(temp).catch(() => undefined);
       ctx.transfers.forget(requestId);
     }
+    ctx.transfers.release(requestId);
+    // Kept ones are bounded in number: a storm of cut writes must not fill the disk with temporaries.
+    if (keepForResume) ctx.transfers.sweep();
   }
 }
 

@@ -1,6 +1,6 @@
 export { Agent, AgentOptions } from './agent';
 export { AgentConfig, parseConfig, loadConfig, defaultConfig, DEFAULT_CONFIG_PATH, LOG_LEVELS } from './config';
-export { Policy } from './policy';
+export { Policy, LOADER_ENV } from './policy';
 export { UserDb } from './users';
 export { createAuditLogger, AuditLogger } from './audit';
 export { writeFileAtomic, transferStatus, readFileToStream, TransferStore, FileContext, ChunkSource, WriteOutcome } from './files';

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { loadConfig, DEFAULT_CONFIG_PATH } from './config';
-import { Policy } from './policy';
+import { LOADER_ENV, Policy } from './policy';
 import { startAgent, RunningAgent } from './start';
 import { AGENT_VERSION } from './version';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
@@ -12,9 +12,11 @@ function describePolicy(policy: Policy, source: string): string {
     `effective policy (${source}):`,
     `  file_write: ${onOff(c.fileWrite.enabled)}; allow ${JSON.stringify(c.fileWrite.allow)}; deny ${JSON.stringify(c.fileWrite.deny)}; max_file_size ${c.fileWrite.maxFileSize || 'unlimited'}; allow_final_symlink ${c.fileWrite.allowFinalSymlink}`,
     `  file_read:  ${onOff(c.fileRead.enabled)}; allow ${JSON.stringify(c.fileRead.allow)}; deny ${JSON.stringify(c.fileRead.deny)}`,
-    `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}; spawn_helper ${c.exec.spawnHelper}`,
+    `  exec:       ${onOff(c.exec.enabled)}; users ${c.exec.users.length ? JSON.stringify(c.exec.users) : 'any'}; groups ${c.exec.groups.length ? `each user's own + ${JSON.stringify(c.exec.groups)}` : "each user's own"}; commands ${c.exec.commands.length ? JSON.stringify(c.exec.commands) : 'any'}; max_concurrent ${c.exec.maxConcurrent || 'unlimited'}; secret_args ${JSON.stringify(c.exec.secretArgs)}; spawn_helper ${c.exec.spawnHelper}`,
+    `              env_allow ${JSON.stringify(c.exec.envAllow)}; refused unless allowed: ${LOADER_ENV.join(' ')}`,
     `  payload:    ${onOff(c.payload.enabled)}; run_commands ${c.payload.runCommands}; state_dir ${c.payload.stateDir}`,
-    `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}`,
+    `  transfers:  state_dir ${c.transfers.stateDir}; abandon_after_seconds ${c.transfers.abandonAfterSeconds}; max_unfinished ${c.transfers.maxUnfinished || 'unlimited'}`,
+    `  session:    max_streams ${c.session.maxStreams || 'unlimited'}; max_open_files ${c.session.maxOpenFiles || 'unlimited'}; peer_timeout_seconds ${c.session.peerTimeoutSeconds}`,
     `  nova:       ${onOff(c.nova.enabled)} (xenstore data/host requests, with --channel xen)`,
     `  log:        file ${c.log.file || '(stderr only)'}; level ${c.log.level}`,
   ].join('\n');

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { v1, PortholeError } from '@porthole/protocol';
-import { XenstoreClient } from '@porthole/xenstore';
+import { v1, PortholeError, RepeatLimitedLogger } from '@porthole/protocol';
+import { XenstoreClient, XenstoreError, XENSTORE_REL_PATH_MAX } from '@porthole/xenstore';
 import { Agent } from './agent';
 import { writeFileAtomic } from './files';
 import { showPath } from './paths';
@@ -35,6 +35,17 @@ const NOT_SUPPORTED: Readonly<Record<string, string>> = {
 
 /** A reply is one xenstore value: keep it well inside the guest's 2048-byte node limit. */
 const MAX_MESSAGE = 1024;
+
+/**
+ * Nova's plugin reads a reply and never removes it; the longest it waits for one is
+ * agent_version_timeout (300 s; agent_timeout is 30 s, agent_resetnetwork_timeout 60 s). Replies
+ * older than that are cleared: data/guest holds only ~54 of them (the guest's node limit counts
+ * child names), and a full data/guest would leave every further request unanswered.
+ */
+export const NOVA_REPLY_TTL_MS = 300_000;
+
+/** Errors of a store that has no room for the reply now (C xenstored, oxenstored): the request waits. */
+const NO_ROOM = new Set(['ENOSPC', 'E2BIG', 'EQUOTA']);
 
 /**
  * Nova's plugin reads replies with xenstore-read, which escapes backslashes
@@ -73,8 +84,20 @@ export class NovaRequests {
   private enabled = false;
   private client?: XenstoreClient;
   private readonly busy = new Set<string>();
+  /** Answers that found no room in data/guest: written when there is some, the request left in data/host meanwhile. */
+  private readonly unsent = new Map<string, { answer: NovaReply; audit: Record<string, unknown>; started: number }>();
+  /** Replies in data/guest and since when (those found at start: since then). */
+  private readonly replies = new Map<string, number>();
+  /** Requests whose path a guest cannot use: reported once. */
+  private readonly unusable = new Set<string>();
+  private timer?: NodeJS.Timeout;
+  private readonly warnings: RepeatLimitedLogger;
+  private readonly replyTtlMs: number;
 
-  constructor(private readonly options: { path: string; agent: Agent; retryMs?: number }) {}
+  constructor(private readonly options: { path: string; agent: Agent; retryMs?: number; replyTtlMs?: number }) {
+    this.warnings = new RepeatLimitedLogger(options.agent.log);
+    this.replyTtlMs = options.replyTtlMs ?? NOVA_REPLY_TTL_MS;
+  }
 
   private get log() {
     return this.options.agent.log;
@@ -86,7 +109,14 @@ export class NovaRequests {
     const gen = ++this.generation;
     this.client?.close();
     this.client = undefined;
-    if (enabled) void this.serve(gen);
+    clearInterval(this.timer);
+    this.timer = undefined;
+    if (enabled) {
+      void this.serve(gen);
+      // Old replies are cleared, and answers that waited for room are tried again, a few times per lifetime of a reply.
+      this.timer = setInterval(() => { if (this.client) void this.tidy(this.client); }, Math.min(30_000, this.replyTtlMs / 4));
+      this.timer.unref();
+    }
   }
 
   stop(): void {
@@ -115,21 +145,84 @@ export class NovaRequests {
     }
   }
 
-  private async handle(client: XenstoreClient, id: string): Promise<void> {
-    if (this.busy.has(id)) return;
-    this.busy.add(id);
-    const started = Date.now();
-    const audit: Record<string, unknown> = { request: 'nova', requestId: id };
+  /** Clear replies older than Nova waits for, then answer what waited for room, oldest first. */
+  private async tidy(client: XenstoreClient): Promise<void> {
     try {
-      const raw = await client.tryRead(`${NOVA_REQUEST_DIR}/${id}`);
-      if (raw === undefined) return; // already taken
-      await client.rm(`${NOVA_REQUEST_DIR}/${id}`);
-      const answer = await this.answer(id, raw, audit);
-      await client.write(`${NOVA_REPLY_DIR}/${id}`, JSON.stringify(answer));
+      const now = Date.now();
+      const present = new Set(await client.directory(NOVA_REPLY_DIR).catch((err: unknown) => {
+        if (err instanceof XenstoreError && err.code === 'ENOENT') return [] as string[];
+        throw err;
+      }));
+      for (const id of present) if (!this.replies.has(id)) this.replies.set(id, now);
+      let cleared = 0;
+      for (const [id, at] of this.replies) {
+        if (!present.has(id)) this.replies.delete(id);
+        else if (now - at >= this.replyTtlMs) {
+          await client.rm(`${NOVA_REPLY_DIR}/${id}`);
+          this.replies.delete(id);
+          cleared++;
+        }
+      }
+      if (cleared) this.log.info('Nova-compatible replies nobody removed were cleared', { count: cleared, olderThanSeconds: this.replyTtlMs / 1000 });
+      for (const id of [...this.unsent.keys()]) {
+        await this.handle(client, id);
+        if (this.unsent.has(id)) break; // still no room
+      }
+    } catch (err) {
+      if (!client.closed) this.warnings.warn('Nova-compatible replies could not be tidied', { error: (err as Error).message });
+    }
+  }
+
+  private async handle(client: XenstoreClient, id: string): Promise<void> {
+    if (this.busy.has(id) || this.unusable.has(id)) return;
+    this.busy.add(id);
+    const request = `${NOVA_REQUEST_DIR}/${id}`;
+    const replyPath = `${NOVA_REPLY_DIR}/${id}`;
+    const waited = this.unsent.get(id);
+    const started = waited?.started ?? Date.now();
+    const audit: Record<string, unknown> = waited?.audit ?? { request: 'nova', requestId: id };
+    try {
+      if (request.length > XENSTORE_REL_PATH_MAX) {
+        // dom0 may write paths a guest may not even name: only dom0 can remove this one.
+        this.unusable.add(id);
+        this.warnings.warn('Nova-compatible request ignored: the agent cannot read or remove it, its path is longer than a guest may use', {
+          idLength: id.length, maxPath: XENSTORE_REL_PATH_MAX,
+        });
+        return;
+      }
+      const raw = await client.tryRead(request);
+      if (raw === undefined) {
+        this.unsent.delete(id); // already taken, or Nova gave up waiting and removed it
+        return;
+      }
+      if (replyPath.length > XENSTORE_REL_PATH_MAX) {
+        await client.rm(request);
+        this.warnings.warn('Nova-compatible request removed: its id is too long for a reply at data/guest/<id>', { idLength: id.length, maxPath: XENSTORE_REL_PATH_MAX });
+        return;
+      }
+      const answer = waited?.answer ?? await this.answer(id, raw, audit);
+      try {
+        // The reply is written and the request removed together, or neither: a request is never taken without its reply.
+        await client.transaction(async (tx) => {
+          await tx.write(replyPath, JSON.stringify(answer));
+          await tx.rm(request);
+        });
+      } catch (err) {
+        this.unsent.set(id, { answer, audit, started });
+        if (err instanceof XenstoreError && NO_ROOM.has(err.code)) {
+          this.warnings.warn('Nova-compatible reply cannot be written yet: data/guest is full of replies nobody removed; the request stays in data/host', {
+            requestId: id, replies: this.replies.size, error: err.code, retryAfterSeconds: Math.ceil(this.replyTtlMs / 1000),
+          });
+          return;
+        }
+        throw err;
+      }
+      this.unsent.delete(id);
+      this.replies.set(id, Date.now());
       const level = answer.returncode === '0' ? 'info' : 'warn';
       this.log.log(level, 'request done', { ...audit, result: answer.returncode, error: answer.returncode === '0' ? undefined : answer.message, durationMs: Date.now() - started });
     } catch (err) {
-      if (!client.closed) this.log.warn('Nova-compatible request could not be answered', { ...audit, error: (err as Error).message });
+      if (!client.closed) this.warnings.warn('Nova-compatible request could not be answered', { ...audit, error: (err as Error).message });
     } finally {
       this.busy.delete(id);
     }

@@ -78,6 +78,8 @@ function hello(h: v1.Hello.$Properties | v1.Hello | undefined | null) {
     limits: {
       writeAllow: text(l?.writeAllowPrefixes), writeDeny: text(l?.writeDenyPrefixes), readAllow: text(l?.readAllowPrefixes), readDeny: text(l?.readDenyPrefixes),
       maxFileSize: Number(l?.maxFileSize ?? 0), execUsers: l?.execUsers ?? [], execCommands: l?.execAllowCommands ?? [], maxConcurrentExecs: l?.maxConcurrentExecs ?? 0,
+      execGroups: l?.execGroups ?? [], execEnvAllow: l?.execEnvAllow ?? [], execEnvRefused: l?.execEnvRefused ?? [],
+      maxStreams: l?.maxStreams ?? 0, maxOpenFiles: l?.maxOpenFiles ?? 0, peerTimeoutSeconds: l?.peerTimeoutSeconds ?? 0,
     },
   };
 }
@@ -114,7 +116,9 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
           [`agent:        ${h.agent} (protocol v${c.hello?.protocolVersion})`, `guest:        ${h.hostname} ${h.os}/${h.arch} ${h.kernel}`,
             `capabilities: ${h.capabilities.join(', ') || 'none'}`, `write allow:  ${h.limits.writeAllow.join(', ')}  deny: ${h.limits.writeDeny.join(', ') || '-'}`,
             `read allow:   ${h.limits.readAllow.join(', ')}  deny: ${h.limits.readDeny.join(', ') || '-'}`,
-            `exec:         users ${h.limits.execUsers.join(', ') || 'any'}; commands ${h.limits.execCommands.join(', ') || 'any'}; max concurrent ${h.limits.maxConcurrentExecs || 'unlimited'}`].join('\n'));
+            `exec:         users ${h.limits.execUsers.join(', ') || 'any'}; groups ${["each user's own", ...h.limits.execGroups].join(', ')}; commands ${h.limits.execCommands.join(', ') || 'any'}; max concurrent ${h.limits.maxConcurrentExecs || 'unlimited'}`,
+            `exec env:     refused ${h.limits.execEnvRefused.join(' ') || '-'}; allowed anyway ${h.limits.execEnvAllow.join(' ') || '-'}`,
+            `per host:     max streams ${h.limits.maxStreams || 'unlimited'}; max open files ${h.limits.maxOpenFiles || 'unlimited'}; dropped after ${h.limits.peerTimeoutSeconds || '-'} s of silence`].join('\n'));
         c.close();
       } catch (err) {
         fail(program, err);

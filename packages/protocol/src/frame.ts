@@ -45,6 +45,13 @@ export function encodeFrame(payload: Uint8Array): Buffer {
 /** Payloads smaller than this are copied out of the read buffer they arrived in. */
 const COPY_BELOW = 64 * 1024;
 
+/**
+ * Default for FrameDecoderOptions.frameTimeoutMs. A peer's frame arrives in one write: its bytes stop
+ * coming for seconds only when the peer went away in the middle of it (or a new one took over a serial
+ * line without a sign), and then the bytes that follow belong to someone else.
+ */
+export const DEFAULT_FRAME_TIMEOUT_MS = 5000;
+
 export interface FrameDecoderStats {
   frames: number;
   /** Bytes dropped while looking for the next valid frame. */
@@ -57,12 +64,19 @@ export interface FrameDecoderOptions {
   maxFrameSize?: number;
   /** Told once per resynchronisation, with why (never throws out of push()). */
   onGarbage?: (reason: string) => void;
+  /**
+   * An incomplete frame is dropped when no byte came for this long (default DEFAULT_FRAME_TIMEOUT_MS,
+   * 0 = never), and the bytes after its magic are scanned again: a frame cut by a peer that went away
+   * must not swallow the next peer's hello.
+   */
+  frameTimeoutMs?: number;
 }
 
 /**
  * Turns a byte stream into frame payloads. Garbage, a bad checksum, a corrupt
  * header or a cut frame make it scan to the next magic and go on; an oversize
- * length is rejected from the header alone, before any allocation.
+ * length is rejected from the header alone, before any allocation; a frame
+ * whose bytes stop coming is dropped after frameTimeoutMs.
  */
 export class FrameDecoder {
   readonly stats: FrameDecoderStats = { frames: 0, skippedBytes: 0, badFrames: 0 };
@@ -76,9 +90,14 @@ export class FrameDecoder {
   /** The read slabs the buffered bytes lie in: held, so that they are not filled again under us. */
   private held: Slab[] = [];
   private readonly maxFrameSize: number;
+  private readonly frameTimeoutMs: number;
+  /** When the last bytes came (only read while something is buffered). */
+  private lastInput = 0;
+  private timer?: NodeJS.Timeout;
 
   constructor(private readonly onFrame: (payload: Buffer) => void, private readonly options: FrameDecoderOptions = {}) {
     this.maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
+    this.frameTimeoutMs = options.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS;
   }
 
   /** Bytes held while waiting for the rest of a frame. */
@@ -98,15 +117,57 @@ export class FrameDecoder {
     this.length += chunk.length;
     this.drain();
     this.holdBuffered();
+    this.watchIncomplete();
   }
 
-  /** Forget partial input (the stream was interrupted). */
+  /** Forget partial input (the stream was interrupted, or is over). */
   reset(): void {
     if (this.length) this.stats.skippedBytes += this.length;
     this.chunks = [];
     this.length = 0;
     this.pending = undefined;
     this.holdBuffered();
+    this.watchIncomplete();
+  }
+
+  /** One timer while bytes are held, re-armed from the last input rather than restarted on every read. */
+  private watchIncomplete(): void {
+    if (this.length === 0 || this.frameTimeoutMs <= 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      return;
+    }
+    this.lastInput = Date.now();
+    if (!this.timer) this.arm(this.frameTimeoutMs);
+  }
+
+  private arm(ms: number): void {
+    // Decided after the event loop's next poll for input: a process that was frozen (a paused VM) runs
+    // its timers before it reads the bytes that came meanwhile, and those must count.
+    const timer = setTimeout(() => setImmediate(() => this.expire(timer)), ms).unref();
+    this.timer = timer;
+  }
+
+  private expire(timer: NodeJS.Timeout): void {
+    if (this.timer !== timer) return; // reset meanwhile
+    this.timer = undefined;
+    if (this.length === 0) return;
+    const quiet = Date.now() - this.lastInput;
+    if (quiet < this.frameTimeoutMs) this.arm(this.frameTimeoutMs - quiet);
+    else this.dropIncomplete();
+  }
+
+  /** The frame being gathered will not be completed: drop its magic, scan what came after it. */
+  private dropIncomplete(): void {
+    this.stats.badFrames++;
+    this.options.onGarbage?.(`a frame cut short: no byte of it for ${this.frameTimeoutMs} ms`);
+    this.pending = undefined;
+    const skip = Math.min(FRAME_MAGIC.length, this.length);
+    this.take(skip);
+    this.stats.skippedBytes += skip;
+    this.drain();
+    this.holdBuffered();
+    if (this.length) this.watchIncomplete();
   }
 
   /** Hold the slabs of the bytes still buffered (one or two), let go of the rest. */

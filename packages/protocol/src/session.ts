@@ -7,13 +7,9 @@ import { PortholeError, errors } from './errors';
 import { FrameDecoder, frameHeader, DEFAULT_MAX_FRAME_SIZE } from './frame';
 import { encodeStreamMessage } from './chunk-encoding';
 import { Stream, StreamWire } from './stream';
+import { RepeatLimitedLogger, SessionLogger } from './log-limit';
 
-export interface SessionLogger {
-  debug(message: string, meta?: object): void;
-  info(message: string, meta?: object): void;
-  warn(message: string, meta?: object): void;
-  error(message: string, meta?: object): void;
-}
+export type { SessionLogger };
 
 export interface SessionOptions {
   role: 'agent' | 'broker';
@@ -30,10 +26,21 @@ export interface SessionOptions {
   onStream?: (stream: Stream) => void;
   /** Credit granted per stream, in encoded bytes. */
   streamWindow?: number;
-  /** 0 turns keepalive off. Default: broker 5000, agent 0. */
+  /**
+   * 0 turns keepalive off. Default: broker 5000, agent 0. A session that received no frame for
+   * keepaliveTimeoutMs closes. A broker waits for its agent's hello as long as its caller says
+   * (ready()); an agent also drops a peer that never said hello, so that the next host gets greeted.
+   */
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
   maxFrameSize?: number;
+  /** See FrameDecoderOptions.frameTimeoutMs. */
+  frameTimeoutMs?: number;
+  /**
+   * Bytes of frames this side may hand to a channel that asked it to wait, before it stops reading
+   * the peer (default 1 MiB): the answers to a peer that sends requests but never reads are bounded.
+   */
+  maxBacklog?: number;
   logger?: SessionLogger;
 }
 
@@ -52,6 +59,14 @@ export const SLOW_PORT_STREAM_WINDOW = 256 * 1024;
 /** Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a transfer. */
 const SMALL_FRAME = 8 * 1024;
 
+/**
+ * Default for SessionOptions.maxBacklog. Only frames the channel takes after it asked writers to wait
+ * count: pongs, credit, resets and replies, which nobody waits for. A peer that reads never gets near it.
+ */
+export const DEFAULT_MAX_BACKLOG = 1024 * 1024;
+/** What one queued frame costs beyond its bytes (the channel's write request, a waiter): a flood of tiny frames counts. */
+const QUEUED_FRAME_COST = 256;
+
 type QueuedFrame = { parts: Buffer[]; handedOver: () => void };
 
 const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
@@ -68,7 +83,8 @@ export class Session extends EventEmitter {
   private nextStreamId: number;
   private readonly window: number;
   private readonly decoder?: FrameDecoder;
-  private readonly log: SessionLogger;
+  /** The peer controls what is warned about: repeats are limited. */
+  private readonly log: RepeatLimitedLogger;
   private closedError?: Error;
   private isClosed = false;
   private readyWaiters: Array<{ resolve: (h: v1.Hello) => void; reject: (e: unknown) => void }> = [];
@@ -80,18 +96,25 @@ export class Session extends EventEmitter {
   private readonly bulkQueue: QueuedFrame[] = [];
   /** The channel asked us to wait for 'drain'. */
   private channelFull = false;
+  /** Bytes handed to the channel since it asked us to wait. */
+  private backlog = 0;
+  /** The channel was asked to stop reading the peer until it drains. */
+  private inputPaused = false;
+  private readonly maxBacklog: number;
   private drainWaiters: Array<() => void> = [];
   private readonly wire: StreamWire;
   private requestSeq = 0;
 
   constructor(readonly channel: Channel, private readonly options: SessionOptions) {
     super();
-    this.log = options.logger ?? silent;
+    this.log = new RepeatLimitedLogger(options.logger ?? silent);
     this.window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    this.maxBacklog = options.maxBacklog ?? DEFAULT_MAX_BACKLOG;
     this.nextStreamId = options.role === 'broker' ? 1 : 2;
     if (channel.kind === 'bytes') {
       this.decoder = new FrameDecoder((payload) => this.receive(payload), {
         maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+        frameTimeoutMs: options.frameTimeoutMs,
         onGarbage: (reason) => this.log.debug('skipping bytes on the channel', { reason, channel: channel.description }),
       });
     }
@@ -250,9 +273,22 @@ export class Session extends EventEmitter {
   }
 
   private writeFrame(parts: Buffer[]): boolean {
+    if (this.channelFull) this.growBacklog(parts);
     if (this.channel.kind === 'packets') return this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
     if (this.channel.writeParts) return this.channel.writeParts([frameHeader(parts), ...parts]);
     return this.channel.write(Buffer.concat([frameHeader(parts), ...parts]));
+  }
+
+  /** A frame goes to a channel that asked us to wait: past the bound, the peer is not read until it drains. */
+  private growBacklog(parts: Buffer[]): void {
+    this.backlog += QUEUED_FRAME_COST;
+    for (const p of parts) this.backlog += p.length;
+    if (this.backlog <= this.maxBacklog || this.inputPaused) return;
+    this.inputPaused = true;
+    this.channel.pause?.();
+    this.log.debug('the peer does not read what this side sends: reading from it paused until the channel drains', {
+      channel: this.channel.description, waitingBytes: this.backlog,
+    });
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -262,6 +298,11 @@ export class Session extends EventEmitter {
 
   private readonly onDrain = (): void => {
     this.channelFull = false;
+    this.backlog = 0;
+    if (this.inputPaused) {
+      this.inputPaused = false;
+      this.channel.resume?.();
+    }
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of waiters) w();
@@ -285,11 +326,13 @@ export class Session extends EventEmitter {
     this.channel.off('drain', this.onDrain);
     this.channel.off('close', this.onClose);
     this.channel.off('discontinuity', this.onDiscontinuity);
+    this.decoder?.reset();
     const reason = this.closedReason();
     this.failAll(reason);
     for (const w of this.readyWaiters.splice(0)) w.reject(reason);
     for (const w of this.drainWaiters.splice(0)) w();
     for (const f of this.bulkQueue.splice(0)) f.handedOver();
+    this.log.flush();
     this.emit('close', error);
   }
 
@@ -421,12 +464,15 @@ export class Session extends EventEmitter {
 
   private startKeepalive(interval: number, timeout: number): void {
     this.keepaliveTimer = setInterval(() => {
-      if (!this.peerHello) return;
+      if (!this.peerHello && this.options.role === 'broker') return;
       if (Date.now() - this.lastReceived > timeout) {
-        this.close(errors.timeout(`the peer stopped answering (nothing received for ${timeout} ms)`));
+        // Decided after the next poll for input (see FrameDecoder): a frozen process reads what came meanwhile first.
+        setImmediate(() => {
+          if (Date.now() - this.lastReceived > timeout) this.close(errors.timeout(`the peer stopped answering: nothing received from the peer for ${timeout} ms`));
+        });
         return;
       }
-      this.ping(timeout).catch(() => undefined);
+      if (this.peerHello) this.ping(timeout).catch(() => undefined);
     }, interval);
     this.keepaliveTimer.unref();
   }

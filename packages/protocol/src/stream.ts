@@ -35,6 +35,8 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   private sendCredit: number;
   private readonly peerWindow: number;
   private unacknowledged = 0;
+  /** Bytes the peer may still send: what we granted (the window, then each Credit) less what arrived. */
+  private receiveCredit: number;
   private localEnded = false;
   private remoteEnded = false;
   private failure?: PortholeError;
@@ -53,6 +55,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
     this.requestId = open.requestId;
     this.sendCredit = peerWindow;
     this.peerWindow = peerWindow;
+    this.receiveCredit = localWindow;
     this.closed = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     // A closed promise nobody awaits must not crash the process on reset.
     this.closed.catch(() => undefined);
@@ -188,6 +191,13 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
   /** @internal */
   deliver(message: v1.StreamMessage, size: number, slab?: Slab): void {
     if (this.failure || this.remoteEnded) return;
+    if (size > this.receiveCredit) {
+      // A peer that ignores flow control is cut off, never buffered: what it sends next is dropped unread.
+      this.reset(new PortholeError(v1.ErrorCode.ERROR_CODE_PROTOCOL,
+        `stream ${this.id}: the peer sent ${size - this.receiveCredit} bytes past the ${this.receiveCredit} bytes of credit granted (a sender must wait for Credit)`));
+      return;
+    }
+    this.receiveCredit -= size;
     slab?.hold();
     const reader = this.readers.shift();
     if (reader) {
@@ -237,6 +247,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage> {
     if (this.unacknowledged >= this.localWindow / 4 && !this.remoteEnded && !this.failure) {
       const bytes = this.unacknowledged;
       this.unacknowledged = 0;
+      this.receiveCredit += bytes;
       void this.wire.sendEnvelope({ streamId: this.id, credit: { bytes } }).written.catch(() => undefined);
     }
   }

@@ -41,6 +41,13 @@ export interface Channel {
   write(data: Buffer): boolean;
   /** Optional: queue several buffers as one write without concatenating them (byte channels). */
   writeParts?(parts: readonly Buffer[]): boolean;
+  /**
+   * Optional: stop delivering 'data' until resume() (the peer is then held back by the channel's own
+   * flow control: a socket's or port's kernel buffer, a window of keys). The session pauses a peer
+   * that does not read what it is sent.
+   */
+  pause?(): void;
+  resume?(): void;
   /** Close and release; emits 'close' once. */
   close(): void;
   readonly closed: boolean;

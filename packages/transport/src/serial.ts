@@ -8,6 +8,8 @@ interface SerialPortLike {
   on(event: 'error', l: (e: Error) => void): unknown;
   open(cb: (err: Error | null) => void): void;
   write(data: Buffer): boolean;
+  pause(): unknown;
+  resume(): unknown;
   close(cb?: (err: Error | null) => void): void;
   isOpen: boolean;
   /** The platform binding of an open port (serialport's own field). */
@@ -78,6 +80,14 @@ class SerialChannel extends ChannelBase {
   write(data: Buffer): boolean {
     if (this.closed) return false;
     return this.port.write(data);
+  }
+
+  pause(): void {
+    this.port.pause();
+  }
+
+  resume(): void {
+    this.port.resume();
   }
 
   close(): void {

@@ -51,6 +51,14 @@ export class SocketChannel extends ChannelBase {
     }
   };
 
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
   close(): void {
     this.socket.destroy();
     this.markClosed();

@@ -79,6 +79,8 @@ export class VirtioSerialChannel extends ChannelBase {
   private idle = 0;
   private reopenTimer?: NodeJS.Timeout;
   private readonly reader = new SlabReader();
+  /** Reading is paused (kept across a reopen of the port). */
+  private paused = false;
 
   private constructor(readonly path: string) {
     super();
@@ -110,6 +112,7 @@ export class VirtioSerialChannel extends ChannelBase {
       handle, readable: true, writable: true, allowHalfOpen: true, writableHighWaterMark: HIGH_WATER_MARK, onread: this.reader.onread,
     } as SocketConstructorOpts);
     this.socket = socket;
+    if (this.paused) socket.pause();
     socket.on('drain', () => this.emit('drain'));
     socket.on('end', () => this.hostGone(socket));
     socket.on('error', (e) => this.markClosed(new Error(`${this.description}: ${e.message}`, { cause: e })));
@@ -165,6 +168,16 @@ export class VirtioSerialChannel extends ChannelBase {
     this.pending.push(data);
     this.pendingBytes += data.length;
     return this.pendingBytes < HIGH_WATER_MARK;
+  }
+
+  pause(): void {
+    this.paused = true;
+    this.socket?.pause();
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.socket?.resume();
   }
 
   close(): void {

@@ -58,9 +58,12 @@ function serialized(fn: () => Promise<void>, onError: (err: Error) => void): () 
   return run;
 }
 
+/** A key number as a writer makes it: decimal, no leading zero ("7", never "0007"), within 15 digits. */
+const KEY_NUMBER = /^(0|[1-9]\d{0,14})$/;
+
 /** Child names that are key numbers, ascending (xenstored lists children in creation order). */
 function seqs(names: readonly string[]): number[] {
-  return names.filter((n) => /^\d{1,15}$/.test(n)).map(Number).sort((a, b) => a - b);
+  return names.filter((n) => KEY_NUMBER.test(n)).map(Number).sort((a, b) => a - b);
 }
 
 async function listOrEmpty(client: XenstoreClient, dir: string): Promise<string[]> {
@@ -90,9 +93,13 @@ export class XenstoreChannel extends ChannelBase {
 
   /** Keys read whose removal has not completed (skipped by later listings). */
   private readonly taken = new Set<number>();
+  /** Names in the inbound directory that are no key number, being removed. */
+  private readonly strays = new Set<string>();
   private partial: { count: number; next: number; parts: Buffer[]; bytes: number } | undefined;
   /** Reading starts once the opener has had a chance to attach its 'data' listener. */
   private reading = false;
+  /** Keys are left unread while paused: the writer's window then holds it back. */
+  private paused = false;
 
   private readonly refreshOut: () => void;
   private readonly refreshIn: () => void;
@@ -150,6 +157,16 @@ export class XenstoreChannel extends ChannelBase {
     return false;
   }
 
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.reading) this.refreshIn();
+  }
+
   close(): void {
     if (this.closed) return;
     this.markClosed();
@@ -187,7 +204,15 @@ export class XenstoreChannel extends ChannelBase {
 
   /** Read new keys in order, hand complete packets on, delete what was read. */
   private async readIncoming(): Promise<void> {
-    const fresh = seqs(await listOrEmpty(this.client, this.inDir)).filter((s) => !this.taken.has(s));
+    if (this.paused) return;
+    const names = await listOrEmpty(this.client, this.inDir);
+    // Anything else a writer left there belongs to no packet: read as one ("0007" as 7) it would stay for ever.
+    for (const name of names) {
+      if (KEY_NUMBER.test(name) || this.strays.has(name)) continue;
+      this.strays.add(name);
+      this.client.rm(`${this.inDir}/${name}`).catch(() => undefined).finally(() => this.strays.delete(name));
+    }
+    const fresh = seqs(names).filter((s) => !this.taken.has(s));
     if (!fresh.length) return;
     for (const s of fresh) this.taken.add(s);
     const values = await Promise.all(fresh.map((s) => this.client.tryRead(`${this.inDir}/${s}`)));

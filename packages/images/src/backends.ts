@@ -33,8 +33,11 @@ export interface Backend {
   size(): Promise<number>;
   /** A stream of [start, end); `signal` stops it. */
   read(start: number, end: number, signal: AbortSignal): Promise<Readable>;
-  /** Writes `body` at `start`; resolves with the bytes that landed (also when cut or aborted: then it rejects with `landed` set). */
-  write(start: number, body: Readable, signal: AbortSignal): Promise<number>;
+  /**
+   * Writes `body` at `start` and resolves with the bytes that landed; a cut or aborted body rejects with a WriteCut
+   * telling how many landed. `onData` sees each chunk as it arrives (the body starts flowing only here).
+   */
+  write(start: number, body: Readable, signal: AbortSignal, onData: (n: number) => void): Promise<number>;
   /** Makes [start, end) read as zeros; `punch` may deallocate (the ticket's `sparse`). */
   zero(start: number, end: number, punch: boolean): Promise<void>;
   flush(): Promise<void>;
@@ -48,8 +51,8 @@ export interface Backend {
 
 /** A write cut before its end: how many bytes landed (a resume continues there). */
 export class WriteCut extends Error {
-  constructor(readonly landed: number, readonly cause: Error) {
-    super(cause.message);
+  constructor(readonly landed: number, reason: Error) {
+    super(reason.message);
   }
 }
 
@@ -70,7 +73,7 @@ export class FileBackend implements Backend {
     return stream;
   }
 
-  async write(start: number, body: Readable, signal: AbortSignal): Promise<number> {
+  async write(start: number, body: Readable, signal: AbortSignal, onData: (n: number) => void): Promise<number> {
     const fh = await open(this.path, fsc.O_WRONLY | fsc.O_NOFOLLOW);
     const ws = fh.createWriteStream({ start, highWaterMark: MiB });
     let cut: Error | undefined;
@@ -90,7 +93,10 @@ export class FileBackend implements Backend {
         body.once('close', () => { if (!body.readableEnded) stop(new Error('the request was cut before its end')); });
         ws.once('error', (err) => { body.unpipe(ws); reject(err); });
         ws.once('finish', () => (cut ? reject(cut) : resolve()));
-        if (!cut) body.pipe(ws);
+        if (!cut) {
+          body.on('data', (c: Buffer) => onData(c.length));
+          body.pipe(ws);
+        }
       });
     } catch (err) {
       throw new WriteCut(ws.bytesWritten, err as Error);
@@ -228,7 +234,7 @@ export class NbdBackend implements Backend {
     return Readable.from(pieces(), { objectMode: false, highWaterMark: 2 * step });
   }
 
-  async write(start: number, body: Readable, signal: AbortSignal): Promise<number> {
+  async write(start: number, body: Readable, signal: AbortSignal, onData: (n: number) => void): Promise<number> {
     const c = await this.call(async (x) => x);
     const step = 4 * MiB;
     let pending: Buffer[] = [];
@@ -260,6 +266,7 @@ export class NbdBackend implements Backend {
       signal.addEventListener('abort', onAbort, { once: true });
       try {
         for await (const chunk of body as AsyncIterable<Buffer>) {
+          onData(chunk.length);
           pending.push(chunk);
           pendingBytes += chunk.length;
           if (pendingBytes >= step) sendPending();

@@ -62,6 +62,7 @@ export async function call(ep: ImageEndpoint, method: string, path: string, opts
 
 export interface QemuNbd {
   socket: string;
+  pid: number;
   /** imageio's form of the export URL. */
   url: string;
   stop(): Promise<void>;
@@ -87,6 +88,7 @@ export async function startQemuNbd(dir: string, image: string, format: 'qcow2' |
   }
   return {
     socket,
+    pid: child.pid as number,
     url: `nbd:unix:${socket}:exportname=disk`,
     stop: async () => {
       if (child.exitCode === null) {

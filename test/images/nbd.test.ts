@@ -130,7 +130,7 @@ describe('images: NBD client against a real qemu-nbd serving a qcow2', function 
       ]);
       assert.equal(dirty.reduce((n, e) => n + e.length, 0), 16 * MiB);
       // A read-only export refuses writes.
-      await assert.rejects(be.write(0, (await import('node:stream')).Readable.from([Buffer.alloc(512)]), new AbortController().signal), /read-only/);
+      await assert.rejects(be.write(0, (await import('node:stream')).Readable.from([Buffer.alloc(512)]), new AbortController().signal, () => undefined), /read-only/);
     } finally {
       await be.close();
       await srv.stop();

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Option } from 'commander';
 import { downloadImage, ImageEndpoint, readCa, uploadImage } from './client';
 import { createImageServer } from './server';
-import type { TicketOp, TicketStatus } from './tickets';
+import type { TicketInfo, TicketOp, TicketStatus } from './tickets';
 
 /** Where the CLI finds a local image server unless told otherwise. */
 export const DEFAULT_SERVER = process.env.PORTHOLE_IMAGES ?? 'unix:/run/porthole/images.sock';
@@ -174,7 +174,7 @@ export function registerImageCommands(program: Command): Command {
       try {
         const ticket = o.ticket ?? (created = (await ep.createTicket({ image: name, ops: ['read'], timeout: 3600, inactivityTimeout: 300 })).id);
         if (o.ticket) {
-          const { image: actual } = await ep.json<TicketStatus>('GET', `/images/${encodeURIComponent(o.ticket)}/info`);
+          const { target: actual } = await ep.json<TicketInfo>('GET', `/images/${encodeURIComponent(o.ticket)}/info`);
           if (actual !== name) throw new Error(`ticket ${o.ticket} is for image ${actual}, not ${name}`);
         }
         const bar = progress(`download ${name}`);

@@ -89,7 +89,7 @@ async function loop() {
       say('Upload complete: ' + info.target + ' is ' + st.check.format + (st.check.content ? ' (' + st.check.content + ')' : '') + ', ' + st.size + ' bytes.');
     } else {
       await call('', { ...json, body: JSON.stringify({ op: 'flush' }) });
-      say('Upload complete: ' + size + ' bytes written to ' + info.target + '; it is checked when the transfer is finalized.');
+      say('Upload complete: ' + size + ' bytes written to ' + info.target + '.');
     }
     $('speed').textContent = '';
     buttons({});

@@ -3,7 +3,7 @@
 // algorithm as imageio's client computes locally, so `ovirt_imageio.client.checksum(file)` can be compared with the
 // server's `/images/<ticket>/checksum`.
 import { createHash } from 'node:crypto';
-import { blake2b } from '@noble/hashes/blake2b';
+import blake2b from 'blake2b-wasm';
 import type { Extent } from './backends';
 
 export const BLOCK_SIZE = 4 * 1024 * 1024;
@@ -13,8 +13,9 @@ const DIGEST_SIZE = 32;
 
 /** Python hashlib names imageio accepts, and how Node computes each. */
 const ALGORITHMS: Record<string, () => Hasher> = {
+  // OpenSSL 3.0 has blake2b only with 64-byte digests (a 32-byte one is a different hash): the WASM build does 32.
   blake2b: () => {
-    const h = blake2b.create({ dkLen: DIGEST_SIZE });
+    const h = blake2b(DIGEST_SIZE);
     return { update: (b) => void h.update(b), digest: () => Buffer.from(h.digest()) };
   },
   // blake2s's default digest is 32 bytes, which is OpenSSL's blake2s256.
@@ -40,6 +41,9 @@ function node(name: string): Hasher {
   const h = createHash(name);
   return { update: (b) => void h.update(b), digest: () => h.digest() };
 }
+
+/** Loads the blake2b WebAssembly module; hashing with blake2b waits for it. */
+export const hashReady: Promise<void> = blake2b.ready();
 
 export function algorithms(): string[] {
   return Object.keys(ALGORITHMS).sort();

@@ -4,7 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Backend, DirtyExtent, Extent, FileBackend, NbdBackend, WriteCut } from './backends';
-import { BlockHash, blocks, hasher } from './blkhash';
+import { BlockHash, blocks, hasher, hashReady } from './blkhash';
 import { checkHeader, checkImage, FormatReport } from './checks';
 import { ImageError } from './errors';
 import { downloadInto, ImportRequest, redactUrl } from './importer';
@@ -522,6 +522,7 @@ export class ImageService {
   /** A plain hash of a range (at most 256 MiB): lets a client confirm a resumed upload continues the same file. */
   async rangeChecksum(t: Ticket, span: Interval, algorithm: string): Promise<string> {
     if (span.end - span.start > 256 * MiB) throw new ImageError(400, 'checksum ranges are limited to 256 MiB');
+    await hashReady;
     const h = hasher(algorithm);
     const stream = await t.backend.read(span.start, span.end, new AbortController().signal);
     for await (const chunk of stream as AsyncIterable<Buffer>) h.update(chunk);
@@ -530,6 +531,7 @@ export class ImageService {
 
   /** imageio's image checksum (blkhash) of the whole image as the ticket sees it. */
   async checksum(t: Ticket, algorithm: string, blockSize: number, op: Operation): Promise<{ algorithm: string; block_size: number; checksum: string }> {
+    await hashReady;
     const size = await this.available(t);
     const extents = (await t.backend.extents('zero') as Extent[]).filter((e) => e.start < size).map((e) => ({ ...e, length: Math.min(e.length, size - e.start) }));
     const hash = new BlockHash(algorithm, blockSize);

@@ -129,27 +129,23 @@ class ByteReader {
     }
   }
 
+  /** The next n bytes: whole chunks while they fit, then the front of the one that does not (one copy at most). */
   private take(n: number): Buffer {
-    const first = this.chunks[0];
-    let out: Buffer;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let pos = 0;
-      while (pos < n) {
-        const c = this.chunks[0];
-        const k = Math.min(c.length, n - pos);
-        c.copy(out, pos, 0, k);
-        pos += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
+    const parts: Buffer[] = [];
+    for (let need = n; need > 0;) {
+      const c = this.chunks[0];
+      if (c.length <= need) {
+        parts.push(c);
+        this.chunks.shift();
+        need -= c.length;
+      } else {
+        parts.push(c.subarray(0, need));
+        this.chunks[0] = c.subarray(need);
+        need = 0;
       }
     }
     this.have -= n;
-    return out;
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
   }
 
   fail(err: Error): void {

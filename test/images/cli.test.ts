@@ -85,6 +85,19 @@ describe('images: porthole image CLI', function () {
     assert.match(again.err, /404 No such ticket/);
   });
 
+  it('ticket add takes a ticket in imageio\'s schema (as vdsm sends it)', async () => {
+    const uuid = '1c3e0f0e-7d1a-4d4e-9a55-0a1b2c3d4e5f';
+    const body = JSON.stringify({ uuid, size: 3 * MiB, ops: ['read'], timeout: 120, url: `file://${join(storage, 'served.raw')}`, transfer_id: 'tr-1' });
+    const a = await porthole(['image', 'ticket', 'add', body, '--json', ...server()]);
+    assert.equal(a.code, 0, a.err);
+    const st = JSON.parse(a.out) as TicketStatus;
+    assert.deepEqual([st.uuid, st.image, st.mode, st.transfer_id, st.timeout], [uuid, 'served.raw', 'existing', 'tr-1', 120]);
+    const bad = await porthole(['image', 'ticket', 'add', JSON.stringify({ uuid: 'x', size: 1, ops: ['read'], timeout: 1, url: 'file:///etc/shadow' }), ...server()]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /400 Invalid ticket: a file "url" must name an image in the server's storage directory/);
+    assert.equal((await porthole(['image', 'ticket', 'revoke', uuid, ...server()])).code, 0);
+  });
+
   it('upload and download with 4 connections; sha256 of what lands equals what was sent', async () => {
     const src = randomFile(dir, 'disk.raw', 9 * MiB + 3);
     const up = await porthole(['image', 'upload', src.path, 'disk.raw', '--connections', '4', '--json', ...server()]);

@@ -131,14 +131,18 @@ describe('images: browser upload page (headless Debian chromium)', function () {
   });
 
   it('keeps the ticket alive while the page is open; a ticket that ends is shown and the controls go off', async () => {
-    const t = await rig.server.tickets.create({ image: 'kept.img', size: file.data.length, ops: ['write'], timeout: 2 });
+    // A long timeout while the page loads (a loaded machine may take seconds), then a short one renewed by the page alone.
+    const kept = { uuid: randomUUID(), size: file.data.length, ops: ['write'], timeout: 60, url: `file://${join(rig.storage, 'kept.img')}` };
+    await rig.server.tickets.add(kept);
     const page = await browser.newPage();
-    await page.goto(`${rig.server.url}/upload#ticket=${t.id}&keepalive=400`);
+    await page.goto(`${rig.server.url}/upload#ticket=${kept.uuid}&keepalive=400`);
     await page.locator('#target', { hasText: 'kept.img' }).waitFor();
-    await sleep(4500);
-    assert.equal(rig.server.tickets.status(t.id).expired, false, 'alive 4.5 s into a 2 s timeout');
-    await rig.server.tickets.revoke(t.id);
-    await status(page, /^The ticket ended: ticket deleted\.$/, 5000);
+    await rig.server.tickets.add({ ...kept, timeout: 3 });
+    assert.equal(rig.server.tickets.status(kept.uuid).timeout, 3);
+    await sleep(7000);
+    assert.equal(rig.server.tickets.status(kept.uuid).expired, false, 'alive 7 s into a 3 s timeout');
+    await rig.server.tickets.revoke(kept.uuid);
+    await status(page, /^The ticket ended: ticket deleted\.$/, 10_000);
     assert.deepEqual(await allDisabled(page), [true, true, true, true, true]);
     await page.close();
     // Without the page, the ticket expires on its own.

@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import * as https from 'node:https';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { uploadImage, type TicketStatus } from '@porthole/images';
+import { uploadImage, type TicketInfo, type TicketStatus } from '@porthole/images';
 import { makeTestIso, makeTestPki, type TestCert } from '../bootiso/fixtures';
 import { randomFile, sha256, sha256File, startRig, type Rig } from './helpers';
 
@@ -20,7 +20,7 @@ describe('images: format checks after upload', function () {
   after(async () => rig.close());
 
   /** Uploads a local file as a new image; returns the finalize outcome (status or the refusal message). */
-  async function upload(file: string, name: string, extra: object = {}): Promise<TicketStatus | string> {
+  async function upload(file: string, name: string, extra: object = {}): Promise<TicketInfo | string> {
     const t = await rig.server.tickets.create({ image: name, size: statSync(file).size, ops: ['write'], ...extra });
     try {
       return (await uploadImage(rig.ep, t.id, file)).status;
@@ -33,7 +33,7 @@ describe('images: format checks after upload', function () {
 
   it('accepts a plain qcow2 and reports its virtual size', async () => {
     qemuImg(['create', '-q', '-f', 'qcow2', 'plain.qcow2', '64M'], rig.dir);
-    const st = await upload(join(rig.dir, 'plain.qcow2'), 'plain.qcow2') as TicketStatus;
+    const st = await upload(join(rig.dir, 'plain.qcow2'), 'plain.qcow2') as TicketInfo;
     assert.equal(st.check?.format, 'qcow2');
     assert.equal(st.check?.virtualSize, 64 * MiB);
     assert.ok(published().includes('plain.qcow2'));
@@ -80,7 +80,7 @@ describe('images: format checks after upload', function () {
 
   it('recognises an ISO 9660 image', async () => {
     const iso = makeTestIso(rig.dir, 'IMG_TEST', 'x.iso');
-    const st = await upload(iso, 'x.iso') as TicketStatus;
+    const st = await upload(iso, 'x.iso') as TicketInfo;
     assert.deepEqual([st.check?.format, st.check?.content], ['raw', 'iso9660']);
   });
 });

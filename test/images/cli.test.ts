@@ -77,12 +77,25 @@ describe('images: porthole image CLI', function () {
     const s = await porthole(['image', 'ticket', 'status', t.id, ...server()]);
     assert.match(s.out, new RegExp(`ticket ${t.id}\\n  image new.raw \\(4096 bytes, new\\), ops read,write, state active`));
     const e = await porthole(['image', 'ticket', 'extend', t.id, '600', '--json', ...server()]);
-    assert.equal(JSON.parse(e.out).timeout, 600);
+    assert.ok(Date.parse(JSON.parse(e.out).expiresAt) - Date.now() > 500_000, 'expires 600 s from now');
     const r = await porthole(['image', 'ticket', 'revoke', t.id, '--json', ...server()]);
-    assert.equal(JSON.parse(r.out).state, 'revoked');
+    assert.equal(JSON.parse(r.out).state, 'deleted');
     const again = await porthole(['image', 'ticket', 'extend', t.id, '600', ...server()]);
     assert.equal(again.code, 1);
-    assert.match(again.err, /409 ticket is revoked; it cannot be extended/);
+    assert.match(again.err, /404 No such ticket/);
+  });
+
+  it('ticket add takes a ticket in imageio\'s schema (as vdsm sends it)', async () => {
+    const uuid = '1c3e0f0e-7d1a-4d4e-9a55-0a1b2c3d4e5f';
+    const body = JSON.stringify({ uuid, size: 3 * MiB, ops: ['read'], timeout: 120, url: `file://${join(storage, 'served.raw')}`, transfer_id: 'tr-1' });
+    const a = await porthole(['image', 'ticket', 'add', body, '--json', ...server()]);
+    assert.equal(a.code, 0, a.err);
+    const st = JSON.parse(a.out) as TicketStatus;
+    assert.deepEqual([st.uuid, st.image, st.mode, st.transfer_id, st.timeout], [uuid, 'served.raw', 'existing', 'tr-1', 120]);
+    const bad = await porthole(['image', 'ticket', 'add', JSON.stringify({ uuid: 'x', size: 1, ops: ['read'], timeout: 1, url: 'file:///etc/shadow' }), ...server()]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /400 Invalid ticket: a file "url" must name an image in the server's storage directory/);
+    assert.equal((await porthole(['image', 'ticket', 'revoke', uuid, ...server()])).code, 0);
   });
 
   it('upload and download with 4 connections; sha256 of what lands equals what was sent', async () => {
@@ -97,7 +110,7 @@ describe('images: porthole image CLI', function () {
     assert.match(down.out, /disk\.copy: 9437187 bytes/);
     assert.equal(await sha256File(target), sha256(src.data));
     // The CLI's own tickets are revoked when it is done.
-    assert.deepEqual((await ep.listTickets()).filter((t) => t.image === 'disk.raw').map((t) => t.state), ['revoked', 'revoked']);
+    assert.deepEqual((await ep.listTickets()).filter((t) => t.image === 'disk.raw').map((t) => t.state), ['finalized', 'deleted']);
   });
 
   it('--resume continues an unfinished upload of the same name', async () => {

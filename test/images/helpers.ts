@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createReadStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,4 +58,44 @@ export async function call(ep: ImageEndpoint, method: string, path: string, opts
   const res = await ep.request(method, path, opts);
   const data = await body(res);
   return { status: res.statusCode ?? 0, headers: res.headers, data, json: () => JSON.parse(data.toString('utf8')) };
+}
+
+export interface QemuNbd {
+  socket: string;
+  pid: number;
+  /** imageio's form of the export URL. */
+  url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real qemu-nbd serving `image` (format `format`) on a Unix socket in `dir`, export name `disk`, for several
+ * clients one after another (--persistent) and at once (--shared). Extra arguments: e.g. ['--bitmap=b0', '--read-only'].
+ */
+export async function startQemuNbd(dir: string, image: string, format: 'qcow2' | 'raw', extra: string[] = []): Promise<QemuNbd> {
+  const socket = join(dir, `nbd-${randomBytes(4).toString('hex')}.sock`);
+  const child = spawn('qemu-nbd', [`--socket=${socket}`, '--export-name=disk', `--format=${format}`, '--persistent', '--shared=8', '--allocation-depth', ...extra, image], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => (stderr += b));
+  const deadline = Date.now() + 10_000;
+  while (!existsSync(socket)) {
+    if (child.exitCode !== null) throw new Error(`qemu-nbd exited with ${child.exitCode}: ${stderr}`);
+    if (Date.now() > deadline) {
+      child.kill();
+      throw new Error(`qemu-nbd did not create its socket: ${stderr}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    socket,
+    pid: child.pid as number,
+    url: `nbd:unix:${socket}:exportname=disk`,
+    stop: async () => {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await exited;
+      }
+    },
+  };
 }

@@ -82,10 +82,11 @@ interface QemuImgInfo {
 }
 
 /**
- * The format check after an upload or import: our own header sniff first (so no unsafe image reaches qemu), then
- * `qemu-img info --output=json` with the detected format to confirm it and read the virtual size.
+ * The quick check: our own sniff of the first 4 KiB and the last 512 bytes, with no qemu involved. It finds every
+ * reference to another host file (qcow2 backing file or external data file, vmdk descriptors, other formats) and the
+ * virtual size a qcow2 header declares. Run on every flush of an image written in place; definitive when it refuses.
  */
-export async function checkImage(path: string, limits: CheckLimits): Promise<FormatReport> {
+export async function checkHeader(path: string, limits: CheckLimits): Promise<FormatReport> {
   const { head, tail, size } = await readEdges(path);
   const isQcow = head.subarray(0, 4).equals(Buffer.from([0x51, 0x46, 0x49, 0xfb]));
   if (isQcow) {
@@ -96,26 +97,45 @@ export async function checkImage(path: string, limits: CheckLimits): Promise<For
     if (other) return { ok: false, reason: `${other} images are not accepted (raw and qcow2 only)` };
   }
   const format = isQcow ? 'qcow2' : 'raw';
-  let info: QemuImgInfo;
-  try {
-    const { stdout } = await run('qemu-img', ['info', '-f', format, '--output=json', path], { maxBuffer: 1 << 20 });
-    info = JSON.parse(stdout) as QemuImgInfo;
-  } catch (err) {
-    const msg = ((err as { stderr?: string }).stderr || (err as Error).message).trim().split('\n').pop();
-    return { ok: false, format, reason: `qemu-img info failed: ${msg}` };
-  }
-  if (info['backing-filename'] || info['full-backing-filename']) return { ok: false, format, reason: 'image has a backing file' };
-  if (info['format-specific']?.data?.['data-file']) return { ok: false, format, reason: 'image has an external data file' };
-  // qemu-img rounds a raw image's virtual size up to 512 bytes; the guest sees the file size.
-  const virtualSize = format === 'raw' ? size : Number(info['virtual-size']);
-  const content = format === 'raw' && size >= 0x8006 ? await isoSignature(path) : undefined;
+  const virtualSize = isQcow ? Number(head.readBigUInt64BE(24)) : size;
+  return sizeAndFormat(format, virtualSize, limits);
+}
+
+function sizeAndFormat(format: 'raw' | 'qcow2', virtualSize: number, limits: CheckLimits): FormatReport {
   if (limits.expectFormat && limits.expectFormat !== format) {
     return { ok: false, format, virtualSize, reason: `expected a ${limits.expectFormat} image, found ${format}` };
   }
   if (virtualSize > limits.maxVirtualSize) {
     return { ok: false, format, virtualSize, reason: `virtual size ${virtualSize} exceeds the target's ${limits.maxVirtualSize} bytes` };
   }
-  return { ok: true, format, virtualSize, ...(content ? { content } : {}) };
+  return { ok: true, format, virtualSize };
+}
+
+/**
+ * The full format check before an image may be used: the quick check first (so no unsafe image reaches qemu), then
+ * `qemu-img info --output=json` with the detected format to confirm it and read the virtual size.
+ */
+export async function checkImage(path: string, limits: CheckLimits): Promise<FormatReport> {
+  const quick = await checkHeader(path, limits);
+  if (!quick.ok) return quick;
+  const format = quick.format as 'raw' | 'qcow2';
+  let info: QemuImgInfo;
+  try {
+    const { stdout } = await run('qemu-img', ['info', '-f', format, '--output=json', path], { maxBuffer: 1 << 20 });
+    info = JSON.parse(stdout) as QemuImgInfo;
+  } catch (err) {
+    // qemu-img names the file in its message: keep only what follows the path.
+    const msg = ((err as { stderr?: string }).stderr || (err as Error).message).trim().split('\n').pop() ?? '';
+    return { ok: false, format, reason: `qemu-img info failed: ${msg.split(path).join('<image>')}` };
+  }
+  if (info['backing-filename'] || info['full-backing-filename']) return { ok: false, format, reason: 'image has a backing file' };
+  if (info['format-specific']?.data?.['data-file']) return { ok: false, format, reason: 'image has an external data file' };
+  // qemu-img rounds a raw image's virtual size up to 512 bytes; the guest sees the file size.
+  const virtualSize = format === 'raw' ? (quick.virtualSize as number) : Number(info['virtual-size']);
+  const report = sizeAndFormat(format, virtualSize, limits);
+  if (!report.ok) return report;
+  const content = format === 'raw' && virtualSize >= 0x8006 ? await isoSignature(path) : undefined;
+  return { ...report, ...(content ? { content } : {}) };
 }
 
 async function isoSignature(path: string): Promise<'iso9660' | undefined> {

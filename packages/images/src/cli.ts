@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Option } from 'commander';
 import { downloadImage, ImageEndpoint, readCa, uploadImage } from './client';
 import { createImageServer } from './server';
-import type { TicketOp, TicketStatus } from './tickets';
+import type { TicketInfo, TicketOp, TicketStatus } from './tickets';
 
 /** Where the CLI finds a local image server unless told otherwise. */
 export const DEFAULT_SERVER = process.env.PORTHOLE_IMAGES ?? 'unix:/run/porthole/images.sock';
@@ -90,9 +90,9 @@ const ticketFlags = (cmd: Command): Command =>
 function describe(t: TicketStatus): string {
   const lines = [
     `ticket ${t.id}`,
-    `  image ${t.image} (${t.size} bytes, ${t.mode}), ops ${t.ops.join(',')}, state ${t.state}`,
-    `  expires ${t.expires}, idle ${t.idleSeconds} s of ${t.inactivityTimeout || '∞'}, ${t.activeConnections} connection(s)`,
-    `  transferred: read ${t.transferred.read}, written ${t.transferred.written}; upload covers ${t.upload.covered} bytes, resume at ${t.upload.resumeOffset}`,
+    `  ${t.image ? `image ${t.image}` : 'NBD export'} (${t.size} bytes, ${t.mode}), ops ${t.ops.join(',')}, state ${t.state}${t.expired ? ' (expired)' : ''}`,
+    `  expires ${t.expiresAt} (timeout ${t.timeout} s), idle ${t.idle_time} s, ${t.connections} connection(s), ${t.active ? 'active' : 'no request in progress'}`,
+    `  bytes read ${t.bytes.read}, written ${t.bytes.written}; upload covers ${t.upload.covered} bytes, resume at ${t.upload.resumeOffset}`,
   ];
   if (t.import) lines.push(`  import ${t.import.url}: ${t.import.state}, ${t.import.bytes}/${t.import.total ?? '?'} bytes, attempt ${t.import.attempts}${t.import.error ? `, ${t.import.error}` : ''}`);
   if (t.check) lines.push(`  check: ${t.check.ok ? `ok, ${t.check.format}${t.check.content ? ` (${t.check.content})` : ''}, virtual size ${t.check.virtualSize}` : `refused: ${t.check.reason}`}`);
@@ -110,14 +110,20 @@ export function registerImageCommands(program: Command): Command {
     .option('--cert <file>', 'PEM certificate (chain) for https')
     .option('--key <file>', 'PEM private key for https')
     .option('--default-timeout <seconds>', 'ticket lifetime when a request names none', int('--default-timeout', 1), '300')
-    .option('--default-inactivity-timeout <seconds>', 'inactivity timeout when a request names none', int('--default-inactivity-timeout', 0), '60')
-    .action(act(async (o: { storage: string; listen: string[]; cert?: string; key?: string; defaultTimeout: string; defaultInactivityTimeout: string }) => {
+    .option('--default-inactivity-timeout <seconds>', 'idle connection timeout when a ticket names none', int('--default-inactivity-timeout', 0), '60')
+    .option('--cors-origin <origin...>', 'web portal origin allowed to use the data API from a browser, e.g. https://engine.example:8443')
+    .option('--control-token-file <file>', 'file holding a bearer token: mounts the ticket control API on loopback TCP listeners too')
+    .action(act(async (o: { storage: string; listen: string[]; cert?: string; key?: string; defaultTimeout: string; defaultInactivityTimeout: string; corsOrigin?: string[]; controlTokenFile?: string }) => {
       if (!!o.cert !== !!o.key) throw new Error('--cert and --key go together');
+      const controlToken = o.controlTokenFile ? readFileSync(o.controlTokenFile, 'utf8').trim() : undefined;
+      if (controlToken === '') throw new Error(`${o.controlTokenFile} is empty`);
       const server = await createImageServer({
         storageDir: o.storage,
         listen: o.listen,
         defaultTimeout: Number(o.defaultTimeout),
         defaultInactivityTimeout: Number(o.defaultInactivityTimeout),
+        ...(o.corsOrigin ? { corsOrigins: o.corsOrigin } : {}),
+        ...(controlToken ? { controlToken } : {}),
         ...(o.cert && o.key ? { tls: { cert: readFileSync(o.cert), key: readFileSync(o.key) } } : {}),
       });
       for (const u of server.urls) process.stdout.write(`image server listening on ${u}\n`);
@@ -168,7 +174,7 @@ export function registerImageCommands(program: Command): Command {
       try {
         const ticket = o.ticket ?? (created = (await ep.createTicket({ image: name, ops: ['read'], timeout: 3600, inactivityTimeout: 300 })).id);
         if (o.ticket) {
-          const { image: actual } = await ep.json<TicketStatus>('GET', `/images/${encodeURIComponent(o.ticket)}/info`);
+          const { target: actual } = await ep.json<TicketInfo>('GET', `/images/${encodeURIComponent(o.ticket)}/info`);
           if (actual !== name) throw new Error(`ticket ${o.ticket} is for image ${actual}, not ${name}`);
         }
         const bar = progress(`download ${name}`);
@@ -229,6 +235,12 @@ export function registerImageCommands(program: Command): Command {
       });
       print(cmd, t, `${describe(t)}\n  data URL: <server>/images/${t.id}   upload page: <server>/upload#ticket=${t.id}`);
     })));
+  control(ticket.command('add <json>'))
+    .description("add a ticket in ovirt-imageio's schema, as vdsm does (JSON object or @FILE): uuid, size, ops, timeout, url (file:///STORAGE/NAME or nbd:unix:PATH:exportname=NAME), …")
+    .action(act(async (json: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+      const t = await ep.addTicket(JSON.parse(json.startsWith('@') ? readFileSync(json.slice(1), 'utf8') : json) as { uuid: string });
+      print(cmd, t, `${describe(t)}\n  data URL: <server>/images/${t.id}`);
+    })));
   control(ticket.command('status <id>')).description('show a ticket').action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const t = await ep.ticketStatus(id);
     print(cmd, t, describe(t));
@@ -241,9 +253,11 @@ export function registerImageCommands(program: Command): Command {
     const t = await ep.extendTicket(id, Number(int('seconds', 1, 30 * 86400)(seconds)));
     print(cmd, t, describe(t));
   })));
-  control(ticket.command('revoke <id>')).description('end the ticket now and close its connections').action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
-    const t = await ep.revokeTicket(id);
-    print(cmd, t, describe(t));
-  })));
+  control(ticket.command('revoke <id>')).alias('delete')
+    .description('delete the ticket: its requests end, a staged upload is checked and published (or refused), an image written in place is checked')
+    .action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+      const t = await ep.revokeTicket(id);
+      print(cmd, t ?? { id, state: 'deleted' }, t ? describe(t) : `ticket ${id} deleted`);
+    })));
   return image;
 }

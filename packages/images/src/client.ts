@@ -7,8 +7,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Interval, IntervalSet } from './ranges';
-import type { Extent } from './service';
-import type { TicketRequest, TicketStatus } from './tickets';
+import type { Extent } from './backends';
+import type { TicketInfo, TicketRequest, TicketStatus } from './tickets';
 import type { ImportRequest } from './importer';
 
 /** An error answer of the image server (or a transport failure, status 0); the message is the server's cause. */
@@ -100,11 +100,19 @@ export class ImageEndpoint {
   ticketStatus(id: string): Promise<TicketStatus> {
     return this.json('GET', `/tickets/${encodeURIComponent(id)}`);
   }
-  extendTicket(id: string, timeout: number): Promise<TicketStatus> {
-    return this.json('PATCH', `/tickets/${encodeURIComponent(id)}`, { timeout });
+  /** imageio's `PUT /tickets/<uuid>` (what vdsm sends). */
+  async addTicket(ticket: Record<string, unknown> & { uuid: string }): Promise<TicketStatus> {
+    await this.json('PUT', `/tickets/${encodeURIComponent(ticket.uuid)}`, ticket);
+    return this.ticketStatus(ticket.uuid);
   }
-  revokeTicket(id: string): Promise<TicketStatus> {
-    return this.json('DELETE', `/tickets/${encodeURIComponent(id)}`);
+  async extendTicket(id: string, timeout: number): Promise<TicketStatus> {
+    await this.json('PATCH', `/tickets/${encodeURIComponent(id)}`, { timeout });
+    return this.ticketStatus(id);
+  }
+  /** Deletes the ticket; resolves with its final status (from the list of ended tickets) when the server has it. */
+  async revokeTicket(id: string): Promise<TicketStatus | undefined> {
+    await this.json('DELETE', `/tickets/${encodeURIComponent(id)}`);
+    return (await this.listTickets()).find((t) => t.id === id);
   }
   listTickets(): Promise<TicketStatus[]> {
     return this.json('GET', '/tickets');
@@ -202,8 +210,23 @@ function progressMeter(start: number, total: number, report?: (done: number, tot
 
 const dataPath = (ticket: string, sub = '') => `/images/${encodeURIComponent(ticket)}${sub}`;
 
+/** What OPTIONS on a ticket tells a client (imageio's fields). */
+export interface ServerOptions {
+  features: string[];
+  max_readers?: number;
+  max_writers?: number;
+  unix_socket?: string;
+}
+
+/** OPTIONS first, as imageio's clients do: the features and how many connections the ticket's backend takes. */
+export function serverOptions(ep: ImageEndpoint, ticket: string): Promise<ServerOptions> {
+  return ep.json<ServerOptions>('OPTIONS', dataPath(ticket));
+}
+
 export interface UploadResult {
-  status: TicketStatus;
+  status: TicketInfo;
+  /** Connections used: the ones asked for, at most the server's max_writers. */
+  connections: number;
   /** Bytes sent by this run (less than the size after a resume). */
   sent: number;
 }
@@ -215,7 +238,10 @@ export interface UploadResult {
  */
 export async function uploadImage(ep: ImageEndpoint, ticket: string, file: string, opts: TransferOptions = {}): Promise<UploadResult> {
   const { size } = await stat(file);
-  const info = await ep.json<TicketStatus>('GET', dataPath(ticket, '/info'));
+  const options = await serverOptions(ep, ticket);
+  // A server that does not publish max_writers may corrupt data with several writers (imageio's rule).
+  const connections = Math.max(1, Math.min(opts.connections ?? 4, options.max_writers ?? 1));
+  const info = await ep.json<TicketInfo>('GET', dataPath(ticket, '/info'));
   if (info.size !== size) throw new Error(`${file} has ${size} bytes but the ticket's image has ${info.size}`);
   const held = new IntervalSet();
   if (opts.resume) {
@@ -225,12 +251,14 @@ export async function uploadImage(ep: ImageEndpoint, ticket: string, file: strin
   const todo = chunks(held.missing(size), opts.chunkSize ?? 64 * MiB);
   const meter = progressMeter(held.covered(), size, opts.onProgress);
   let sent = 0;
-  await parallel(todo, opts.connections ?? 4, (c) =>
+  // Data goes out unflushed (flush=n); one flush at the end, as imageio's client does.
+  const put = options.features.includes('flush') ? dataPath(ticket, '?flush=n') : dataPath(ticket);
+  await parallel(todo, connections, (c) =>
     withRetries(opts.attempts ?? 3, async () => {
       const body = createReadStream(file, { start: c.start, end: c.end - 1, highWaterMark: MiB });
       const undo = meter.track(body);
       try {
-        const res = await ep.request('PUT', dataPath(ticket), {
+        const res = await ep.request('PUT', put, {
           body,
           headers: { 'content-type': 'application/octet-stream', 'content-length': c.end - c.start, 'content-range': `bytes ${c.start}-${c.end - 1}/${size}` },
         });
@@ -243,10 +271,12 @@ export async function uploadImage(ep: ImageEndpoint, ticket: string, file: strin
       sent += c.end - c.start;
     }),
   );
-  const status = info.mode === 'new'
-    ? await ep.json<TicketStatus>('PATCH', dataPath(ticket), { op: 'finalize' })
-    : (await ep.json('PATCH', dataPath(ticket), { op: 'flush' }), await ep.json<TicketStatus>('GET', dataPath(ticket, '/info')));
-  return { status, sent };
+  // Porthole's finalize checks and publishes; a server without it (imageio's flow) gets a flush and publishes when
+  // the ticket is deleted.
+  const status = options.features.includes('finalize')
+    ? await ep.json<TicketInfo>('PATCH', dataPath(ticket), { op: 'finalize' })
+    : (await ep.json('PATCH', dataPath(ticket), { op: 'flush' }), await ep.json<TicketInfo>('GET', dataPath(ticket, '/info')));
+  return { status, connections, sent };
 }
 
 /** Compares sha256 of the last MiB of each range the server holds (at most 16 ranges) with the local file. */
@@ -258,8 +288,8 @@ async function confirmSameFile(ep: ImageEndpoint, ticket: string, file: string, 
       const buf = Buffer.alloc(r.end - start);
       await fh.read(buf, 0, buf.length, start);
       const local = createHash('sha256').update(buf).digest('hex');
-      const remote = await ep.json<{ sha256: string }>('GET', dataPath(ticket, `/checksum?offset=${start}&length=${buf.length}`));
-      if (remote.sha256 !== local) throw new Error(`cannot resume: bytes ${start}-${r.end - 1} on the server differ from ${file}; it is not the file uploaded before`);
+      const remote = await ep.json<{ checksum: string }>('GET', dataPath(ticket, `/checksum?algorithm=sha256&offset=${start}&length=${buf.length}`));
+      if (remote.checksum !== local) throw new Error(`cannot resume: bytes ${start}-${r.end - 1} on the server differ from ${file}; it is not the file uploaded before`);
     }
   } finally {
     await fh.close();
@@ -273,6 +303,8 @@ interface DownloadState {
 
 export interface DownloadResult {
   size: number;
+  /** Connections used: the ones asked for, at most the server's max_readers. */
+  connections: number;
   /** Bytes fetched by this run (zero extents are not fetched; a resume skips what is there). */
   fetched: number;
 }
@@ -283,7 +315,9 @@ export interface DownloadResult {
  * in `FILE.part.json`, so `resume` continues a cut download; the target path never holds a partial file.
  */
 export async function downloadImage(ep: ImageEndpoint, ticket: string, file: string, opts: TransferOptions = {}): Promise<DownloadResult> {
-  const info = await ep.json<TicketStatus>('GET', dataPath(ticket, '/info'));
+  const options = await serverOptions(ep, ticket);
+  const connections = Math.max(1, Math.min(opts.connections ?? 4, options.max_readers ?? 1));
+  const info = await ep.json<TicketInfo>('GET', dataPath(ticket, '/info'));
   const size = info.size;
   const part = `${file}.part`;
   const stateFile = `${part}.json`;
@@ -309,7 +343,7 @@ export async function downloadImage(ep: ImageEndpoint, ticket: string, file: str
   await saveState();
   const meter = progressMeter(done.covered(), size, opts.onProgress);
   let fetched = 0;
-  await parallel(chunks(done.missing(size), opts.chunkSize ?? 64 * MiB), opts.connections ?? 4, (c) =>
+  await parallel(chunks(done.missing(size), opts.chunkSize ?? 64 * MiB), connections, (c) =>
     withRetries(opts.attempts ?? 3, async () => {
       const what = `GET bytes ${c.start}-${c.end - 1}`;
       const res = await ep.request('GET', dataPath(ticket), { headers: { range: `bytes=${c.start}-${c.end - 1}` } });
@@ -342,7 +376,7 @@ export async function downloadImage(ep: ImageEndpoint, ticket: string, file: str
   }
   await rename(part, file);
   await rm(stateFile, { force: true });
-  return { size, fetched };
+  return { size, connections, fetched };
 }
 
 /** Reads a PEM file for `EndpointOptions.ca`, naming the file when it is unreadable. */

@@ -8,33 +8,6 @@ export interface Interval {
 
 const unsatisfiable = (size: number, why: string) => new ImageError(416, why, { 'content-range': `bytes */${size}` });
 
-/** Parses a single `Range: bytes=a-b | a- | -n` against an image of `size` bytes; multiple ranges are refused. */
-export function parseRange(header: string, size: number): Interval {
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === '' && m[2] === '')) throw new ImageError(400, `unsupported Range header "${header.slice(0, 80)}" (one bytes=a-b range only)`);
-  if (m[1] === '') {
-    const n = Math.min(Number(m[2]), size);
-    if (n <= 0) throw unsatisfiable(size, `range ${header} is empty for an image of ${size} bytes`);
-    return { start: size - n, end: size };
-  }
-  const start = Number(m[1]);
-  const last = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
-  if (start >= size || start > last) throw unsatisfiable(size, `range ${header} is past the end of the image (${size} bytes)`);
-  return { start, end: last + 1 };
-}
-
-/** Parses `Content-Range: bytes a-b/total|*` of a ranged write; the range must lie inside the image. */
-export function parseContentRange(header: string, size: number): Interval {
-  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header.trim());
-  if (!m) throw new ImageError(400, `bad Content-Range "${header.slice(0, 80)}" (expected "bytes a-b/total" or "bytes a-b/*")`);
-  const start = Number(m[1]);
-  const end = Number(m[2]) + 1;
-  if (end <= start) throw new ImageError(400, `bad Content-Range "${header}": end before start`);
-  if (m[3] !== '*' && Number(m[3]) !== size) throw unsatisfiable(size, `Content-Range total ${m[3]} differs from the image size ${size}`);
-  if (end > size) throw unsatisfiable(size, `write ${start}-${end - 1} is past the end of the image (${size} bytes)`);
-  return { start, end };
-}
-
 /** Checks that [offset, offset+size) lies inside an image of `imageSize` bytes. */
 export function checkSpan(offset: unknown, size: unknown, imageSize: number): Interval {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || (offset as number) < 0 || (size as number) < 0) {

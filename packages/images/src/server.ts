@@ -1,25 +1,37 @@
 import Fastify, { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { timingSafeEqual } from 'node:crypto';
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
-import { isIP } from 'node:net';
+import type { IncomingMessage } from 'node:http';
+import { isIP, Socket } from 'node:net';
+import { algorithms, BLOCK_SIZE, DEFAULT_ALGORITHM, isAlgorithm } from './blkhash';
 import { ImageError } from './errors';
 import { UPLOAD_PAGE, UPLOAD_PAGE_CSP } from './page';
-import { checkSpan, parseContentRange, parseRange } from './ranges';
+import { checkSpan } from './ranges';
 import { ImageService, ImageServiceOptions } from './service';
 import type { Ticket, TicketRequest, TicketStatus } from './tickets';
 import type { ImportRequest } from './importer';
 
+/** The imageio API level this server implements (GET /info/). */
+export const IMAGEIO_API_VERSION = '2.5.0';
+const SERVER_NAME = 'porthole-images 0.1.0';
+
 export interface ImagesPluginOptions {
   service: ImageService;
-  /** Mount the ticket control routes; only for a listener on a Unix socket or a loopback address. */
-  control: boolean;
+  /** Mount the ticket control API: only on a Unix socket, or on loopback TCP with a bearer token. */
+  control: false | { token?: string };
+  /** Unix socket path offered to local clients in OPTIONS (imageio's `unix_socket`). */
+  unixSocket?: string;
+  /** Web portal origins allowed to call the data API from a browser (CORS). */
+  corsOrigins?: string[];
 }
 
 type Req = FastifyRequest<{ Params: { ticket: string; id: string }; Querystring: Record<string, string | undefined>; Body: unknown }>;
 
-const FEATURES = ['extents', 'zero', 'flush', 'finalize', 'cancel', 'checksum'];
-const WRITE_FEATURES = ['zero', 'flush', 'finalize', 'cancel'];
-/** Parallel connections a client should open per ticket (what the CLI uses at most). */
-export const MAX_CONNECTIONS = 8;
+/** imageio's features; Porthole adds finalize (format check, publish) and cancel (discard a staged upload). */
+const READ_FEATURES = ['checksum', 'extents'];
+const WRITE_FEATURES = ['checksum', 'extents', 'flush', 'zero'];
+const MIN_BLOCK = BLOCK_SIZE / 4;
+const MAX_BLOCK = BLOCK_SIZE * 4;
 
 /** Loopback host names and addresses (what "local" means for plain HTTP and the control API). */
 export function isLoopback(host: string): boolean {
@@ -29,131 +41,311 @@ export function isLoopback(host: string): boolean {
   return h === '::1' || h.startsWith('::ffff:127.');
 }
 
-/** A control request must come over a Unix socket or from loopback, naming a local Host (no DNS rebinding). */
-function checkLocal(request: FastifyRequest): void {
+/** A control request must come over a Unix socket or from loopback with a local Host (no DNS rebinding) and the token. */
+function checkControl(request: FastifyRequest, token?: string): void {
   const remote = request.raw.socket.remoteAddress;
   const host = (request.headers.host ?? 'localhost').replace(/:\d+$/, '');
   if ((remote !== undefined && !isLoopback(remote)) || !isLoopback(host)) throw new ImageError(403, 'the ticket control API is only available locally');
+  if (token !== undefined) {
+    const given = Buffer.from(String(request.headers.authorization ?? '').replace(/^Bearer /i, ''));
+    const want = Buffer.from(token);
+    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new ImageError(401, 'the ticket control API needs "Authorization: Bearer <control token>" on TCP');
+  }
+}
+
+/** Reads a small request body (JSON of PATCH and ticket requests) whatever its content type: curl sends form types. */
+async function smallBody(raw: IncomingMessage, limit = 64 * 1024): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of raw as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > limit) throw new ImageError(413, `request body over ${limit} bytes`);
+    chunks.push(c);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ImageError(400, `Invalid JSON message: ${(err as Error).message}`);
+  }
+}
+
+const unsatisfiable = (size: number, why: string) => new ImageError(416, why, { 'content-range': `bytes */${size}` });
+
+/** imageio's query enums: a missing value takes the default, an unknown one is 400. */
+function choice(q: Record<string, string | undefined>, name: string, values: readonly string[], dflt: string): string {
+  const v = q[name];
+  if (v === undefined) return dflt;
+  if (!values.includes(v)) throw new ImageError(400, `Unsupported value ${JSON.stringify(v)} for "${name}", expecting one of ${JSON.stringify([...values].sort())}`);
+  return v;
+}
+
+/** imageio's JSON field checks (PATCH): integers must be JSON integers, booleans booleans. */
+function field<T>(msg: Record<string, unknown>, name: string, kind: 'int' | 'bool', dflt?: T): T {
+  if (!(name in msg)) {
+    if (dflt !== undefined) return dflt;
+    throw new ImageError(400, `Missing required value for "${name}"`);
+  }
+  const v = msg[name];
+  if (kind === 'int' ? !Number.isSafeInteger(v) || (v as number) < 0 : typeof v !== 'boolean') throw new ImageError(400, `${kind === 'int' ? 'Non-negative integer' : 'Boolean'} required for "${name}": ${JSON.stringify(v)}`);
+  return v as T;
 }
 
 /**
- * The image data API (and, with `control`, the ticket control API) as a fastify plugin, so the broker can mount it
- * under a prefix of its own server. Routes:
- *   GET|HEAD /images/:ticket (Range) · PUT /images/:ticket (whole, or Content-Range) · PATCH /images/:ticket
- *   {op: zero|flush|finalize} · DELETE /images/:ticket (cancel a staged upload) · OPTIONS /images/:ticket|*
- *   GET /images/:ticket/{info,extents,checksum} · GET /upload (browser page)
- *   control: POST/GET /tickets, GET/PATCH/DELETE /tickets/:id, POST /imports
+ * Which span a GET reads, as imageio answers: `a-b` past the ticket's size or past what the image holds is 416 (with
+ * the size in Content-Range); `a-` reads to the end; a suffix `-n` reads the last n bytes; several ranges are 416.
+ */
+function readSpan(header: string | undefined, ticketSize: number, available: number): { start: number; end: number; ranged: boolean } {
+  if (header === undefined) return { start: 0, end: available, ranged: false };
+  if (header.includes(',')) throw unsatisfiable(available, 'multiple ranges are not supported');
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) throw new ImageError(400, `unsupported Range header "${header.slice(0, 80)}" (one bytes=a-b range only)`);
+  if (m[1] === '') {
+    const n = Math.min(Number(m[2]), available);
+    if (n <= 0) throw unsatisfiable(available, `range ${header} is empty for an image of ${available} bytes`);
+    return { start: available - n, end: available, ranged: true };
+  }
+  const start = Number(m[1]);
+  if (m[2] === '') {
+    if (start >= available) throw unsatisfiable(available, `range ${header} starts past the end of the image (${available} bytes)`);
+    return { start, end: available, ranged: true };
+  }
+  const end = Number(m[2]) + 1;
+  if (end <= start) throw new ImageError(400, `bad Range "${header}": end before start`);
+  if (end > ticketSize) throw unsatisfiable(ticketSize, 'Requested range out of allowed range');
+  if (end > available) throw unsatisfiable(available, `Requested more bytes than available: ${end} > ${available}`);
+  return { start, end, ranged: true };
+}
+
+/** Where a PUT writes: the first byte of Content-Range (imageio uses only that; Content-Length gives the length). */
+function putOffset(header: string | undefined): number {
+  if (header === undefined) return 0;
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header.trim());
+  if (!m) throw new ImageError(400, `bad Content-Range "${header.slice(0, 80)}" (expected "bytes a-b/*" or "bytes a-b/total")`);
+  return Number(m[1]);
+}
+
+/**
+ * The image data API (imageio's, with Porthole's additions) and, with `control`, the ticket control API, as a fastify
+ * plugin, so the broker can mount it under a prefix of its own server.
  */
 export const imagesPlugin: FastifyPluginAsync<ImagesPluginOptions> = async (app, opts) => {
   const svc = opts.service;
-  app.setErrorHandler((err: Error & { statusCode?: number }, _request, reply) => {
-    const status = err instanceof ImageError ? err.status : err.statusCode && err.statusCode < 500 ? err.statusCode : 500;
-    if (err instanceof ImageError) reply.headers(err.headers);
+  const origins = new Set(opts.corsOrigins ?? []);
+  /** Idle timeout of each connection that used a ticket (imageio's inactivity_timeout), applied between requests. */
+  const idle = new WeakMap<Socket, number>();
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _request, reply) => {
+    let status: number;
+    let message: string;
+    if (err instanceof ImageError) {
+      status = err.status;
+      message = err.message;
+      reply.headers(err.headers);
+    } else if (err.statusCode && err.statusCode < 500) {
+      status = err.statusCode;
+      message = err.message;
+    } else {
+      // File system errors name host paths: only their code goes out.
+      status = 500;
+      message = `internal error${err.code ? ` (${err.code})` : ''}`;
+    }
     // A refused request may still have an unread body: do not reuse the connection.
-    reply.header('connection', 'close').code(status).send({ error: err.message });
+    reply.header('connection', 'close').code(status).send({ error: message });
   });
 
-  const anyOp = (id: string): Ticket => {
-    const t = svc.get(id);
-    t.authorize(t.ops.includes('read') ? 'read' : 'write');
+  app.addHook('onResponse', async (request) => {
+    const ms = idle.get(request.raw.socket);
+    if (ms !== undefined && !request.raw.socket.destroyed) request.raw.socket.setTimeout(ms);
+  });
+
+  /** A data request on a ticket: the connection counts for it and gets its idle timeout. */
+  const use = (t: Ticket, request: FastifyRequest): Ticket => {
+    const sock = request.raw.socket;
+    if (!t.connections.has(sock)) {
+      t.connections.add(sock);
+      sock.once('close', () => t.connections.delete(sock));
+    }
+    idle.set(sock, t.inactivityTimeout * 1000);
     return t;
   };
-  const tracked = async <T>(t: Ticket, request: FastifyRequest, work: () => Promise<T>): Promise<T> => {
-    const untrack = svc.track(t, request.raw.socket);
-    try {
-      return await work();
-    } finally {
-      untrack();
-    }
-  };
-
-  app.route({
-    method: ['GET', 'HEAD'],
-    url: '/images/:ticket',
-    exposeHeadRoute: false,
-    handler: async (request: Req, reply: FastifyReply) => {
-      const t = svc.authorize(request.params.ticket, 'read');
-      const ranged = request.headers.range !== undefined;
-      const span = ranged ? parseRange(String(request.headers.range), t.size) : { start: 0, end: t.size };
-      reply.code(ranged ? 206 : 200).headers({ 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream', 'content-length': span.end - span.start, 'cache-control': 'no-store' });
-      if (ranged) reply.header('content-range', `bytes ${span.start}-${span.end - 1}/${t.size}`);
-      if (request.method === 'HEAD' || span.end === span.start) return reply.send();
-      const stream = await svc.openRead(t, span);
-      stream.once('close', svc.track(t, request.raw.socket));
-      return reply.send(stream);
-    },
-  });
+  const ticketFor = (request: Req, op: 'read' | 'write') => use(svc.authorize(request.params.ticket, op), request);
 
   await app.register(async (data) => {
-    // Bodies of PUT are streamed straight to the image whatever their content type: no parser may buffer them.
+    // Bodies are streamed to the image (PUT) or read here (PATCH) whatever their content type: no parser may buffer them.
     data.removeAllContentTypeParsers();
     data.addContentTypeParser('*', (_req, _payload, done) => done(null));
+
+    // CORS for the configured portal origins (the oVirt admin portal uploads from its own origin).
+    data.addHook('onRequest', async (request, reply) => {
+      const origin = request.headers.origin;
+      if (!origin || !origins.has(origin)) return;
+      reply.header('access-control-allow-origin', origin).header('vary', 'Origin');
+      if (request.method === 'OPTIONS' && request.headers['access-control-request-method']) {
+        reply.header('access-control-allow-methods', 'OPTIONS,GET,PUT,PATCH,DELETE')
+          .header('access-control-allow-headers', String(request.headers['access-control-request-headers'] ?? '*'))
+          .header('access-control-max-age', '86400');
+        return reply.code(204).send();
+      }
+    });
+
+    data.options('/images/:ticket', async (request: Req, reply) => {
+      const options: Record<string, unknown> = {};
+      if (opts.unixSocket) options.unix_socket = opts.unixSocket;
+      if (request.params.ticket === '*') {
+        reply.header('allow', 'OPTIONS,GET,PUT,PATCH');
+        options.features = [...WRITE_FEATURES, 'finalize', 'cancel'];
+        return options;
+      }
+      const t = ticketFor(request, 'read');
+      t.touch();
+      const write = t.may('write');
+      reply.header('allow', write ? `OPTIONS,GET,HEAD,PUT,PATCH${t.mode === 'new' ? ',DELETE' : ''}` : 'OPTIONS,GET,HEAD');
+      options.features = write ? [...WRITE_FEATURES, ...(t.mode !== 'nbd' ? ['finalize'] : []), ...(t.mode === 'new' ? ['cancel'] : [])] : READ_FEATURES;
+      options.max_readers = svc.maxConnections;
+      options.max_writers = t.backend.maxWriters;
+      return options;
+    });
+
+    data.route({
+      method: ['GET', 'HEAD'],
+      url: '/images/:ticket',
+      exposeHeadRoute: false,
+      handler: async (request: Req, reply: FastifyReply) => {
+        if (request.query.close === 'y') reply.header('connection', 'close');
+        const t = ticketFor(request, 'read');
+        const span = readSpan(request.headers.range as string | undefined, t.size, await svc.available(t));
+        reply.code(span.ranged ? 206 : 200).headers({
+          'accept-ranges': 'bytes', 'content-type': 'application/octet-stream', 'content-length': span.end - span.start, 'cache-control': 'no-store',
+          'content-disposition': `attachment${t.filename ? `; filename=${t.filename}` : ''}`,
+        });
+        if (span.ranged) reply.header('content-range', `bytes ${span.start}-${span.end - 1}/${t.size}`);
+        if (request.method === 'HEAD' || span.end === span.start) {
+          t.touch();
+          return reply.send();
+        }
+        const op = t.begin(span.start);
+        try {
+          const stream = await svc.openRead(t, span, op);
+          stream.once('close', () => t.end(op));
+          return reply.send(stream);
+        } catch (err) {
+          t.end(op);
+          throw err;
+        }
+      },
+    });
+
     data.put('/images/:ticket', async (request: Req, reply) => {
-      const t = svc.authorize(request.params.ticket, 'write');
-      if (request.headers['content-length'] === undefined) throw new ImageError(411, 'Content-Length is required');
+      if (request.query.close === 'y') reply.header('connection', 'close');
+      if (request.headers['content-length'] === undefined) throw new ImageError(400, 'Content-Length header is required');
       const length = Number(request.headers['content-length']);
-      const cr = request.headers['content-range'];
-      const span = cr ? parseContentRange(cr, t.size) : { start: 0, end: length };
-      if (!cr && length > t.size) throw new ImageError(416, `body of ${length} bytes is larger than the image (${t.size} bytes)`, { 'content-range': `bytes */${t.size}` });
-      if (span.end - span.start !== length) throw new ImageError(400, `Content-Range covers ${span.end - span.start} bytes but Content-Length is ${length}`);
-      const written = await tracked(t, request, () => svc.write(t, span.start, request.raw));
-      if (request.query.flush === 'y') await svc.flush(t);
+      const offset = putOffset(request.headers['content-range'] as string | undefined);
+      const flush = choice(request.query, 'flush', ['y', 'n'], 'y') === 'y';
+      const t = ticketFor(request, 'write');
+      if (offset + length > t.size) throw unsatisfiable(t.size, `write ${offset}+${length} is past the end of the image (${t.size} bytes)`);
+      const written = await svc.run(t, offset, (op) => svc.write(t, offset, length, request.raw, op));
+      // imageio flushes unless told otherwise (flush=n); a flush of an image written here also runs the quick check.
+      if (flush) await svc.run(t, offset, () => svc.flush(t));
       return reply.send({ written, resumeOffset: t.written.contiguousFromZero() });
     });
-  });
 
-  app.patch('/images/:ticket', async (request: Req) => {
-    const body = (request.body ?? {}) as { op?: string; offset?: number; size?: number; flush?: boolean };
-    const t = svc.authorize(request.params.ticket, 'write');
-    switch (body.op) {
-      case 'zero': {
-        const offset = body.offset ?? 0;
-        await tracked(t, request, () => svc.zero(t, checkSpan(offset, body.size ?? t.size - (offset as number), t.size)));
-        if (body.flush) await svc.flush(t);
+    data.patch('/images/:ticket', async (request: Req) => {
+      const msg = await smallBody(request.raw);
+      if (!msg || typeof msg !== 'object' || Array.isArray(msg)) throw new ImageError(400, 'Invalid JSON message: expecting an object');
+      const body = msg as Record<string, unknown>;
+      const op = choice(body as Record<string, string>, 'op', ['zero', 'flush', 'finalize'], '');
+      if (op === '') throw new ImageError(400, 'Missing required value for "op"');
+      if (op === 'zero') {
+        const size = field<number>(body, 'size', 'int');
+        const offset = field<number>(body, 'offset', 'int', 0);
+        const flush = field<boolean>(body, 'flush', 'bool', false);
+        const t = ticketFor(request, 'write');
+        const span = checkSpan(offset, size, t.size);
+        await svc.run(t, offset, async () => {
+          await svc.zero(t, span);
+          if (flush) await svc.flush(t);
+        });
         return {};
       }
-      case 'flush':
-        await svc.flush(t);
+      const t = ticketFor(request, 'write');
+      if (op === 'flush') {
+        await svc.run(t, 0, () => svc.flush(t));
         return {};
-      case 'finalize':
-        return tracked(t, request, () => svc.finalize(t));
-      default:
-        throw new ImageError(400, `unknown op ${JSON.stringify(body.op)} (zero, flush, finalize)`);
-    }
+      }
+      return svc.run(t, 0, () => svc.finalize(t));
+    });
+
+    // Porthole's cancel of a staged upload (the browser page's Cancel button).
+    data.delete('/images/:ticket', async (request: Req) => svc.cancel(ticketFor(request, 'write')));
+
+    data.get('/images/:ticket/extents', async (request: Req) => {
+      const t = ticketFor(request, 'read');
+      const context = choice(request.query, 'context', ['zero', 'dirty'], 'zero') as 'zero' | 'dirty';
+      return svc.run(t, 0, () => svc.extents(t, context));
+    });
+
+    data.get('/images/:ticket/checksum/algorithms', async () => ({ algorithms: algorithms() }));
+
+    data.get('/images/:ticket/checksum', async (request: Req) => {
+      const q = request.query;
+      const ranged = q.offset !== undefined || q.length !== undefined;
+      const algorithm = choice(q, 'algorithm', algorithms(), ranged ? 'sha256' : DEFAULT_ALGORITHM);
+      if (!isAlgorithm(algorithm)) throw new ImageError(400, `unsupported algorithm ${algorithm}`);
+      if (ranged) {
+        // Porthole's range checksum: a plain hash of [offset, offset+length), to confirm a resume continues the same file.
+        const t = ticketFor(request, 'read');
+        const span = checkSpan(Number(q.offset ?? 0), Number(q.length ?? t.size - Number(q.offset ?? 0)), t.size);
+        const checksum = await svc.run(t, span.start, () => svc.rangeChecksum(t, span, algorithm));
+        return { algorithm, offset: span.start, length: span.end - span.start, checksum };
+      }
+      const blockSize = q.block_size === undefined ? BLOCK_SIZE : Number(q.block_size);
+      if (!Number.isSafeInteger(blockSize)) throw new ImageError(400, `Invalid block size: ${JSON.stringify(q.block_size)}`);
+      if (blockSize < MIN_BLOCK || blockSize > MAX_BLOCK) throw new ImageError(400, `Block size out of allowed range: ${MIN_BLOCK}-${MAX_BLOCK}`);
+      if (blockSize % 4096) throw new ImageError(400, 'Block size is not aligned to 4096');
+      const t = ticketFor(request, 'read');
+      return svc.run(t, 0, (op) => svc.checksum(t, algorithm, blockSize, op));
+    });
+
+    data.get('/images/:ticket/info', async (request: Req) => svc.ticketInfo(ticketFor(request, 'read')));
+
+    for (const url of ['/info/', '/info']) data.get(url, async () => ({ version: IMAGEIO_API_VERSION, server: SERVER_NAME }));
+
+    data.get('/upload', async (_request, reply) => reply.type('text/html; charset=utf-8').header('content-security-policy', UPLOAD_PAGE_CSP).send(UPLOAD_PAGE));
   });
-
-  app.delete('/images/:ticket', async (request: Req) => svc.cancel(svc.authorize(request.params.ticket, 'write')));
-
-  // OPTIONS * tells what the server can do; OPTIONS on a ticket narrows it to what that ticket allows.
-  app.options('/images/:ticket', async (request: Req, reply) => {
-    const ops = request.params.ticket === '*' ? ['read', 'write'] : anyOp(request.params.ticket).ops;
-    const methods = ['OPTIONS', ...(ops.includes('read') ? ['GET', 'HEAD'] : []), ...(ops.includes('write') ? ['PUT', 'PATCH', 'DELETE'] : [])];
-    reply.header('allow', methods.join(', '));
-    const features = ops.includes('write') ? FEATURES : FEATURES.filter((f) => !WRITE_FEATURES.includes(f));
-    return { features, ranges: 'bytes', maxConnections: MAX_CONNECTIONS };
-  });
-
-  app.get('/images/:ticket/info', async (request: Req) => anyOp(request.params.ticket).status());
-  app.get('/images/:ticket/extents', async (request: Req) => svc.extents(anyOp(request.params.ticket)));
-  app.get('/images/:ticket/checksum', async (request: Req) => {
-    const t = anyOp(request.params.ticket);
-    const span = checkSpan(Number(request.query.offset ?? 0), Number(request.query.length ?? t.size), t.size);
-    // Without read, hashes of small ranges would reveal the image byte by byte: only what this ticket wrote may be hashed.
-    if (!t.ops.includes('read') && !t.written.contains(span.start, span.end)) throw new ImageError(403, 'a write-only ticket can only checksum ranges it has written');
-    return { offset: span.start, length: span.end - span.start, sha256: await svc.checksum(t, span) };
-  });
-
-  app.get('/upload', async (_request, reply) => reply.type('text/html; charset=utf-8').header('content-security-policy', UPLOAD_PAGE_CSP).send(UPLOAD_PAGE));
 
   if (opts.control) {
+    const token = opts.control.token;
     await app.register(async (ctl) => {
-      ctl.addHook('onRequest', async (request) => checkLocal(request));
-      ctl.post('/tickets', async (request: Req, reply) => reply.code(201).send(await svc.createTicket(request.body as TicketRequest)));
-      ctl.get('/tickets', async () => svc.listTickets());
+      ctl.removeAllContentTypeParsers();
+      ctl.addContentTypeParser('*', (_req, _payload, done) => done(null));
+      ctl.addHook('onRequest', async (request) => checkControl(request, token));
+      // imageio's control API (what vdsm calls).
+      ctl.put('/tickets/:id', async (request: Req, reply) => {
+        await svc.addImageioTicket(request.params.id, await smallBody(request.raw));
+        return reply.code(200).send();
+      });
       ctl.get('/tickets/:id', async (request: Req) => svc.ticketStatus(request.params.id));
-      ctl.patch('/tickets/:id', async (request: Req) => svc.extendTicket(request.params.id, (request.body as { timeout?: number } | undefined)?.timeout as number));
-      ctl.delete('/tickets/:id', async (request: Req) => svc.revokeTicket(request.params.id));
-      ctl.post('/imports', async (request: Req, reply) => reply.code(201).send(await svc.importUrl(request.body as ImportRequest & TicketRequest)));
+      ctl.patch('/tickets/:id', async (request: Req, reply) => {
+        const patch = await smallBody(request.raw);
+        svc.extendTicket(request.params.id, (patch as { timeout?: unknown } | null)?.timeout);
+        return reply.code(200).send();
+      });
+      ctl.delete('/tickets/:id', async (request: Req, reply) => {
+        await svc.deleteTicket(request.params.id);
+        return reply.code(204).send();
+      });
+      ctl.delete('/tickets/', async (_request, reply) => {
+        await svc.deleteAll();
+        return reply.code(204).send();
+      });
+      for (const method of ['GET', 'PUT', 'PATCH'] as const) {
+        ctl.route({ method, url: '/tickets/', handler: async () => { throw new ImageError(400, 'Ticket id is required'); } });
+      }
+      // Porthole's flow: tickets by image name, the list, imports.
+      ctl.post('/tickets', async (request: Req, reply) => reply.code(201).send(await svc.createTicket(await smallBody(request.raw) as TicketRequest)));
+      ctl.get('/tickets', async () => svc.listTickets());
+      ctl.post('/imports', async (request: Req, reply) => reply.code(201).send(await svc.importUrl(await smallBody(request.raw) as ImportRequest & TicketRequest)));
     });
   }
 };
@@ -163,14 +355,21 @@ export interface ImageServerOptions extends ImageServiceOptions {
   listen: string | string[];
   /** PEM certificate and key: required for TCP on a non-loopback address; TCP listeners then speak https. */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Bearer token for the control API on loopback TCP; without one, the control API is on Unix sockets only. */
+  controlToken?: string;
+  /** Browser origins (e.g. the oVirt admin portal, `https://engine.example:8443`) allowed to use the data API. */
+  corsOrigins?: string[];
 }
 
 /** Tickets through the TypeScript API (the same operations as the control API). */
 export interface TicketApi {
   create(req: TicketRequest): Promise<TicketStatus>;
+  /** imageio's `PUT /tickets/<uuid>`. */
+  add(ticket: Record<string, unknown>): Promise<TicketStatus>;
   extend(id: string, timeout: number): TicketStatus;
   status(id: string): TicketStatus;
-  revoke(id: string): Promise<TicketStatus>;
+  /** Deletes the ticket (imageio's DELETE): waits for its requests, publishes or checks what it wrote. */
+  revoke(id: string): Promise<TicketStatus | undefined>;
   list(): TicketStatus[];
 }
 
@@ -202,6 +401,8 @@ export async function createImageServer(opts: ImageServerOptions): Promise<Image
   const listens = (Array.isArray(opts.listen) ? opts.listen : [opts.listen]).map((s) => parseListen(s, !!opts.tls));
   if (!listens.length) throw new Error('no listen address given');
   const service = new ImageService(opts);
+  await service.recover();
+  const unixSocket = listens.find((l): l is { kind: 'unix'; path: string } => l.kind === 'unix')?.path;
   const apps: FastifyInstance[] = [];
   const urls: string[] = [];
   try {
@@ -211,10 +412,14 @@ export async function createImageServer(opts: ImageServerOptions): Promise<Image
         logger: false,
         forceCloseConnections: true,
         requestTimeout: 0,
+        // imageio's clients keep a connection idle while they work on their side: keep it as long as a ticket's
+        // inactivity timeout (the per-ticket value is set after each response).
+        keepAliveTimeout: service.defaultInactivityTimeout * 1000,
         ...(secure ? { https: { cert: opts.tls!.cert, key: opts.tls!.key } } : {}),
       }) as unknown as FastifyInstance;
       apps.push(app);
-      await app.register(imagesPlugin, { service, control: l.kind === 'unix' || isLoopback(l.host) });
+      const control = l.kind === 'unix' ? {} : isLoopback(l.host) && opts.controlToken ? { token: opts.controlToken } : false;
+      await app.register(imagesPlugin, { service, control, unixSocket, corsOrigins: opts.corsOrigins });
       if (l.kind === 'unix') {
         removeStaleSocket(l.path);
         await app.listen({ path: l.path });
@@ -238,9 +443,13 @@ export async function createImageServer(opts: ImageServerOptions): Promise<Image
     service,
     tickets: {
       create: (req) => service.createTicket(req),
+      add: async (ticket) => {
+        await service.addImageioTicket(String(ticket.uuid ?? ''), ticket);
+        return service.ticketStatus(String(ticket.uuid));
+      },
       extend: (id, timeout) => service.extendTicket(id, timeout),
       status: (id) => service.ticketStatus(id),
-      revoke: (id) => service.revokeTicket(id),
+      revoke: (id) => service.deleteTicket(id),
       list: () => service.listTickets(),
     },
     importUrl: (req) => service.importUrl(req),

@@ -1,331 +1,576 @@
-import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { constants as fsc, mkdirSync, readdirSync, unlinkSync } from 'node:fs';
-import { lstat, open, link, unlink, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { constants as fsc, mkdirSync, readdirSync, realpathSync, unlinkSync } from 'node:fs';
+import { link, lstat, open, rename, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { promisify } from 'node:util';
-import { checkImage } from './checks';
+import { fileURLToPath } from 'node:url';
+import { Backend, DirtyExtent, Extent, FileBackend, NbdBackend, WriteCut } from './backends';
+import { BlockHash, blocks, hasher, hashReady } from './blkhash';
+import { checkHeader, checkImage, FormatReport } from './checks';
 import { ImageError } from './errors';
 import { downloadInto, ImportRequest, redactUrl } from './importer';
+import { parseNbdUrl } from './nbd';
 import { Interval } from './ranges';
-import { Closable, ImportProgress, Ticket, TicketOp, TicketRequest, TicketStatus } from './tickets';
+import { ImageioTicket, ImportProgress, Operation, Ticket, TicketInfo, TicketOp, TicketRequest, TicketStatus } from './tickets';
 
-const run = promisify(execFile);
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$/;
 const MiB = 1024 * 1024;
+const TiB = 2 ** 40;
+
+export type { Extent, DirtyExtent };
 
 export interface ImageServiceOptions {
   /** Directory holding the images; created if missing. */
   storageDir: string;
-  /** Default ticket lifetime in seconds (300). */
+  /** Ticket timeout in seconds when a request names none (300). */
   defaultTimeout?: number;
-  /** Default inactivity timeout in seconds (60). */
+  /** Seconds an idle connection of a ticket is kept open when the ticket names none (60, imageio's default). */
   defaultInactivityTimeout?: number;
-  /** Largest virtual size a checked image may have (default 4 TiB). */
+  /** Largest virtual size an image may have (default 4 TiB); tickets for more are refused when they are made. */
   maxVirtualSize?: number;
-  /** Seconds an ended ticket stays visible in status and gives a specific refusal (default 600). */
+  /** Seconds a deleted or cancelled ticket stays listed and gives a specific refusal (default 600). */
   keepEndedTickets?: number;
+  /** Parallel connections a client may use per ticket (imageio's max_readers/max_writers; default 8). */
+  maxConnections?: number;
+  /** Seconds a DELETE waits for the ticket's requests to end before answering 409 (default 60, as imageio). */
+  removeTimeout?: number;
 }
 
-/** One extent of an image file: `zero` when it reads as zeros, `hole` when no storage is allocated. */
-export interface Extent {
-  start: number;
-  length: number;
-  zero: boolean;
-  hole: boolean;
+/** Bytes of qcow2 metadata (L1/L2/refcount tables, header) allowed on top of the virtual size of an upload. */
+function maxFileSize(virtualSize: number): number {
+  return virtualSize + Math.ceil(virtualSize / 512) + 64 * MiB;
 }
+
+interface Tombstone {
+  at: number;
+  status: TicketStatus;
+}
+
+const int = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
 
 /**
- * Tickets and the operations the data API performs on images in one storage directory. Everything a client reaches
- * goes through a ticket id; host paths never leave this class.
+ * Tickets and the operations the data API performs through them, over one storage directory and NBD exports.
+ * Every path that leaves an image in the store passes the format check before the image can be used: a staged
+ * upload is published only after it; an image written in place is quick-checked on every flush and on expiry, fully
+ * checked when its ticket is finalized or deleted, and marked on disk (`.NAME.unchecked`) until then, so a restart
+ * checks it too. Host paths never leave this class.
  */
 export class ImageService {
   readonly storageDir: string;
+  private readonly realStorage: string;
   private readonly tickets = new Map<string, Ticket>();
+  private readonly tombstones = new Map<string, Tombstone>();
   private readonly imports = new Map<string, AbortController>();
   private readonly sweeper: NodeJS.Timeout;
-  private readonly defaults: { timeout: number; inactivity: number; maxVirtualSize: number; keepEnded: number };
+  readonly maxConnections: number;
+  private readonly defaults: { timeout: number; inactivity: number; maxVirtualSize: number; keepEnded: number; removeTimeout: number };
 
   constructor(opts: ImageServiceOptions) {
     this.storageDir = opts.storageDir;
     mkdirSync(this.storageDir, { recursive: true });
+    this.realStorage = realpathSync(this.storageDir);
     // Tickets live in memory: staging files of an earlier run belong to tickets that are gone and can never be finished.
     for (const f of readdirSync(this.storageDir)) if (/^\..+\.upload$/.test(f)) unlinkSync(join(this.storageDir, f));
     this.defaults = {
       timeout: opts.defaultTimeout ?? 300,
       inactivity: opts.defaultInactivityTimeout ?? 60,
-      maxVirtualSize: opts.maxVirtualSize ?? 4 * 2 ** 40,
+      maxVirtualSize: opts.maxVirtualSize ?? 4 * TiB,
       keepEnded: opts.keepEndedTickets ?? 600,
+      removeTimeout: opts.removeTimeout ?? 60,
     };
-    this.sweeper = setInterval(() => this.sweep(), 500);
+    this.maxConnections = opts.maxConnections ?? 8;
+    this.sweeper = setInterval(() => void this.sweep(), 500);
     this.sweeper.unref();
   }
 
-  // ---- tickets (control API and TypeScript API) ----
+  get defaultInactivityTimeout(): number {
+    return this.defaults.inactivity;
+  }
 
+  /** Checks images whose in-place writes were never checked (the server stopped meanwhile). */
+  async recover(): Promise<Array<{ image: string; check: FormatReport }>> {
+    const out: Array<{ image: string; check: FormatReport }> = [];
+    for (const f of readdirSync(this.storageDir)) {
+      const m = /^\.(.+)\.unchecked$/.exec(f);
+      if (!m || !NAME.test(m[1])) continue;
+      const path = join(this.storageDir, m[1]);
+      const st = await lstat(path).catch(() => undefined);
+      if (st?.isFile()) {
+        const check = await checkImage(path, { maxVirtualSize: this.defaults.maxVirtualSize });
+        if (!check.ok) await rename(path, join(this.storageDir, `.${m[1]}.refused`));
+        out.push({ image: m[1], check });
+      }
+      await unlink(join(this.storageDir, f)).catch(() => undefined);
+    }
+    return out;
+  }
+
+  // ---- tickets ----
+
+  private seconds(v: unknown, dflt: number, what: string): number {
+    if (v === undefined) return dflt;
+    if (!int(v) || v < 0 || v > 30 * 86400) throw new ImageError(400, `${what} must be an integer 0..2592000 (seconds)`);
+    return v;
+  }
+
+  private checkOps(ops: unknown): TicketOp[] {
+    if (!Array.isArray(ops) || !ops.length || ops.some((o) => o !== 'read' && o !== 'write')) throw new ImageError(400, 'ops must list "read" and/or "write"');
+    return [...new Set(ops as TicketOp[])];
+  }
+
+  /** Limits checked when the ticket is made, so a transfer never starts that could not finish. */
+  private checkSize(size: number, maxVirtualSize: number): void {
+    if (size > maxFileSize(maxVirtualSize)) throw new ImageError(400, `size ${size} exceeds this server's limit for an image (virtual size at most ${maxVirtualSize} bytes)`);
+  }
+
+  /** A ticket by image name (Porthole's flow). */
   async createTicket(req: TicketRequest): Promise<TicketStatus> {
     return (await this.newTicket(req)).status();
   }
 
-  private async newTicket(req: TicketRequest, internalWriter = false): Promise<Ticket> {
+  private async newTicket(req: TicketRequest, internalWriter = false, id?: string): Promise<Ticket> {
     if (typeof req?.image !== 'string' || !NAME.test(req.image)) {
       throw new ImageError(400, 'image must be a plain name (letters, digits, ".", "_", "+", "-"; no leading dot, no slash)');
     }
-    const ops = [...new Set(req.ops)];
-    if (!Array.isArray(req.ops) || !ops.length || ops.some((o) => o !== 'read' && o !== 'write')) throw new ImageError(400, 'ops must list "read" and/or "write"');
-    const seconds = (v: unknown, dflt: number, what: string) => {
-      if (v === undefined) return dflt;
-      if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 30 * 86400) throw new ImageError(400, `${what} must be 0..2592000 seconds`);
-      return v;
-    };
-    const timeout = seconds(req.timeout, this.defaults.timeout, 'timeout');
-    const inactivity = seconds(req.inactivityTimeout, this.defaults.inactivity, 'inactivityTimeout');
+    const ops = this.checkOps(req.ops);
+    const timeout = this.seconds(req.timeout, this.defaults.timeout, 'timeout');
+    const inactivity = this.seconds(req.inactivityTimeout, this.defaults.inactivity, 'inactivityTimeout');
     if (req.format !== undefined && req.format !== 'raw' && req.format !== 'qcow2') throw new ImageError(400, 'format must be "raw" or "qcow2"');
-    if (req.size !== undefined && (!Number.isSafeInteger(req.size) || req.size < 0)) throw new ImageError(400, 'size must be a non-negative integer');
+    if (req.size !== undefined && (!int(req.size) || req.size < 0)) throw new ImageError(400, 'size must be a non-negative integer');
     const maxVirtualSize = req.maxVirtualSize ?? this.defaults.maxVirtualSize;
-    if (!Number.isSafeInteger(maxVirtualSize) || maxVirtualSize <= 0) throw new ImageError(400, 'maxVirtualSize must be a positive integer');
-    const writes = ops.includes('write') || internalWriter;
-    const finalPath = join(this.storageDir, req.image);
-    if (writes) {
-      const busy = [...this.tickets.values()].find((t) => t.image === req.image && t.state === 'active' && (t.ops.includes('write') || t.importRunning()));
-      if (busy) throw new ImageError(409, `image ${req.image} already has an active write ticket`);
+    if (!int(maxVirtualSize) || maxVirtualSize <= 0 || maxVirtualSize > this.defaults.maxVirtualSize) {
+      throw new ImageError(400, `maxVirtualSize must be a positive integer up to the server's ${this.defaults.maxVirtualSize}`);
     }
+    return this.openFileTicket({
+      id, image: req.image, ops, timeout, inactivity, size: req.size, format: req.format, maxVirtualSize,
+      sparse: req.sparse ?? true, dirty: false, filename: req.filename, transferId: req.transferId, flavour: 'porthole', exactSize: true,
+    }, internalWriter);
+  }
+
+  private async openFileTicket(
+    o: { id?: string; image: string; ops: TicketOp[]; timeout: number; inactivity: number; size?: number; format?: 'raw' | 'qcow2'; maxVirtualSize: number; sparse: boolean; dirty: boolean; filename?: string; transferId?: string; flavour: 'porthole' | 'imageio'; exactSize: boolean },
+    internalWriter = false,
+  ): Promise<Ticket> {
+    const writes = o.ops.includes('write') || internalWriter;
+    const finalPath = join(this.storageDir, o.image);
+    const others = [...this.tickets.values()].filter((t) => t.image === o.image && t.state === 'active' && !t.canceled);
+    if (writes && others.some((t) => t.ops.includes('write') || t.importProgress?.state === 'running')) throw new ImageError(409, `image ${o.image} already has an active write ticket`);
+    if (this.unchecked(o.image)) throw new ImageError(409, `image ${o.image} was written in place and has not passed the format check yet; delete the writer's ticket first`);
+    if (o.size !== undefined && writes) this.checkSize(o.size, o.maxVirtualSize);
     const existing = await lstat(finalPath).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return undefined;
       throw err;
     });
-    if (existing && !existing.isFile()) throw new ImageError(409, `image ${req.image} is not a regular file`);
-    let t: Ticket;
+    if (existing && !existing.isFile()) throw new ImageError(409, `image ${o.image} is not a regular file`);
+    const common = { id: o.id, url: `file://${finalPath}`, image: o.image, ops: o.ops, timeout: o.timeout, inactivityTimeout: o.inactivity, sparse: o.sparse, dirty: o.dirty, transferId: o.transferId, filename: o.filename, format: o.format, maxVirtualSize: o.maxVirtualSize, flavour: o.flavour, finalPath };
     if (existing && !internalWriter) {
-      if (req.size !== undefined && req.size !== existing.size) throw new ImageError(409, `image ${req.image} has ${existing.size} bytes, not ${req.size}`);
-      t = new Ticket(req.image, existing.size, ops, finalPath, finalPath, 'existing', timeout * 1000, inactivity * 1000, req.format, maxVirtualSize);
-    } else {
-      if (existing) throw new ImageError(409, `image ${req.image} already exists`);
-      if (!writes) throw new ImageError(404, `no image ${req.image}`);
-      if (req.size === undefined) throw new ImageError(400, 'size is required for a new image');
-      t = new Ticket(req.image, req.size, ops, '', finalPath, 'new', timeout * 1000, inactivity * 1000, req.format, maxVirtualSize);
-      // Hidden staging name: a half-written or unchecked upload is never found under the image's name.
-      t.path = join(this.storageDir, `.${req.image}.${t.id.slice(0, 12)}.upload`);
-      const fh = await open(t.path, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY | fsc.O_NOFOLLOW, 0o600);
-      try {
-        await fh.truncate(req.size);
-      } finally {
-        await fh.close();
-      }
+      if (o.exactSize && o.size !== undefined && o.size !== existing.size) throw new ImageError(409, `image ${o.image} has ${existing.size} bytes, not ${o.size}`);
+      const size = o.size ?? existing.size;
+      if (writes) this.checkSize(size, o.maxVirtualSize);
+      return this.add(new Ticket({ ...common, mode: 'existing', size, backend: new FileBackend(finalPath, this.maxConnections), path: finalPath }));
     }
+    if (existing) throw new ImageError(409, `image ${o.image} already exists`);
+    if (!writes) throw new ImageError(404, `no image ${o.image}`);
+    if (o.size === undefined) throw new ImageError(400, 'size is required for a new image');
+    const backend = new FileBackend('', this.maxConnections);
+    const t = new Ticket({ ...common, mode: 'new', size: o.size, backend });
+    // Hidden staging name: a half-written or unchecked upload is never found under the image's name.
+    t.path = backend.path = join(this.storageDir, `.${o.image}.${t.id.replace(/[^A-Za-z0-9]/g, '').slice(0, 12)}.upload`);
+    const fh = await open(t.path, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY | fsc.O_NOFOLLOW, 0o600);
+    try {
+      await fh.truncate(o.size);
+    } catch (err) {
+      await fh.close();
+      await unlink(t.path).catch(() => undefined);
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EFBIG' || code === 'EINVAL') throw new ImageError(400, `size ${o.size} is larger than the storage file system can hold`);
+      throw new ImageError(507, `cannot create the upload: ${code ?? 'error'}`);
+    }
+    await fh.close();
+    return this.add(t);
+  }
+
+  private add(t: Ticket): Ticket {
+    this.tombstones.delete(t.id);
     this.tickets.set(t.id, t);
     return t;
+  }
+
+  /** `PUT /tickets/<uuid>`: a ticket in imageio's schema. The same uuid with the same target renews it. */
+  async addImageioTicket(uuid: string, body: unknown): Promise<void> {
+    if (!uuid) throw new ImageError(400, 'Ticket id is required');
+    if (!body || typeof body !== 'object' || Array.isArray(body)) throw new ImageError(400, 'Invalid ticket: expecting a JSON object');
+    const d = body as Record<string, unknown>;
+    const need = (key: string, ok: (v: unknown) => boolean, what: string, optional = false) => {
+      if (!(key in d)) {
+        if (optional) return;
+        throw new ImageError(400, `Invalid ticket: missing required parameter "${key}"`);
+      }
+      if (!ok(d[key])) throw new ImageError(400, `Invalid ticket: "${key}" must be ${what}`);
+    };
+    const str = (v: unknown) => typeof v === 'string';
+    need('uuid', str, 'a string');
+    need('size', (v) => int(v) && v >= 0, 'a non-negative integer');
+    need('ops', Array.isArray, 'a list');
+    need('timeout', (v) => int(v) && v >= 0, 'a non-negative integer');
+    need('url', str, 'a string');
+    need('inactivity_timeout', (v) => int(v) && v >= 0, 'a non-negative integer', true);
+    need('transfer_id', str, 'a string', true);
+    need('filename', str, 'a string', true);
+    need('sparse', (v) => typeof v === 'boolean', 'a boolean', true);
+    need('dirty', (v) => typeof v === 'boolean', 'a boolean', true);
+    const t = d as unknown as ImageioTicket;
+    if (t.uuid !== uuid) throw new ImageError(400, 'Invalid ticket: "uuid" differs from the ticket id in the URL');
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(uuid)) throw new ImageError(400, 'Invalid ticket: "uuid" must be 1..128 letters, digits, ".", "_" or "-"');
+    if (typeof t.filename === 'string' && /[\\/"\r\n]/.test(t.filename)) throw new ImageError(400, 'Invalid ticket: "filename" must be a plain file name');
+    const ops = this.checkOps(t.ops);
+    const timeout = this.seconds(t.timeout, this.defaults.timeout, 'timeout');
+    const inactivity = this.seconds(t.inactivity_timeout, this.defaults.inactivity, 'inactivity_timeout');
+    const current = this.tickets.get(uuid);
+    if (current) {
+      // vdsm may send the same ticket again after a lost answer: renew it. A different target is a conflict.
+      if (current.url !== t.url || current.size !== t.size || current.ops.join() !== ops.join()) throw new ImageError(409, `ticket ${uuid} exists with a different url, size or ops`);
+      current.timeout = timeout;
+      current.inactivityTimeout = inactivity;
+      current.extend(timeout);
+      return;
+    }
+    if (ops.includes('write')) this.checkSize(t.size, this.defaults.maxVirtualSize);
+    const scheme = /^([a-z+]+):/.exec(t.url)?.[1];
+    const common = { id: uuid, ops, timeout, inactivity, sparse: t.sparse ?? false, dirty: t.dirty ?? false, filename: t.filename, transferId: t.transfer_id ?? `(ticket/${uuid.slice(0, 18)})` };
+    if (scheme === 'file') {
+      this.add(await this.openFileTicket({ ...common, image: this.imageOfFileUrl(t.url), size: t.size, maxVirtualSize: this.defaults.maxVirtualSize, flavour: 'imageio', exactSize: false }));
+    } else if (scheme === 'nbd' || scheme === 'nbd+unix') {
+      let parsed: ReturnType<typeof parseNbdUrl>;
+      try {
+        parsed = parseNbdUrl(t.url);
+      } catch (err) {
+        throw new ImageError(400, `Invalid ticket: "url": ${(err as Error).message}`);
+      }
+      this.add(new Ticket({
+        ...common, inactivityTimeout: inactivity, url: t.url, mode: 'nbd', size: t.size, maxVirtualSize: this.defaults.maxVirtualSize, flavour: 'imageio',
+        backend: new NbdBackend(parsed.address, parsed.exportName, common.dirty, this.maxConnections),
+      }));
+    } else {
+      throw new ImageError(400, `Invalid ticket: unsupported url scheme ${JSON.stringify(scheme ?? t.url.slice(0, 10))} (file, nbd)`);
+    }
+  }
+
+  /** A file URL must name an image directly in the storage directory; the answer never repeats the path. */
+  private imageOfFileUrl(url: string): string {
+    let path: string;
+    try {
+      path = fileURLToPath(url);
+    } catch {
+      throw new ImageError(400, 'Invalid ticket: "url" is not a valid file URL');
+    }
+    const name = basename(path);
+    let dir: string;
+    try {
+      dir = realpathSync(dirname(path));
+    } catch {
+      dir = '';
+    }
+    if (dir !== this.realStorage || !NAME.test(name)) throw new ImageError(400, 'Invalid ticket: a file "url" must name an image in the server\'s storage directory');
+    return name;
   }
 
   /** The ticket behind an id; unknown ids get the same answer whether they never existed or were forgotten. */
   get(id: string): Ticket {
     if (typeof id !== 'string' || id === '') throw new ImageError(403, 'no ticket given: data requests go to /images/<ticket id>');
     const t = this.tickets.get(id);
-    if (!t) throw new ImageError(403, 'no such ticket');
-    return t;
+    if (t) return t;
+    if (this.tombstones.has(id)) throw new ImageError(403, 'ticket deleted');
+    throw new ImageError(403, 'no such ticket');
   }
 
   /** Looks up and authorizes in one step (the data API's entry point). */
   authorize(id: string, op: TicketOp): Ticket {
     const t = this.get(id);
     t.authorize(op);
+    if (t.image && this.unchecked(t.image) && !t.ops.includes('write')) throw new ImageError(409, `image ${t.image} is being written in place; it can be read once the format check passed`);
     return t;
   }
 
+  /** Control API view; 404 for unknown (imageio). */
   ticketStatus(id: string): TicketStatus {
-    return this.get(id).status();
+    const t = this.tickets.get(id);
+    if (!t) throw new ImageError(404, `No such ticket ${JSON.stringify(id)}`);
+    return t.status();
   }
 
+  /** Data API view of a ticket (no host paths); counts as activity. */
+  ticketInfo(t: Ticket): TicketInfo {
+    t.touch();
+    return t.info();
+  }
+
+  /** Live tickets, then recently deleted or cancelled ones (with the outcome of their format check). */
   listTickets(): TicketStatus[] {
-    return [...this.tickets.values()].map((t) => t.status());
+    return [...[...this.tickets.values()].map((t) => t.status()), ...[...this.tombstones.values()].map((s) => s.status)];
   }
 
-  /** Sets the ticket to expire `timeout` seconds from now. */
-  extendTicket(id: string, timeout: number): TicketStatus {
-    const t = this.get(id);
-    if (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout <= 0 || timeout > 30 * 86400) throw new ImageError(400, 'timeout must be 1..2592000 seconds');
+  /** `PATCH /tickets/<id> {timeout}`: the ticket expires `timeout` seconds from now, also after it had expired. */
+  extendTicket(id: string, timeout: unknown): TicketStatus {
+    if (!int(timeout) || timeout < 0 || timeout > 30 * 86400) throw new ImageError(400, 'timeout must be an integer 0..2592000 (seconds)');
+    const t = this.tickets.get(id);
+    if (!t) throw new ImageError(404, `No such ticket: ${id}`);
     if (t.state !== 'active' && t.state !== 'finalized') throw new ImageError(409, `ticket is ${t.state}; it cannot be extended`);
-    if (t.overdue()) {
-      this.end(t, 'expired');
-      throw new ImageError(409, 'ticket is expired; it cannot be extended');
+    t.extend(timeout);
+    return t.status();
+  }
+
+  /**
+   * `DELETE /tickets/<id>`: cancels the ticket's requests in progress and waits for them to end (409 after the remove
+   * timeout; the ticket stays canceled and the DELETE can be repeated), then closes the transfer: a staged upload that
+   * received data is checked and published (imageio's flow has no finalize), an image written in place is checked.
+   * Unknown ids succeed (DELETE is idempotent). Returns the final status, or undefined for an unknown id.
+   */
+  async deleteTicket(id: string): Promise<TicketStatus | undefined> {
+    const t = this.tickets.get(id);
+    if (!t) return this.tombstones.get(id)?.status;
+    t.canceled = true;
+    t.deleting ??= this.closeOut(t);
+    const mine = t.deleting;
+    try {
+      await mine;
+    } finally {
+      if (t.deleting === mine && this.tickets.get(id) === t) t.deleting = undefined;
     }
-    t.expiresAt = Date.now() + timeout * 1000;
-    t.timeoutMs = timeout * 1000;
-    return t.status();
+    return this.tombstones.get(id)?.status ?? t.status();
   }
 
-  /** Ends the ticket, closes its live connections, stops its import and discards an unfinished staged upload. */
-  async revokeTicket(id: string): Promise<TicketStatus> {
-    const t = this.get(id);
-    await this.end(t, 'revoked');
-    return t.status();
-  }
-
-  private async end(t: Ticket, state: 'revoked' | 'expired' | 'cancelled'): Promise<void> {
-    if (t.state === 'revoked' || t.state === 'expired' || t.state === 'cancelled') return;
-    const staged = t.mode === 'new' && t.state === 'active';
-    t.state = state;
-    t.endedAt = Date.now();
-    t.closeConnections();
+  private async closeOut(t: Ticket): Promise<void> {
     this.imports.get(t.id)?.abort();
-    if (t.importProgress?.state === 'running') Object.assign(t.importProgress, { state: 'failed', error: `ticket ${state}` });
-    if (staged) await unlink(t.path).catch(() => undefined);
+    if (!(await t.drain(this.defaults.removeTimeout * 1000))) {
+      throw new ImageError(409, `ticket is still in use by ${t.ongoing.size} request(s); repeat the DELETE when they are done`);
+    }
+    if (t.importProgress?.state === 'running') Object.assign(t.importProgress, { state: 'failed', error: 'ticket deleted' });
+    if (t.mode === 'new' && t.state === 'active') {
+      // imageio's flow publishes what was written (unwritten ranges read as zeros); Porthole's needs every byte.
+      const complete = t.written.missing(t.size).length === 0;
+      if (t.written.covered() > 0 && (t.flavour === 'imageio' || complete)) await this.publish(t).catch(() => undefined);
+      if (t.state === 'active' && t.path) await unlink(t.path).catch(() => undefined);
+    } else if (t.mode === 'existing' && t.state !== 'refused' && t.image && this.markedBy(t)) {
+      await this.fullCheck(t).catch(() => undefined);
+    }
+    await t.backend.close();
+    this.forget(t, t.state === 'cancelled' ? 'cancelled' : 'deleted');
   }
 
-  private sweep(): void {
+  private forget(t: Ticket, state: 'deleted' | 'cancelled'): void {
+    const status = t.status();
+    if (t.state !== 'refused' && t.state !== 'finalized') status.state = state;
+    t.state = 'deleted';
+    t.endedAt = Date.now();
+    this.tickets.delete(t.id);
+    this.tombstones.set(t.id, { at: Date.now(), status });
+  }
+
+  /** `DELETE /tickets/` (imageio): every ticket. */
+  async deleteAll(): Promise<void> {
+    await Promise.all([...this.tickets.keys()].map((id) => this.deleteTicket(id)));
+  }
+
+  private async sweep(): Promise<void> {
     const now = Date.now();
     for (const t of this.tickets.values()) {
-      if ((t.state === 'active' || t.state === 'finalized') && t.overdue(now)) void this.end(t, 'expired');
-      else if (t.endedAt !== undefined && now - t.endedAt > this.defaults.keepEnded * 1000) this.tickets.delete(t.id);
+      // An expired in-place writer is quick-checked once: a dangerous header is caught even if nobody deletes the ticket.
+      if (t.state === 'active' && t.overdue(now) && !t.expiryChecked && !t.ongoing.size && t.mode === 'existing' && this.markedBy(t)) {
+        t.expiryChecked = true;
+        await this.quickCheck(t).catch(() => undefined);
+      }
     }
+    for (const [id, s] of this.tombstones) if (now - s.at > this.defaults.keepEnded * 1000) this.tombstones.delete(id);
+  }
+
+  // ---- unchecked in-place writes ----
+
+  private markers = new Map<string, string>();
+
+  private markerPath(image: string): string {
+    return join(this.storageDir, `.${image}.unchecked`);
+  }
+
+  private unchecked(image: string): boolean {
+    return this.markers.has(image);
+  }
+
+  private markedBy(t: Ticket): boolean {
+    return !!t.image && this.markers.get(t.image) === t.id;
+  }
+
+  /** Before the first in-place write: the image is unusable for others until checked, also across a restart. */
+  private async markWriting(t: Ticket): Promise<void> {
+    if (t.mode !== 'existing' || !t.image || this.markedBy(t)) return;
+    this.markers.set(t.image, t.id);
+    await writeFile(this.markerPath(t.image), t.id, { mode: 0o600 });
+  }
+
+  private async unmark(image: string): Promise<void> {
+    this.markers.delete(image);
+    await unlink(this.markerPath(image)).catch(() => undefined);
+  }
+
+  /** The image is refused: a staged upload is removed, an image in place is moved to `.NAME.refused`. */
+  private async refuse(t: Ticket, report: FormatReport): Promise<never> {
+    t.check = report;
+    for (const o of this.tickets.values()) {
+      if (o === t || (t.mode === 'existing' && o.image === t.image && o.mode === 'existing')) {
+        o.state = 'refused';
+        o.check = report;
+      }
+    }
+    if (t.mode === 'new' && t.path) await unlink(t.path).catch(() => undefined);
+    if (t.mode === 'existing' && t.image && t.path) {
+      await rename(t.path, join(this.storageDir, `.${t.image}.refused`)).catch(() => undefined);
+      await this.unmark(t.image);
+    }
+    throw new ImageError(422, `image refused: ${report.reason}`);
+  }
+
+  private limits(t: Ticket) {
+    return { maxVirtualSize: t.maxVirtualSize, expectFormat: t.format };
+  }
+
+  private async quickCheck(t: Ticket): Promise<void> {
+    if (!t.path || t.mode === 'nbd') return;
+    const report = await checkHeader(t.path, this.limits(t));
+    if (!report.ok) await this.refuse(t, report);
+  }
+
+  private async fullCheck(t: Ticket): Promise<FormatReport> {
+    const report = await checkImage(t.path as string, this.limits(t));
+    if (!report.ok) await this.refuse(t, report);
+    t.check = report;
+    if (t.mode === 'existing' && t.image) await this.unmark(t.image);
+    return report;
   }
 
   // ---- data operations ----
 
-  /** Registers a live request on the ticket so revoke can cut it; returns the function that unregisters it. */
-  track(t: Ticket, conn: Closable): () => void {
-    t.connections.add(conn);
-    return () => {
-      t.connections.delete(conn);
-      t.lastActivity = Date.now();
-    };
+  /**
+   * Runs one request on a ticket: it counts as in progress (DELETE waits for it and can cancel it through the
+   * signal), and its end renews the ticket. A request the DELETE canceled is answered 403.
+   */
+  async run<T>(t: Ticket, offset: number, work: (op: Operation) => Promise<T>): Promise<T> {
+    const op = t.begin(offset);
+    try {
+      return await work(op);
+    } catch (err) {
+      if (op.controller.signal.aborted) throw new ImageError(403, 'transfer canceled: the ticket was deleted');
+      throw err;
+    } finally {
+      t.end(op);
+    }
   }
 
-  /** A stream of [start, end) of the image, counted into the ticket's status. */
-  async openRead(t: Ticket, span: Interval): Promise<Readable> {
-    const fh = await open(t.path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
-    const stream = fh.createReadStream({ start: span.start, end: span.end - 1, highWaterMark: MiB });
-    stream.on('data', (chunk: Buffer | string) => {
+  /** Bytes the ticket can read: its size, or less when the image or export is shorter (imageio's available range). */
+  async available(t: Ticket): Promise<number> {
+    return Math.min(t.size, await t.backend.size().catch(() => 0));
+  }
+
+  async openRead(t: Ticket, span: Interval, op: Operation): Promise<Readable> {
+    const stream = await t.backend.read(span.start, span.end, op.controller.signal);
+    stream.on('data', (chunk: Buffer) => {
       t.bytesRead += chunk.length;
+      op.done += chunk.length;
     });
+    stream.once('end', () => t.read.add(span.start, span.end));
     return stream;
   }
 
   /** Writes `body` at `start`; records what landed even when the body is cut short (that is where a resume starts). */
-  async write(t: Ticket, start: number, body: Readable): Promise<number> {
-    const fh = await open(t.path, fsc.O_WRONLY | fsc.O_NOFOLLOW);
-    const ws = fh.createWriteStream({ start, highWaterMark: MiB });
-    body.on('data', (chunk: Buffer) => {
-      t.bytesWritten += chunk.length;
-    });
+  async write(t: Ticket, start: number, length: number, body: Readable, op: Operation): Promise<number> {
+    await this.markWriting(t);
+    const onData = (n: number) => {
+      t.bytesWritten += n;
+      op.done += n;
+    };
+    let landed = 0;
     try {
-      await new Promise<void>((resolve, reject) => {
-        let cut: Error | undefined;
-        // A cut request still lands what it delivered (it is where the resume starts): end the file
-        // stream, which writes what it holds, instead of destroying it.
-        const stop = (err: Error) => {
-          if (cut) return;
-          cut = err;
-          body.unpipe(ws);
-          ws.end();
-        };
-        body.once('error', stop);
-        body.once('close', () => { if (!body.readableEnded) stop(new Error('the request was cut before its end')); });
-        ws.once('error', (err) => { body.unpipe(ws); reject(err); });
-        ws.once('finish', () => (cut ? reject(cut) : resolve()));
-        body.pipe(ws);
-      });
+      landed = await t.backend.write(start, body, op.controller.signal, onData);
+    } catch (err) {
+      if (err instanceof WriteCut) {
+        landed = err.landed;
+        throw new ImageError(400, `the request body ended after ${landed} of ${length} bytes: ${err.message}`);
+      }
+      throw err;
     } finally {
-      ws.destroy();
-      t.written.add(start, start + ws.bytesWritten);
+      t.written.add(start, start + landed);
     }
-    return ws.bytesWritten;
+    if (landed !== length) throw new ImageError(400, `the request body ended after ${landed} of ${length} bytes`);
+    return landed;
   }
 
-  /** Makes [start, end) read as zeros: punches a hole (keeping the size), or writes zeros where that is unsupported. */
   async zero(t: Ticket, span: Interval): Promise<void> {
-    if (span.end === span.start) return;
-    try {
-      await run('fallocate', ['--punch-hole', '--keep-size', '--offset', String(span.start), '--length', String(span.end - span.start), t.path]);
-    } catch {
-      const fh = await open(t.path, fsc.O_WRONLY | fsc.O_NOFOLLOW);
-      try {
-        const zeros = Buffer.alloc(Math.min(MiB, span.end - span.start));
-        for (let pos = span.start; pos < span.end; pos += zeros.length) {
-          await fh.write(zeros, 0, Math.min(zeros.length, span.end - pos), pos);
-        }
-      } finally {
-        await fh.close();
-      }
-    }
+    await this.markWriting(t);
+    await t.backend.zero(span.start, span.end, t.sparse);
     t.written.add(span.start, span.end);
   }
 
+  /** Flushes to storage; an image written through the ticket then gets the quick format check (422 when it fails). */
   async flush(t: Ticket): Promise<void> {
-    const fh = await open(t.path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await t.backend.flush();
+    if (t.mode === 'new' || this.markedBy(t)) await this.quickCheck(t);
   }
 
-  /** Data and zero extents of the image file, from `qemu-img map` (SEEK_DATA/SEEK_HOLE on a raw file). */
-  async extents(t: Ticket): Promise<Extent[]> {
-    const { stdout } = await run('qemu-img', ['map', '-f', 'raw', '--output=json', t.path], { maxBuffer: 64 * MiB });
-    const raw = JSON.parse(stdout) as Array<{ start: number; length: number; data: boolean; zero: boolean }>;
-    const out: Extent[] = [];
-    for (const e of raw) {
-      const x = { start: e.start, length: e.length, zero: e.zero, hole: !e.data };
-      const last = out[out.length - 1];
-      if (last && last.zero === x.zero && last.hole === x.hole && last.start + last.length === x.start) last.length += x.length;
-      else out.push(x);
-    }
-    return out;
+  async extents(t: Ticket, context: 'zero' | 'dirty'): Promise<Extent[] | DirtyExtent[]> {
+    if (context === 'dirty' && !t.dirty) throw new ImageError(404, 'Ticket does not support dirty extents');
+    return t.backend.extents(context);
   }
 
-  /** sha256 of a range (at most 256 MiB): lets a client confirm a resumed upload continues the same file. */
-  async checksum(t: Ticket, span: Interval): Promise<string> {
+  /** A plain hash of a range (at most 256 MiB): lets a client confirm a resumed upload continues the same file. */
+  async rangeChecksum(t: Ticket, span: Interval, algorithm: string): Promise<string> {
     if (span.end - span.start > 256 * MiB) throw new ImageError(400, 'checksum ranges are limited to 256 MiB');
-    const hash = createHash('sha256');
-    const fh = await open(t.path, fsc.O_RDONLY | fsc.O_NOFOLLOW);
-    try {
-      await pipeline(fh.createReadStream({ start: span.start, end: span.end - 1, autoClose: false }), hash);
-    } finally {
-      await fh.close();
+    await hashReady;
+    const h = hasher(algorithm);
+    const stream = await t.backend.read(span.start, span.end, new AbortController().signal);
+    for await (const chunk of stream as AsyncIterable<Buffer>) h.update(chunk);
+    return h.digest().toString('hex');
+  }
+
+  /** imageio's image checksum (blkhash) of the whole image as the ticket sees it. */
+  async checksum(t: Ticket, algorithm: string, blockSize: number, op: Operation): Promise<{ algorithm: string; block_size: number; checksum: string }> {
+    await hashReady;
+    const size = await this.available(t);
+    const extents = (await t.backend.extents('zero') as Extent[]).filter((e) => e.start < size).map((e) => ({ ...e, length: Math.min(e.length, size - e.start) }));
+    const hash = new BlockHash(algorithm, blockSize);
+    for (const b of blocks(extents, blockSize)) {
+      if (op.controller.signal.aborted) throw new Error('transfer canceled');
+      if (b.zero) hash.zero(b.length);
+      else {
+        const parts: Buffer[] = [];
+        for await (const c of (await t.backend.read(b.start, b.start + b.length, op.controller.signal)) as AsyncIterable<Buffer>) parts.push(c);
+        hash.data(Buffer.concat(parts));
+      }
+      op.done += b.length;
     }
-    return hash.digest('hex');
+    return { algorithm, block_size: blockSize, checksum: hash.hexdigest() };
   }
 
   /**
-   * Closes writes and checks the format. A new image is linked under its name only when the check passes (never
-   * replacing another file); otherwise the staging file is removed. An existing image that fails is renamed to a
-   * hidden ".NAME.refused" so nothing opens it by its name.
+   * Porthole's finalize: closes writes and checks the format. A new image must be complete and is linked under its
+   * name only when the check passes (never replacing another file); otherwise the staging file is removed. An image
+   * written in place that fails is moved to a hidden ".NAME.refused" so nothing opens it by its name.
    */
   async finalize(t: Ticket): Promise<TicketStatus> {
     if (t.finalizing) throw new ImageError(409, 'finalize is already running for this ticket');
+    if (t.mode === 'nbd') {
+      await t.backend.flush();
+      return t.status();
+    }
     if (t.mode === 'new') {
       // A cut or partial upload must never be published; zero ranges count as written (clients skip holes that way).
       const gaps = t.written.missing(t.size);
       if (gaps.length) {
-        const first = gaps[0];
-        throw new ImageError(409, `upload incomplete: ${t.size - t.written.covered()} bytes not written yet (first gap ${first.start}-${first.end - 1}); resume at byte ${first.start}`);
+        throw new ImageError(409, `upload incomplete: ${t.size - t.written.covered()} bytes not written yet (first gap ${gaps[0].start}-${gaps[0].end - 1}); resume at byte ${gaps[0].start}`);
       }
     }
     t.finalizing = true;
     try {
-      await this.flush(t);
-      const report = await checkImage(t.path, { maxVirtualSize: t.maxVirtualSize, expectFormat: t.format });
-      t.check = report;
-      if (!report.ok) {
-        // Not closing connections here: this request is one of them and must carry the refusal back.
-        t.state = 'refused';
-        t.endedAt = Date.now();
-        if (t.mode === 'new') await unlink(t.path).catch(() => undefined);
-        else await rename(t.path, join(this.storageDir, `.${t.image}.refused`));
-        throw new ImageError(422, `image refused: ${report.reason}`);
-      }
-      if (t.mode === 'new') {
-        try {
-          await link(t.path, t.finalPath);
-        } catch (err) {
-          throw new ImageError(409, `cannot publish image ${t.image}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'the name was taken meanwhile' : (err as Error).message}`);
-        }
-        await unlink(t.path);
-        t.path = t.finalPath;
-      }
+      await t.backend.flush();
+      if (t.mode === 'new') await this.publish(t);
+      else await this.fullCheck(t);
       t.state = 'finalized';
       return t.status();
     } finally {
@@ -333,10 +578,31 @@ export class ImageService {
     }
   }
 
-  /** Discards a staged upload (only a new image; an in-place ticket cannot undo its writes). */
+  /** Checks a staged upload and links it under its name (never replacing another file). */
+  private async publish(t: Ticket): Promise<void> {
+    await t.backend.flush();
+    await this.fullCheck(t);
+    try {
+      await link(t.path as string, t.finalPath as string);
+    } catch (err) {
+      throw new ImageError(409, `cannot publish image ${t.image}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'the name was taken meanwhile' : (err as NodeJS.ErrnoException).code}`);
+    }
+    await unlink(t.path as string);
+    t.path = (t.backend as FileBackend).path = t.finalPath as string;
+    t.state = 'finalized';
+  }
+
+  /** The owner's cancel of a staged upload: its requests end, the staged bytes are discarded. */
   async cancel(t: Ticket): Promise<TicketStatus> {
-    if (t.mode !== 'new') throw new ImageError(409, 'this ticket writes an existing image in place; there is no staged upload to cancel');
-    await this.end(t, 'cancelled');
+    if (t.mode !== 'new') throw new ImageError(409, 'this ticket does not stage an upload; there is nothing to cancel');
+    t.canceled = true;
+    try {
+      if (!(await t.drain(this.defaults.removeTimeout * 1000))) throw new ImageError(409, 'the upload is still in use; try again');
+    } finally {
+      t.canceled = false;
+    }
+    if (t.state === 'active' && t.path) await unlink(t.path).catch(() => undefined);
+    t.state = 'cancelled';
     return t.status();
   }
 
@@ -354,7 +620,7 @@ export class ImageService {
       ticket = await this.newTicket({ ...req, size, ops: req.ops ?? ['read'] }, true);
       ticket.importProgress = { url: redactUrl(req.url), state: 'running', bytes: 0, total: size, attempts: 1 };
       this.imports.set(ticket.id, abort);
-      return { path: ticket.path, progress: ticket.importProgress, written: ticket.written };
+      return { path: ticket.path as string, progress: ticket.importProgress, written: ticket.written };
     });
     const t = ticket as Ticket;
     const progress = t.importProgress as ImportProgress;
@@ -375,8 +641,7 @@ export class ImageService {
         Object.assign(progress, { state: 'failed', error: err.message });
         t.state = 'refused';
         t.check = { ok: false, reason: `import failed: ${err.message}` };
-        t.endedAt = Date.now();
-        await unlink(t.path).catch(() => undefined);
+        await unlink(t.path as string).catch(() => undefined);
       },
     );
     return t.status();
@@ -385,7 +650,10 @@ export class ImageService {
   close(): void {
     clearInterval(this.sweeper);
     for (const a of this.imports.values()) a.abort();
-    for (const t of this.tickets.values()) t.closeConnections();
+    for (const t of this.tickets.values()) {
+      for (const op of t.ongoing) op.controller.abort();
+      void t.backend.close();
+    }
   }
 }
 

@@ -277,10 +277,12 @@ write_files:
     assert.equal(existsSync(first), false);
   });
 
-  it('warns about the cloud-config modules it does not apply', () => {
+  it('warns about the cloud-config modules it does not apply; refuses templates and MIME user-data', () => {
     const m = parseManifest('#cloud-config\nruncmd: [ls]\npackages: [nginx]\nwrite_files:\n- path: /x\n');
     assert.deepEqual(m.warnings, ['porthole inject applies write_files only; also in this document, not applied: runcmd, packages']);
     assert.throws(() => parseManifest('#cloud-config\nruncmd: [ls]\n'), /this cloud-config has no write_files/);
+    assert.throws(() => parseManifest('## template: jinja\n#cloud-config\nwrite_files: []\n'), /jinja template/);
+    assert.throws(() => parseManifest('MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="==x=="\n\n--==x==\n'), /MIME multi-part user-data: give porthole inject its #cloud-config part/);
   });
 
   it('refuses, before writing anything, a manifest whose later entry the owner\'s policy denies (exit 4)', async () => {

@@ -221,6 +221,7 @@ function writeFilesEntry(entry: unknown, index: number, modeLiteral: string | un
  */
 export function parseManifest(text: string): Manifest {
   if (/^##\s*template:\s*jinja/i.test(text)) throw new ManifestError('this is a jinja template (## template: jinja): cloud-init renders it with instance data; porthole inject does not');
+  if (/^(?:[\w-]+:[^\n]*\n)*content-type:\s*multipart\//i.test(text)) throw new ManifestError('this is MIME multi-part user-data: give porthole inject its #cloud-config part');
   // YAML 1.1 as cloud-init reads it (PyYAML): 0644 is octal, yes/no are booleans. YAML is a superset of JSON.
   const doc = parseDocument(text, { version: '1.1', customTags: pyyamlBooleans } as ParseOptions & SchemaOptions);
   if (doc.errors.length) throw new ManifestError(`manifest is neither YAML nor JSON: ${doc.errors[0].message}`);

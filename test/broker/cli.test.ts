@@ -158,15 +158,15 @@ describe('broker: porthole CLI against the real agent', function () {
       assert.equal(readFileSync(local, 'utf8'), 'piped\n');
     });
 
-    it('exits 1 naming the cause for a missing file or a bad --mode', async () => {
+    it('exits 1 naming the cause for a missing file, 2 for a bad --mode', async () => {
       const missing = await porthole(['cp', `${guest.target}:${join(guest.root, 'nope')}`, join(guest.dir, 'x')]);
       assert.equal(missing.code, 1);
       assert.match(missing.stderr, /nope/);
       const json = await porthole(['--json', 'cp', `${guest.target}:${join(guest.root, 'nope')}`, join(guest.dir, 'x')]);
       assert.equal(JSON.parse(json.stdout.toString()).error.code, 'NOT_FOUND');
       const mode = await porthole(['cp', join(guest.dir, 'big.bin'), `${guest.target}:/tmp/x`, '--mode', 'rw-r--r--']);
-      assert.equal(mode.code, 1);
-      assert.match(mode.stderr, /--mode must be octal/);
+      assert.equal(mode.code, 2);
+      assert.match(mode.stderr, /option '--mode <octal>' argument 'rw-r--r--' is invalid\. expected octal permission bits like 0644/);
     });
   });
 

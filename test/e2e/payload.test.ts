@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, PortholeClient } from '@porthole/broker';
 import { bootVm, Vm, agentBundlePath, agentExecutablePath } from '@porthole/testbed';
-import { buildFloppyPayload, buildIsoPayload, ejectPayloadMedium, insertPayloadMedium, MANIFEST_FILE_NAME, qemuPayloadArgs, BuildResult, PayloadSpec, QmpConnection } from '@porthole/media';
+import { buildFloppyPayload, buildIsoPayload, buildVdsmMedium, ejectPayloadMedium, insertPayloadMedium, MANIFEST_FILE_NAME, qemuPayloadArgs, BuildResult, PayloadSpec, QmpConnection } from '@porthole/media';
 import { v1 } from '@porthole/protocol';
 
 const S = v1.PayloadState;
@@ -137,7 +137,8 @@ describe('payload media in a real VM (QEMU TCG)', function () {
       }]);
       floppy = await build('floppy', 'boot.img', [{ id: 'boot-floppy', entries: [{ guestPath: '/etc/floppy.conf', content: { data: Buffer.from('from the floppy\n') }, mode: 0o600 }] }]);
       const started = Date.now();
-      vm = await bootVm({ agent: agent(), cdrom: cd.path, floppy: floppy.path });
+      // The owner maps one foreign label (a cloud-init config drive's) to a directory; Porthole media are unaffected.
+      vm = await bootVm({ agent: agent(), cdrom: cd.path, floppy: floppy.path, agentConfig: '[payload]\nforeign_targets = { config-2 = "/var/lib/config-drive" }\n' });
       client = await connect(vm.target, { timeoutMs: 90000 });
       events = payloadEvents(client);
       console.log(`      boot to connected agent: ${Date.now() - started} ms`);
@@ -216,6 +217,37 @@ describe('payload media in a real VM (QEMU TCG)', function () {
       assert.match(refused.error!.message!, /manifestSha256: hash mismatch/);
       assert.equal((await sh(client, 'test -e /etc/tampered.conf')).code, 1, 'nothing written');
       assert.ok((await auditLines(vm!, client, 'payload medium refused')).some((l) => l.field === 'manifestSha256'));
+    });
+
+    it('reports a CD built the way oVirt\'s vdsm builds payloads, with its label and files, and applies nothing when no label is mapped', async () => {
+      const sysprep = join(dir, 'sysprep.iso');
+      await buildVdsmMedium('cd', [{ path: 'sysprep/unattend.xml', content: { data: Buffer.from('<unattend/>\n') } }], sysprep, { label: 'SYSPREP', tmpDir: dir });
+      const before = events.seen.length;
+      await changeMedium(await vm!.qmp(), sysprep);
+      const e = await events.next((x) => x.foreign === true && events.seen.indexOf(x) >= before);
+      assert.equal(e.state, S.PAYLOAD_REPORTED);
+      assert.deepEqual([e.label, e.fsType, e.device], ['SYSPREP', 'iso9660', '/dev/sr0']);
+      assert.deepEqual(e.mediumFiles!.map((f) => [Buffer.from(f.path!).toString(), Number(f.size)]), [['sysprep/unattend.xml', 12]]);
+      assert.equal((await sh(client, 'test -e /var/lib/config-drive')).code, 1, 'nothing written');
+      assert.doesNotMatch((await sh(client, 'cat /proc/mounts')).out, /\/dev\/sr0/, 'mounted read-only only while it was read');
+    });
+
+    it('applies a config-2 CD under the directory the owner\'s config maps to that label', async () => {
+      const drive = join(dir, 'config-drive.iso');
+      const built = await buildVdsmMedium('cd', [
+        { path: 'openstack/latest/meta_data.json', content: { data: Buffer.from('{"uuid": "e2e"}') } },
+        { path: 'openstack/latest/user_data', content: { data: Buffer.from('#cloud-config\n') } },
+      ], drive, { label: 'config-2', tmpDir: dir });
+      const before = events.seen.length;
+      await changeMedium(await vm!.qmp(), drive);
+      const e = await events.next((x) => x.foreign === true && events.seen.indexOf(x) >= before);
+      assert.equal(e.state, S.PAYLOAD_APPLIED, e.error?.message ?? '');
+      assert.deepEqual([e.label, Buffer.from(e.targetDir!).toString()], ['config-2', '/var/lib/config-drive']);
+      assert.deepEqual(e.files!.map((f) => [Buffer.from(f.path!).toString(), f.sha256]),
+        built.files.map((f) => [`/var/lib/config-drive/${f.path}`, f.sha256]));
+      const userData = await guestFile(client, '/var/lib/config-drive/openstack/latest/user_data');
+      assert.deepEqual(userData, { text: '#cloud-config\n', mode: 0o640, uid: 0, gid: 0 });
+      assert.ok((await auditLines(vm!, client, 'foreign medium applied')).some((l) => l.label === 'config-2' && l.target === '/var/lib/config-drive'));
     });
   });
 

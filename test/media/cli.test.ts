@@ -11,8 +11,12 @@ type Commander = typeof import('../../packages/media/node_modules/commander');
 const { Command, CommanderError } = createRequire(join(__dirname, '../../packages/media/package.json'))('commander') as Commander;
 type CommanderError = InstanceType<Commander['CommanderError']>;
 
-/** Runs `porthole ARGS` in-process; returns what it printed and the commander error, if any. */
-async function porthole(args: string[]): Promise<{ out: string; err: string; error?: CommanderError }> {
+/**
+ * Runs `porthole ARGS` in-process; returns what it printed and the error, if
+ * any: a CommanderError is a usage error (the porthole CLI exits 2), any other
+ * a failure (exit 1). Printing errors is the porthole program's part.
+ */
+async function porthole(args: string[]): Promise<{ out: string; err: string; error?: Error & Partial<CommanderError> }> {
   let out = '';
   let err = '';
   const program = new Command('porthole').exitOverride().configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (err += s) });
@@ -23,8 +27,7 @@ async function porthole(args: string[]): Promise<{ out: string; err: string; err
     await program.parseAsync(args, { from: 'user' });
     return { out, err };
   } catch (e) {
-    if (!(e instanceof CommanderError)) throw e;
-    return { out, err, error: e };
+    return { out, err, error: e as Error };
   } finally {
     process.stdout.write = write;
   }
@@ -87,21 +90,30 @@ describe('media: porthole payload CLI', function () {
     assert.ok(m.payloads[1].files[0].path.equals(rawPath));
   });
 
-  it('payload build: clear errors, exit code 1', async () => {
-    const cases: Array<[string[], RegExp]> = [
-      [['payload', 'build', '-o', join(t.dir, 'a'), '--b64', '/a=YQ=='], /choose the medium: --cd or --floppy/],
-      [['payload', 'build', '--cd', '-o', join(t.dir, 'a')], /nothing to build/],
-      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--b64', 'noequals'], /--b64 expects GUESTPATH=VALUE/],
-      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--run', '[1]'], /JSON argv must be an array of strings/],
-      [['payload', 'build', '--floppy', '-o', join(t.dir, 'a'), '--b64', `/big=${Buffer.alloc(1_600_000).toString('base64')}`], /does not fit on a 1.44 MB floppy: it needs 1600\d{3} bytes/],
-      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--manifest', join(t.dir, 'none.json')], /ENOENT/],
+  it('payload build: clear errors; usage errors are commander\'s, failures plain errors', async () => {
+    const cases: Array<[string[], RegExp, boolean]> = [
+      [['payload', 'build', '-o', join(t.dir, 'a'), '--b64', '/a=YQ=='], /choose the medium: --cd or --floppy/, true],
+      [['payload', 'build', '--cd', '--floppy', '-o', join(t.dir, 'a'), '--b64', '/a=YQ=='], /option '--cd' cannot be used with option '--floppy'/, true],
+      [['payload', 'build', '--cd', '--b64', '/a=YQ=='], /required option '-o, --output <file>' not specified/, true],
+      [['payload', 'build', '--cd', '-o', join(t.dir, 'a')], /nothing to build/, true],
+      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--b64', 'noequals'], /--b64 expects GUESTPATH=VALUE/, true],
+      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--b64', 'relative=YQ=='], /guest path "relative": path is not absolute/, true],
+      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--run', '[1]'], /JSON argv must be an array of strings/, true],
+      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--label', 'X', '--b64', '/a=YQ=='], /--label is for --layout vdsm/, true],
+      [['payload', 'build', '--cd', '--layout', 'vdsm', '-o', join(t.dir, 'a'), '--mode', '0600', '--b64', 'a=YQ=='], /--mode has no place on a vdsm-layout medium/, true],
+      [['payload', 'build', '--cd', '--layout', 'vdsm', '--label', 'PORTHOLE_X', '-o', join(t.dir, 'a'), '--b64', 'a=YQ=='], /labels starting with PORTHOLE are Porthole's own/, true],
+      [['payload', 'build', '--floppy', '--layout', 'vdsm', '--label', 'much-too-long', '-o', join(t.dir, 'a'), '--b64', 'a=YQ=='], /a FAT label is 1 to 11/, true],
+      [['payload', 'build', '--cd', '--layout', 'vdsm', '-o', join(t.dir, 'a'), '--b64', '../a=YQ=='], /without "\." or "\.\."/, true],
+      [['payload', 'build', '--cd', '--layout', 'iso', '-o', join(t.dir, 'a')], /argument 'iso' is invalid\. Allowed choices are porthole, vdsm/, true],
+      [['payload', 'build', '--floppy', '-o', join(t.dir, 'a'), '--b64', `/big=${Buffer.alloc(1_600_000).toString('base64')}`], /does not fit on a 1.44 MB floppy: it needs 1600\d{3} bytes/, false],
+      [['payload', 'build', '--cd', '-o', join(t.dir, 'a'), '--manifest', join(t.dir, 'none.json')], /ENOENT/, false],
     ];
-    for (const [args, message] of cases) {
+    for (const [args, message, usage] of cases) {
       const r = await porthole(args);
       assert.ok(r.error, `${args.join(' ')} should fail`);
-      assert.equal(r.error.exitCode, 1);
-      assert.match(r.err, message);
-      assert.match(r.err, /^error: /);
+      assert.match(r.error.message, message);
+      assert.equal(r.error.code?.startsWith('commander.') ?? false, usage, `${args.join(' ')}: usage error ${usage}`);
+      assert.doesNotMatch(r.err, /Usage:/, 'not the whole help');
     }
     assert.throws(() => statSync(join(t.dir, 'a')), /ENOENT/, 'no image left by a failed build');
   });
@@ -120,7 +132,7 @@ describe('media: porthole payload CLI', function () {
     assert.equal(back.error, undefined, back.err);
     assert.doesNotMatch(readFileSync(join(t.dir, 'b.xml'), 'utf8'), /cdrom|porthole/);
     const bad = await porthole(['payload', 'xml', '--domain-xml', domain]);
-    assert.match(bad.err, /--image is required/);
+    assert.match(bad.error!.message, /--image is required/);
   });
 
   it('payload attach / eject over QMP on a real QEMU', async () => {
@@ -140,13 +152,13 @@ describe('media: porthole payload CLI', function () {
       assert.equal(e.error, undefined, e.err);
       assert.equal(e.out, `ejected drive cd0 of ${vm.qmpSocket}\n`);
       const again = await porthole(['payload', 'eject', 'vm1', '--qmp', vm.qmpSocket]);
-      assert.match(again.err, /no CD-ROM drives with a medium; name the one to eject/);
+      assert.match(again.error!.message, /no CD-ROM drives with a medium; name the one to eject/);
       const fd = await porthole(['payload', 'attach', 'vm1', iso, '--floppy', '--qmp', vm.qmpSocket]);
-      assert.match(fd.err, /no empty floppy drive on the VM/);
+      assert.match(fd.error!.message, /no empty floppy drive on the VM/);
     } finally {
       await vm.stop();
     }
     const gone = await porthole(['payload', 'attach', 'vm1', iso, '--qmp', join(t.dir, 'qmp.sock')]);
-    assert.match(gone.err, /QMP .*qmp\.sock: connect (ENOENT|ECONNREFUSED)/);
+    assert.match(gone.error!.message, /QMP .*qmp\.sock: connect (ENOENT|ECONNREFUSED)/);
   });
 });

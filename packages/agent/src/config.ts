@@ -11,7 +11,13 @@ export interface AgentConfig {
     enabled: boolean; users: string[]; groups: string[]; commands: string[]; envAllow: string[];
     maxConcurrent: number; secretArgs: string[]; spawnHelper: boolean;
   };
-  payload: { enabled: boolean; runCommands: boolean; stateDir: string };
+  payload: {
+    enabled: boolean; runCommands: boolean; stateDir: string;
+    /** Media Porthole did not build: mounted read-only and reported (label, files) to the host. */
+    foreignMedia: boolean;
+    /** Volume label → directory: the only foreign media applied, their files copied there. */
+    foreignTargets: Record<string, string>;
+  };
   transfers: { stateDir: string; abandonAfterSeconds: number; maxUnfinished: number };
   /** What one host may hold on its connection. */
   session: { maxStreams: number; maxOpenFiles: number; peerTimeoutSeconds: number };
@@ -30,7 +36,7 @@ export function defaultConfig(): AgentConfig {
     fileWrite: { enabled: true, allow: ['/'], deny: ['/proc', '/sys', '/dev'], maxFileSize: 0, allowFinalSymlink: false },
     fileRead: { enabled: true, allow: ['/'], deny: ['/proc/kcore'] },
     exec: { enabled: true, users: [], groups: [], commands: [], envAllow: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
-    payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads' },
+    payload: { enabled: true, runCommands: true, stateDir: '/var/lib/porthole/payloads', foreignMedia: true, foreignTargets: {} },
     transfers: { stateDir: '/var/lib/porthole/transfers', abandonAfterSeconds: 86400, maxUnfinished: 64 },
     session: { maxStreams: 128, maxOpenFiles: 64, peerTimeoutSeconds: 30 },
     nova: { enabled: true },
@@ -40,14 +46,14 @@ export function defaultConfig(): AgentConfig {
 
 type Table = Record<string, unknown>;
 
-const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' | 'string'>> = {
+const SCHEMA: Record<string, Record<string, 'bool' | 'strings' | 'size' | 'int' | 'string' | 'labels'>> = {
   file_write: { enabled: 'bool', allow: 'strings', deny: 'strings', max_file_size: 'size', allow_final_symlink: 'bool' },
   file_read: { enabled: 'bool', allow: 'strings', deny: 'strings' },
   exec: {
     enabled: 'bool', users: 'strings', groups: 'strings', commands: 'strings', env_allow: 'strings',
     max_concurrent: 'int', secret_args: 'strings', spawn_helper: 'bool',
   },
-  payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string' },
+  payload: { enabled: 'bool', run_commands: 'bool', state_dir: 'string', foreign_media: 'bool', foreign_targets: 'labels' },
   transfers: { state_dir: 'string', abandon_after_seconds: 'int', max_unfinished: 'int' },
   session: { max_streams: 'int', max_open_files: 'int', peer_timeout_seconds: 'int' },
   nova: { enabled: 'bool' },
@@ -78,6 +84,20 @@ function check(kind: string, v: unknown, where: string): unknown {
       return Number(v);
     case 'size':
       return parseSize(v, where);
+    case 'labels': {
+      // Volume label → absolute directory; labels compare case-insensitively, as blkid users expect.
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${where}: expected a table of volume label = "/directory"`);
+      const seen = new Set<string>();
+      for (const [label, dir] of Object.entries(v)) {
+        if (label.trim() === '') throw new Error(`${where}: a volume label must not be empty`);
+        if (seen.has(label.toUpperCase())) throw new Error(`${where}: label ${JSON.stringify(label)} given twice (labels compare case-insensitively)`);
+        seen.add(label.toUpperCase());
+        if (typeof dir !== 'string' || !dir.startsWith('/') || dir.split('/').includes('..')) {
+          throw new Error(`${where}.${JSON.stringify(label)}: expected an absolute directory without "..", got ${JSON.stringify(dir)}`);
+        }
+      }
+      return { ...v };
+    }
     default:
       if (typeof v !== 'string') throw new Error(`${where}: expected a string`);
       return v;

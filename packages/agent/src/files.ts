@@ -289,7 +289,7 @@ export async function writeFileAtomic(
     throw new PortholeError(E.ERROR_CODE_ALREADY_EXISTS, `${showPath(path)} already exists`, { path });
   }
   const user = ctx.users.user(req.owner);
-  const gid = ctx.users.group(req.group) ?? user?.gid;
+  const gid = ctx.users.group(req.group) ?? (req.keepGroup ? undefined : user?.gid);
   const uid = user?.uid;
 
   const base = components(target).pop()!;

@@ -12,4 +12,5 @@ export { showPath, normalize, isWithin } from './paths';
 export { AGENT_VERSION } from './version';
 export { main } from './main';
 export { applyPayloadMedium, probeMedium, PayloadWatcher, ApplyOptions, MediumSource, MediumProbe, WatcherOptions, currentBootId } from './payload';
+export { applyForeignMedium, foreignTarget, FOREIGN_FILE_MODE, MAX_LISTED_FILES } from './foreign-media';
 export { startAgent, StartAgentOptions, RunningAgent } from './start';

@@ -27,7 +27,7 @@ export interface NovaReply {
 /** Commands of the Nova agents that Porthole deliberately does not implement. */
 const NOT_SUPPORTED: Readonly<Record<string, string>> = {
   password: 'setting the password',
-  key_init: 'the key exchange for setting the password',
+  keyinit: 'the key exchange for setting the password',
   resetnetwork: 'resetting the network configuration',
   agentupdate: 'updating itself',
   kmsactivate: 'Windows KMS activation',

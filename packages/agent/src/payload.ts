@@ -3,7 +3,7 @@
 // path as injection, then report it on the channel and in the audit log.
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { createReadStream, promises as fsp, constants as fsc, readFileSync } from 'node:fs';
+import { promises as fsp, constants as fsc, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { v1, PortholeError, Session } from '@porthole/protocol';
@@ -11,7 +11,9 @@ import {
   isPayloadLabel, ManifestFile, ManifestPayload, MANIFEST_FILE_NAME, MAX_MANIFEST_BYTES, parsePayloadManifest, PayloadManifest,
   PayloadManifestError, Principal,
 } from '@porthole/media/manifest';
-import { ChunkSource, FileContext, writeFileAtomic } from './files';
+import { FileContext, writeFileAtomic } from './files';
+import { applyForeignMedium } from './foreign-media';
+import { alreadyApplied, chunksOf, readRecord, sha256File, writeRecord } from './payload-common';
 import { normalize, showPath } from './paths';
 import { AuditLogger } from './audit';
 import { Policy } from './policy';
@@ -48,14 +50,6 @@ export interface MediumSource {
   label: string;
 }
 
-interface AppliedRecord {
-  id: string;
-  contentSha256: string;
-  availability: string;
-  bootId: string;
-  appliedAt: string;
-}
-
 /** The kernel's id of this boot (Linux); empty where there is none. */
 export function currentBootId(): string {
   try {
@@ -63,34 +57,6 @@ export function currentBootId(): string {
   } catch {
     return '';
   }
-}
-
-function recordPath(stateDir: string, id: string): string {
-  // Ids are limited to [A-Za-z0-9._:-] and start with a letter or digit (PAYLOAD_ID_PATTERN): safe as a file name.
-  return join(stateDir, 'applied', `${id}.json`);
-}
-
-async function readRecord(stateDir: string, id: string): Promise<AppliedRecord | undefined> {
-  try {
-    return JSON.parse(await fsp.readFile(recordPath(stateDir, id), 'utf8')) as AppliedRecord;
-  } catch {
-    return undefined;
-  }
-}
-
-/** A permanent payload is applied once per content; a run-once payload once per boot (it is gone on the next start). */
-function alreadyApplied(record: AppliedRecord | undefined, p: ManifestPayload, bootId: string): boolean {
-  if (!record || record.contentSha256 !== p.contentSha256) return false;
-  return p.availability === 'permanent' || record.bootId === bootId;
-}
-
-async function writeRecord(stateDir: string, p: ManifestPayload, bootId: string): Promise<void> {
-  const path = recordPath(stateDir, p.id);
-  await fsp.mkdir(join(stateDir, 'applied'), { recursive: true, mode: 0o700 });
-  const record: AppliedRecord = { id: p.id, contentSha256: p.contentSha256, availability: p.availability, bootId, appliedAt: new Date().toISOString() };
-  const temp = `${path}.${process.pid}.tmp`;
-  await fsp.writeFile(temp, JSON.stringify(record), { mode: 0o600 });
-  await fsp.rename(temp, path);
 }
 
 /**
@@ -134,24 +100,6 @@ class MediumReader {
     if (max !== undefined && st.size > max) throw new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, `${rel} on the medium is larger than ${max} bytes`);
     return path;
   }
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const data of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(data as Buffer);
-  return hash.digest('hex');
-}
-
-function chunksOf(path: string): ChunkSource {
-  return {
-    async *[Symbol.asyncIterator]() {
-      let offset = 0;
-      for await (const data of createReadStream(path, { highWaterMark: 1 << 20 })) {
-        yield { offset, data: data as Buffer };
-        offset += (data as Buffer).length;
-      }
-    },
-  };
 }
 
 const principal = (p: Principal | null): v1.Principal.$Properties | undefined => p ?? undefined;
@@ -395,7 +343,8 @@ export interface WatcherOptions {
  * minimal init has none): each check opens the device and reads two sectors,
  * which is cheap (an empty floppy drive only once a minute, see
  * EMPTY_FLOPPY_CHECK_MS), and a medium is mounted only when its first sectors
- * changed and its label is a Porthole one. Events go to the connected broker, or wait
+ * changed: a Porthole medium is applied, any other (foreign) one reported, and
+ * applied only where payload.foreign_targets maps its label. Events go to the connected broker, or wait
  * (bounded) for the next one to connect.
  */
 export class PayloadWatcher {
@@ -455,13 +404,16 @@ export class PayloadWatcher {
       }
       if (this.seen.get(name) === probe.signature) continue;
       this.seen.set(name, probe.signature);
-      if (!probe.fsType || !isPayloadLabel(probe.label)) continue;
-      log.info('payload medium detected', { device, label: probe.label, fsType: probe.fsType });
-      for (const event of await this.applyFrom(device, probe)) this.report(event);
+      if (!probe.fsType) continue;
+      // Media Porthole did not build are mounted only to be reported (and applied where the owner maps their label).
+      const foreign = !isPayloadLabel(probe.label);
+      if (foreign && !this.host.currentPolicy.config.payload.foreignMedia) continue;
+      log.info(foreign ? 'foreign medium detected' : 'payload medium detected', { device, label: probe.label, fsType: probe.fsType });
+      for (const event of await this.applyFrom(device, probe, foreign)) this.report(event);
     }
   }
 
-  private async applyFrom(device: string, probe: MediumProbe): Promise<v1.PayloadEvent.$Properties[]> {
+  private async applyFrom(device: string, probe: MediumProbe, foreign: boolean): Promise<v1.PayloadEvent.$Properties[]> {
     const { log } = this.host;
     const stateDir = this.host.currentPolicy.config.payload.stateDir;
     // Content files may hold secrets: the mount point sits in the agent's 0700 state directory.
@@ -473,18 +425,17 @@ export class PayloadWatcher {
     } catch (err) {
       const message = `cannot mount ${device} (${probe.fsType}): ${((err as { stderr?: string }).stderr || (err as Error).message).trim()}`;
       log.error('payload medium not applied', { device, label: probe.label, error: message });
-      return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, error: new PortholeError(E.ERROR_CODE_INTERNAL, message).toProto() }];
+      return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, foreign, error: new PortholeError(E.ERROR_CODE_INTERNAL, message).toProto() }];
     }
     try {
-      return await applyPayloadMedium(
-        { files: this.host.fileContext, stateDir, bootId: this.options.bootId ?? currentBootId(), commandTimeoutMs: this.options.commandTimeoutMs },
-        { root: mountPoint, device, label: probe.label },
-      );
+      const opts = { files: this.host.fileContext, stateDir, bootId: this.options.bootId ?? currentBootId(), commandTimeoutMs: this.options.commandTimeoutMs };
+      const source = { root: mountPoint, device, label: probe.label };
+      return foreign ? [await applyForeignMedium(opts, source, probe.fsType)] : await applyPayloadMedium(opts, source);
     } catch (err) {
       // Unexpected (e.g. the state directory cannot be written): reported like any failure, and the watcher goes on.
       const e = PortholeError.from(err);
       log.error('payload medium not applied', { device, label: probe.label, error: e.message });
-      return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, error: e.toProto() }];
+      return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, foreign, error: e.toProto() }];
     } finally {
       await execFileP('umount', [mountPoint]).catch((err: { stderr?: string; message: string }) => {
         log.error('cannot unmount the payload medium', { device, mountPoint, error: (err.stderr || err.message).trim() });

@@ -53,6 +53,11 @@ function writeOutput(text: string, out: string | undefined, io: CliIo): void {
  */
 export async function runBootIso(o: BootIsoCliOptions, io: CliIo): Promise<number> {
   const say = (line: string) => io.stderr.write(`boot-iso: ${line}\n`);
+  // With --json the failure is a JSON object on stdout too, as every porthole command reports it.
+  const failed = (code: string, message: string) => {
+    if (o.json) io.stdout.write(`${JSON.stringify({ ok: false, error: { code, message } })}\n`);
+    else say(message);
+  };
   try {
     validateIsoUrl(o.url);
     if (!o.qemuArgs && o.xml === undefined) throw new InvalidUrlError('USAGE', '--xml DOMAIN.xml is required (unless --qemu-args)');
@@ -60,7 +65,7 @@ export async function runBootIso(o: BootIsoCliOptions, io: CliIo): Promise<numbe
     if (o.timeout !== undefined && !/^[1-9][0-9]*$/.test(o.timeout)) throw new InvalidUrlError('USAGE', '--timeout must be milliseconds');
   } catch (err) {
     if (!(err instanceof InvalidUrlError)) throw err;
-    say(err.code === 'USAGE' ? err.message : `invalid URL: ${err.message}`);
+    failed('USAGE', err.code === 'USAGE' ? err.message : `invalid URL: ${err.message}`);
     return 2;
   }
   try {
@@ -112,7 +117,7 @@ export async function runBootIso(o: BootIsoCliOptions, io: CliIo): Promise<numbe
   } catch (err) {
     if (!(err instanceof BootIsoError)) throw err;
     const what = err instanceof PreflightError ? 'preflight failed' : err instanceof DomainXmlError ? 'domain XML' : 'failed';
-    say(`${what} [${err.code}]: ${err.message}`);
+    failed(err.code, `${what} [${err.code}]: ${err.message}`);
     return 1;
   }
 }
@@ -134,7 +139,13 @@ export function registerBootIsoCommand(program: Command, io: CliIo = process): C
     .option('--timeout <ms>', 'preflight limit per request in milliseconds', '10000')
     .option('--out <file>', 'write the result here instead of stdout')
     .option('--json', 'print the full result (XML forms, boot order changes, preflight) as JSON')
-    .action(async (o: BootIsoCliOptions) => {
-      process.exitCode = await runBootIso(o, io);
+    .addHelpText('after', `
+Examples:
+  porthole boot-iso --xml web1.xml --url https://mirror.example/debian-12.iso --out web1-boot.xml && virsh define web1-boot.xml
+  porthole boot-iso --xml web1.xml --url https://mirror.example/debian-12.iso --run-once | virsh create /dev/stdin
+  porthole boot-iso --qemu-args --url https://mirror.example/debian-12.iso --ca-file ca.pem`)
+    .action(async (o: BootIsoCliOptions, cmd: Command) => {
+      // --json may be the program's (the porthole CLI defines it too, and parses it first).
+      process.exitCode = await runBootIso({ ...o, json: cmd.optsWithGlobals<{ json?: boolean }>().json }, io);
     });
 }

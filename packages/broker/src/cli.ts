@@ -1,22 +1,16 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
+import { applyCliConventions, CliOutput, EXIT, reportUsageError, wantsJson } from './cli-conventions';
 import { connect, describeError, PortholeClient } from './client';
-import { parseManifest } from './manifest';
+import { applyManifest, AppliedFile, checkAgainstHello, fetchSources, InjectError } from './inject';
+import { Manifest, ManifestError, parseManifest } from './manifest';
 import { registerServeCommand } from './serve/command';
+import { BadTargetError } from './targets';
 import { BROKER_VERSION } from './version';
 
-/** Exit codes of `porthole` (besides a remote command's own code for `exec`). */
-export const EXIT = {
-  OK: 0,
-  FAILED: 1,
-  USAGE: 2,
-  UNREACHABLE: 3,
-  POLICY: 4,
-  TIMEOUT: 124,
-  INTERRUPTED: 130,
-} as const;
+export { EXIT };
 
 const E = v1.ErrorCode;
 
@@ -35,12 +29,14 @@ interface Globals {
   timeout: string;
 }
 
-function fail(program: Command, err: unknown): never {
+/** Reports a failure and exits; `extra` adds fields to the JSON answer and lines to the text one. */
+function fail(program: Command, err: unknown, extra: { json?: Record<string, unknown>; text?: string[] } = {}): never {
   const json = program.opts<Globals>().json;
   const e = PortholeError.from(err);
-  const code = exitCodeFor(e);
-  if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: errorCodeName(e.code), message: describeError(e), rule: e.rule } }) + '\n');
-  else process.stderr.write(`porthole: ${describeError(e)}\n`);
+  const usage = err instanceof BadTargetError;
+  const code = usage ? EXIT.USAGE : exitCodeFor(e);
+  if (json) process.stdout.write(JSON.stringify({ ok: false, error: { code: usage ? 'USAGE' : errorCodeName(e.code), message: describeError(e), rule: e.rule }, ...extra.json }) + '\n');
+  else process.stderr.write([`porthole: ${describeError(e)}`, ...(extra.text ?? []).map((l) => `porthole: ${l}`)].join('\n') + '\n');
   process.exit(code);
 }
 
@@ -84,13 +80,24 @@ function hello(h: v1.Hello.$Properties | v1.Hello | undefined | null) {
   };
 }
 
+/** Option parser: a number of seconds > 0 (anything else is a usage error). */
+function seconds(value: string): string {
+  if (!(Number(value) > 0)) throw new InvalidArgumentError('expected a number of seconds greater than 0');
+  return value;
+}
+
+/** Option parser: permission bits in octal, like 0640. */
+function octalMode(value: string): string {
+  if (!/^0?[0-7]{3,4}$/.test(value)) throw new InvalidArgumentError('expected octal permission bits like 0644');
+  return value;
+}
+
 export function buildProgram(): Command {
   const program = new Command('porthole')
     .description('Porthole: put files into VMs and run commands in them over virtio-serial, serial or xenstore — no guest network needed')
     .version(BROKER_VERSION, '--version')
     .option('--json', 'machine-readable output (one JSON object per result)')
-    .option('--timeout <seconds>', 'how long to wait for the VM\'s agent', '10')
-    .showHelpAfterError()
+    .option('--timeout <seconds>', 'how long to wait for the VM\'s agent', seconds, '10')
     .addHelpText('after', `
 Targets: unix:/path/to/chardev.sock (QEMU), libvirt:DOMAIN, serial:/dev/ttyS1, xen:DOMID
 
@@ -107,6 +114,10 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
 --command-timeout, 130 when interrupted.`);
 
   program.command('info').argument('<target>').description('agent version, OS, enabled capabilities and policy limits')
+    .addHelpText('after', `
+Examples:
+  porthole info unix:/run/vm1/porthole.sock
+  porthole --json info libvirt:web1 | jq .limits`)
     .action(async (target: string) => {
       try {
         const c = await client(program, target);
@@ -126,6 +137,10 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
     });
 
   program.command('ping').argument('<target>').description('round trip to the agent')
+    .addHelpText('after', `
+Examples:
+  porthole ping libvirt:web1
+  porthole --timeout 60 ping xen:7                   # wait up to a minute for a booting guest`)
     .action(async (target: string) => {
       try {
         const c = await client(program, target);
@@ -143,7 +158,13 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
     .option('--shell', 'run the command line through /bin/sh -c')
     .option('-u, --user <user>', 'run as this user').option('-g, --group <group>', 'run with this group')
     .option('-C, --cwd <dir>', 'working directory').option('-e, --env <NAME=VALUE...>', 'environment entries')
-    .option('-t, --command-timeout <seconds>', 'kill the command (its whole process group) after this long')
+    .option('-t, --command-timeout <seconds>', 'kill the command (its whole process group) after this long', seconds)
+    .addHelpText('after', `
+Examples:
+  porthole exec libvirt:web1 -- uname -a
+  porthole exec libvirt:web1 --shell 'journalctl -u app | tail'
+  porthole exec -u app -C /srv/app -e MODE=prod libvirt:web1 -- ./migrate --dry-run
+  tar c ./site | porthole exec -i libvirt:web1 -- tar x -C /srv/www`)
     .action(async (target: string, command: string[], o: { stdin?: boolean; shell?: boolean; user?: string; group?: string; cwd?: string; env?: string[]; commandTimeout?: string }) => {
       let c: PortholeClient;
       try {
@@ -184,18 +205,19 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
 
   program.command('cp').argument('<source>').argument('<destination>')
     .description('copy a local file into the guest (LOCAL TARGET:/path) or out of it (TARGET:/path LOCAL); "-" is stdin/stdout')
-    .option('--owner <user>').option('--group <group>').option('--mode <octal>').option('--mkdir', 'create missing parent directories')
+    .option('--owner <user>').option('--group <group>').option('--mode <octal>', 'permission bits, e.g. 0640', octalMode).option('--mkdir', 'create missing parent directories')
     .option('--no-progress', 'no progress bar')
+    .addHelpText('after', `
+Examples:
+  porthole cp ./app.conf libvirt:web1:/etc/app/app.conf --owner root --group app --mode 0640 --mkdir
+  porthole cp libvirt:web1:/var/log/syslog ./syslog
+  echo 'ready' | porthole cp - unix:/run/vm1.sock:/run/app/flag`)
     .action(async (source: string, destination: string, o: { owner?: string; group?: string; mode?: string; mkdir?: boolean; progress: boolean }) => {
       const into = splitRemote(destination);
       const from = splitRemote(source);
-      if (!into === !from) {
-        process.stderr.write('porthole: exactly one of SOURCE and DESTINATION must be TARGET:/path\n');
-        process.exit(EXIT.USAGE);
-      }
+      if (!into === !from) throw new InvalidArgumentError('exactly one of SOURCE and DESTINATION must be TARGET:/path');
       try {
         if (into) {
-          if (o.mode && !/^0?[0-7]{3,4}$/.test(o.mode)) throw new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, `--mode must be octal like 0644, got ${o.mode}`);
           const c = await client(program, into.target);
           const task = c.installFile(source === '-' ? process.stdin : { path: source }, {
             path: into.path, owner: o.owner, group: o.group, mode: o.mode ? parseInt(o.mode, 8) : undefined, mkdir: o.mkdir,
@@ -223,28 +245,54 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
       }
     });
 
-  program.command('inject').argument('<target>').argument('<manifest>')
-    .description('apply many files at once: cloud-init write_files (YAML/JSON) or {"/path": "base64"}')
+  program.command('inject').argument('<target>').argument('<manifest>', 'YAML or JSON file, "-" for stdin')
+    .description('apply many files at once: cloud-init write_files (YAML/JSON) or {"/path": "base64"}; all are checked before the first is written')
+    .addHelpText('after', `
+As cloud-init writes them: permissions default to 0644 and owner to root:root, also when a file is replaced;
+"owner: user" leaves the group as it was (root for a new file); append, encoding (b64, gzip, gz+b64 …) and
+source (http/https with headers, falling back to content) are honoured; defer is written at once, with a warning.
+Sources are fetched and every entry is checked against the guest owner's limits before anything is written;
+if a write still fails, the files before it stay and the report names what was applied and what was not.
+
+Examples:
+  porthole inject libvirt:web1 user-data.yaml
+  porthole --json inject unix:/run/vm1.sock files.json          # {"/etc/app.conf": "<base64>"}
+  porthole inject xen:7 - < user-data.yaml`)
     .action(async (target: string, manifestPath: string) => {
-      let files;
+      const json = program.opts<Globals>().json;
+      let manifest: Manifest;
       try {
-        files = parseManifest(readFileSync(manifestPath === '-' ? 0 : manifestPath, 'utf8'));
+        manifest = parseManifest(readFileSync(manifestPath === '-' ? 0 : manifestPath, 'utf8'));
       } catch (err) {
-        process.stderr.write(`porthole: ${manifestPath}: ${(err as Error).message}\n`);
-        process.exit(EXIT.USAGE);
+        if (err instanceof ManifestError) throw new InvalidArgumentError(`${manifestPath}: ${err.message}`);
+        fail(program, err);
       }
+      const { files, warnings } = manifest;
+      const entry = (a: AppliedFile) => ({ index: a.index, path: a.path, size: a.result.size, sha256: a.result.sha256, uid: a.result.uid, gid: a.result.gid, mode: `0${a.result.mode.toString(8)}` });
+      const named = (f: { index: number; path: string }) => ({ index: f.index, path: f.path });
+      let c: PortholeClient | undefined;
+      let told = 0;
+      const tell = () => { if (!json) for (const w of warnings.slice(told)) process.stderr.write(`porthole: warning: ${w}\n`); told = warnings.length; };
       try {
-        const c = await client(program, target);
-        const results = [];
-        for (const f of files) {
-          const r = await c.installFile(f.content, { path: f.path, owner: f.owner, group: f.group, mode: f.mode, mkdir: true, overwrite: f.append ? 'append' : 'replace' }).result;
-          results.push({ path: f.path, size: r.size, sha256: r.sha256, uid: r.uid, gid: r.gid, mode: `0${r.mode.toString(8)}` });
-          if (!program.opts<Globals>().json) process.stdout.write(`${f.path}: ${r.size} bytes, sha256 ${r.sha256}\n`);
-        }
-        if (program.opts<Globals>().json) process.stdout.write(JSON.stringify({ ok: true, files: results }) + '\n');
+        await fetchSources(files, warnings);
+        tell();
+        c = await client(program, target);
+        checkAgainstHello(files, c.hello);
+        const applied = await applyManifest(c, files, (a) => {
+          if (!json) process.stdout.write(`${a.path}: ${a.result.size} bytes, sha256 ${a.result.sha256}\n`);
+        });
+        if (json) process.stdout.write(JSON.stringify({ ok: true, files: applied.map(entry), warnings }) + '\n');
         c.close();
       } catch (err) {
-        fail(program, err);
+        c?.close();
+        tell();
+        if (!(err instanceof InjectError)) fail(program, err, { json: { files: [], warnings } });
+        const where = (fs: Array<{ where: string }>) => fs.map((f) => f.where).join(', ') || 'none';
+        fail(program, err, {
+          json: { files: err.applied.map(entry), failed: named(err.failed), notApplied: [err.failed, ...err.notApplied].map(named), warnings },
+          text: [`applied ${err.applied.length} of ${files.length} entries: ${where(files.slice(0, err.applied.length))}`,
+            `not applied: ${where([err.failed, ...err.notApplied])}`],
+        });
       }
     });
 
@@ -265,12 +313,27 @@ function mountPluginCommands(program: Command): void {
   }
 }
 
-export async function main(argv = process.argv): Promise<void> {
+/**
+ * Runs `porthole ARGS` (without node and the script). Returns the exit code
+ * when the run ended in a usage error or in help; undefined when a command ran
+ * (it exits with its own code). Any other error is reported as a failure.
+ */
+export async function runPorthole(args: string[], io: CliOutput = process): Promise<number | undefined> {
   const program = buildProgram();
-  program.exitOverride((err: CommanderError) => {
-    process.exit(err.exitCode === 0 ? 0 : EXIT.USAGE);
-  });
-  await program.parseAsync(argv);
+  applyCliConventions(program, io);
+  try {
+    await program.parseAsync(args, { from: 'user' });
+    return undefined;
+  } catch (err) {
+    const usage = reportUsageError(err, wantsJson(args), io);
+    if (usage === undefined) fail(program, err);
+    return usage;
+  }
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  const code = await runPorthole(argv.slice(2));
+  if (code !== undefined) process.exit(code);
 }
 
 if (require.main === module) {

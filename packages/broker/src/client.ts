@@ -31,6 +31,8 @@ export interface InstallOptions {
   path: string | Buffer;
   owner?: string | number;
   group?: string | number;
+  /** Without a group: keep the file's group (the agent's for a new file), not the owner's primary group. */
+  keepGroup?: boolean;
   mode?: number;
   mkdir?: boolean;
   parentMode?: number;
@@ -292,6 +294,7 @@ export class PortholeClient extends EventEmitter {
         sha256: options.sha256 ?? '',
         owner: principal(options.owner),
         group: principal(options.group),
+        keepGroup: options.keepGroup ?? false,
         mode: options.mode ?? 0,
         hasMode: options.mode !== undefined,
         overwrite: options.overwrite === 'fail-if-exists' ? v1.OverwritePolicy.OVERWRITE_FAIL_IF_EXISTS

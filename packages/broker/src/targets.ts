@@ -23,6 +23,9 @@ export function libvirtChannelSocket(domain: string, portName = PORTHOLE_PORT_NA
   throw new Error(`domain ${domain} has no unix channel named ${portName} (add <channel type="unix"><target type="virtio" name="${portName}"/></channel>)`);
 }
 
+/** A target that is not written as one (a usage error, not an unreachable VM). */
+export class BadTargetError extends Error {}
+
 /**
  * A VM addressed by its channel: `unix:/path` (QEMU chardev socket),
  * `libvirt:DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`.
@@ -50,5 +53,5 @@ export function connectorForTarget(target: string): Connector {
     default:
       break;
   }
-  throw new Error(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX or xen:DOMID`);
+  throw new BadTargetError(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX or xen:DOMID`);
 }

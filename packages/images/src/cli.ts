@@ -1,8 +1,9 @@
 // `porthole image ...`: run the image server, manage tickets, upload, download and import images.
-// Registered into the porthole CLI by the broker.
+// Registered into the porthole CLI by the broker, whose conventions apply: actions throw
+// (InvalidArgumentError for a usage error) and read --json with optsWithGlobals().
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { downloadImage, ImageEndpoint, readCa, uploadImage } from './client';
 import { createImageServer } from './server';
 import type { TicketInfo, TicketOp, TicketStatus } from './tickets';
@@ -25,7 +26,7 @@ interface ClientFlags {
 
 const int = (what: string, min: number, max = Number.MAX_SAFE_INTEGER) => (v: string): string => {
   const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`${what} must be an integer ${min}..${max}, not ${JSON.stringify(v)}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${what} must be an integer ${min}..${max}, not ${JSON.stringify(v)}`);
   return v;
 };
 
@@ -48,25 +49,13 @@ function progress(label: string): { update(done: number, total: number): void; s
 }
 
 function endpoint(o: ClientFlags): ImageEndpoint {
-  if (o.url && !o.ticket) throw new Error('--url needs --ticket (tickets are created through the local --server)');
+  if (o.url && !o.ticket) throw new InvalidArgumentError('--url needs --ticket (tickets are created through the local --server)');
   return new ImageEndpoint(o.url ?? o.server, { ca: readCa(o.ca), insecure: o.insecure, connections: Number(o.connections) });
 }
 
 /** `--json` may be this command's or, when the porthole program defines it too, the program's (it parses it first). */
 function print(cmd: Command, value: unknown, human: string): void {
   process.stdout.write((cmd.optsWithGlobals<{ json?: boolean }>().json ? JSON.stringify(value) : human) + '\n');
-}
-
-/** Runs an action; a failure prints its cause (and a hint, when there is one) and sets exit code 1. */
-function act<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      await fn(...args);
-    } catch (err) {
-      process.stderr.write(`porthole: ${(err as Error).message}\n`);
-      process.exitCode = 1;
-    }
-  };
 }
 
 function clientOptions(cmd: Command, connections: boolean): Command {
@@ -100,7 +89,13 @@ function describe(t: TicketStatus): string {
 }
 
 export function registerImageCommands(program: Command): Command {
-  const image = program.command('image').description('image transfer: serve a storage directory, tickets, upload, download, import from a URL');
+  const image = program.command('image').description('image transfer: serve a storage directory, tickets, upload, download, import from a URL')
+    .addHelpText('after', `
+Examples:
+  porthole image serve --storage /var/lib/porthole/images
+  porthole image upload ./disk.qcow2 web1-root.qcow2 --format qcow2
+  porthole image download web1-root.qcow2 ./backup.qcow2
+  porthole image ticket list --json`);
 
   image
     .command('serve')
@@ -113,8 +108,13 @@ export function registerImageCommands(program: Command): Command {
     .option('--default-inactivity-timeout <seconds>', 'idle connection timeout when a ticket names none', int('--default-inactivity-timeout', 0), '60')
     .option('--cors-origin <origin...>', 'web portal origin allowed to use the data API from a browser, e.g. https://engine.example:8443')
     .option('--control-token-file <file>', 'file holding a bearer token: mounts the ticket control API on loopback TCP listeners too')
-    .action(act(async (o: { storage: string; listen: string[]; cert?: string; key?: string; defaultTimeout: string; defaultInactivityTimeout: string; corsOrigin?: string[]; controlTokenFile?: string }) => {
-      if (!!o.cert !== !!o.key) throw new Error('--cert and --key go together');
+    .option('--json', 'print the listening addresses as JSON')
+    .addHelpText('after', `
+Examples:
+  porthole image serve --storage /var/lib/porthole/images
+  porthole image serve --storage /srv/images --listen unix:/run/porthole/images.sock tcp:0.0.0.0:54322 --cert tls.pem --key tls.key`)
+    .action(async (o: { storage: string; listen: string[]; cert?: string; key?: string; defaultTimeout: string; defaultInactivityTimeout: string; corsOrigin?: string[]; controlTokenFile?: string }, cmd: Command) => {
+      if (!!o.cert !== !!o.key) throw new InvalidArgumentError('--cert and --key go together');
       const controlToken = o.controlTokenFile ? readFileSync(o.controlTokenFile, 'utf8').trim() : undefined;
       if (controlToken === '') throw new Error(`${o.controlTokenFile} is empty`);
       const server = await createImageServer({
@@ -126,18 +126,22 @@ export function registerImageCommands(program: Command): Command {
         ...(controlToken ? { controlToken } : {}),
         ...(o.cert && o.key ? { tls: { cert: readFileSync(o.cert), key: readFileSync(o.key) } } : {}),
       });
-      for (const u of server.urls) process.stdout.write(`image server listening on ${u}\n`);
-      process.stdout.write(`upload page: <server>/upload#ticket=<ticket id>\n`);
+      print(cmd, { ok: true, listening: server.urls }, [...server.urls.map((u) => `image server listening on ${u}`), 'upload page: <server>/upload#ticket=<ticket id>'].join('\n'));
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
       });
       await server.close();
-    }));
+    });
 
   clientOptions(ticketFlags(image.command('upload <file> <name>')), true)
     .description('upload a local disk image or ISO as NAME (format-checked before it is published)')
-    .action(act(async (file: string, name: string, o: ClientFlags, cmd: Command) => {
+    .addHelpText('after', `
+Examples:
+  porthole image upload ./disk.qcow2 web1-root.qcow2 --format qcow2 --connections 4
+  porthole image upload ./disk.qcow2 web1-root.qcow2 --resume          # after a cut
+  porthole image upload ./d.raw d.raw --url https://host:54322 --ticket 3f2a… --ca ca.pem`)
+    .action(async (file: string, name: string, o: ClientFlags, cmd: Command) => {
       const size = statSync(file).size;
       const ep = endpoint(o);
       let ticket = o.ticket;
@@ -164,11 +168,15 @@ export function registerImageCommands(program: Command): Command {
       } finally {
         ep.close();
       }
-    }));
+    });
 
   clientOptions(image.command('download <name> <file>'), true)
     .description('download image NAME to FILE (written as FILE.part, renamed when complete)')
-    .action(act(async (name: string, file: string, o: ClientFlags, cmd: Command) => {
+    .addHelpText('after', `
+Examples:
+  porthole image download web1-root.qcow2 ./backup.qcow2
+  porthole image download web1-root.qcow2 ./backup.qcow2 --resume --json`)
+    .action(async (name: string, file: string, o: ClientFlags, cmd: Command) => {
       const ep = endpoint(o);
       let created: string | undefined;
       try {
@@ -187,7 +195,7 @@ export function registerImageCommands(program: Command): Command {
         if (created) await ep.revokeTicket(created).catch(() => undefined);
         ep.close();
       }
-    }));
+    });
 
   ticketFlags(image.command('import <url> <name>'))
     .description('have the server download an https URL into image NAME (resumes after a cut; checked before it is published)')
@@ -195,7 +203,11 @@ export function registerImageCommands(program: Command): Command {
     .option('--ca <file>', 'PEM CA the server should trust for this URL')
     .option('--no-wait', 'print the ticket and return; progress is in `porthole image ticket status`')
     .option('--json', 'print the final ticket status as JSON')
-    .action(act(async (url: string, name: string, o: ClientFlags & { wait: boolean }, cmd: Command) => {
+    .addHelpText('after', `
+Examples:
+  porthole image import https://mirror.example/debian-12.iso debian-12.iso
+  porthole image import https://10.0.0.5/disk.qcow2 disk.qcow2 --format qcow2 --ca ca.pem --no-wait`)
+    .action(async (url: string, name: string, o: ClientFlags & { wait: boolean }, cmd: Command) => {
       const ep = endpoint({ ...o, url: undefined, connections: '1' });
       try {
         const ca = o.ca ? readFileSync(o.ca, 'utf8') : undefined;
@@ -212,9 +224,15 @@ export function registerImageCommands(program: Command): Command {
       } finally {
         ep.close();
       }
-    }));
+    });
 
-  const ticket = image.command('ticket').description('create, inspect, extend and revoke tickets on a local image server');
+  const ticket = image.command('ticket').description('create, inspect, extend and revoke tickets on a local image server')
+    .addHelpText('after', `
+Examples:
+  porthole image ticket create new.raw --size 10737418240 --ops read,write
+  porthole image ticket list --json
+  porthole image ticket revoke 3f2a…`);
+  const examples = (cmd: Command, ...lines: string[]) => cmd.addHelpText('after', `\nExamples:\n${lines.map((l) => `  porthole image ticket ${l}`).join('\n')}`);
   const control = (cmd: Command) => cmd.option('--server <addr>', 'local image server', DEFAULT_SERVER).option('--json', 'print JSON');
   const withEp = async (o: { server: string }, fn: (ep: ImageEndpoint) => Promise<void>) => {
     const ep = new ImageEndpoint(o.server, { connections: 1 });
@@ -228,36 +246,40 @@ export function registerImageCommands(program: Command): Command {
     .description('create a ticket for image NAME (a new image needs --size)')
     .option('--size <bytes>', 'size of a new image', int('--size', 0))
     .option('--ops <ops>', 'read, write or read,write', 'read')
-    .action(act(async (name: string, o: ClientFlags & { size?: string; ops: string }, cmd: Command) => withEp(o, async (ep) => {
+    .addHelpText('after', `
+Examples:
+  porthole image ticket create web1-root.qcow2 --ops read --ticket-timeout 600
+  porthole image ticket create new.raw --size 10737418240 --ops read,write --format raw --json`)
+    .action(async (name: string, o: ClientFlags & { size?: string; ops: string }, cmd: Command) => withEp(o, async (ep) => {
       const t = await ep.createTicket({
         image: name, ops: o.ops.split(',').map((s) => s.trim()) as TicketOp[], timeout: Number(o.ticketTimeout), inactivityTimeout: Number(o.inactivityTimeout),
         ...(o.size !== undefined ? { size: Number(o.size) } : {}), ...(o.format ? { format: o.format } : {}),
       });
       print(cmd, t, `${describe(t)}\n  data URL: <server>/images/${t.id}   upload page: <server>/upload#ticket=${t.id}`);
-    })));
-  control(ticket.command('add <json>'))
+    }));
+  examples(control(ticket.command('add <json>')), `add '{"uuid": "3f2a…", "size": 1073741824, "ops": ["write"], "timeout": 300, "url": "file:///var/lib/porthole/images/disk1"}'`, 'add @ticket.json')
     .description("add a ticket in ovirt-imageio's schema, as vdsm does (JSON object or @FILE): uuid, size, ops, timeout, url (file:///STORAGE/NAME or nbd:unix:PATH:exportname=NAME), …")
-    .action(act(async (json: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+    .action(async (json: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
       const t = await ep.addTicket(JSON.parse(json.startsWith('@') ? readFileSync(json.slice(1), 'utf8') : json) as { uuid: string });
       print(cmd, t, `${describe(t)}\n  data URL: <server>/images/${t.id}`);
-    })));
-  control(ticket.command('status <id>')).description('show a ticket').action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+    }));
+  examples(control(ticket.command('status <id>')), 'status 3f2a…', 'status 3f2a… --json').description('show a ticket').action(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const t = await ep.ticketStatus(id);
     print(cmd, t, describe(t));
-  })));
-  control(ticket.command('list')).description('list tickets').action(act(async (o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+  }));
+  examples(control(ticket.command('list')), 'list', 'list --json --server http://127.0.0.1:54323').description('list tickets').action(async (o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const all = await ep.listTickets();
     print(cmd, all, all.map(describe).join('\n') || 'no tickets');
-  })));
-  control(ticket.command('extend <id> <seconds>')).description('make the ticket expire SECONDS from now').action(act(async (id: string, seconds: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+  }));
+  examples(control(ticket.command('extend <id> <seconds>')), 'extend 3f2a… 3600').description('make the ticket expire SECONDS from now').action(async (id: string, seconds: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
     const t = await ep.extendTicket(id, Number(int('seconds', 1, 30 * 86400)(seconds)));
     print(cmd, t, describe(t));
-  })));
-  control(ticket.command('revoke <id>')).alias('delete')
+  }));
+  examples(control(ticket.command('revoke <id>')).alias('delete'), 'revoke 3f2a…', 'delete 3f2a…')
     .description('delete the ticket: its requests end, a staged upload is checked and published (or refused), an image written in place is checked')
-    .action(act(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
+    .action(async (id: string, o: ClientFlags, cmd: Command) => withEp(o, async (ep) => {
       const t = await ep.revokeTicket(id);
       print(cmd, t ?? { id, state: 'deleted' }, t ? describe(t) : `ticket ${id} deleted`);
-    })));
+    }));
   return image;
 }

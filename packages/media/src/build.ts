@@ -3,7 +3,7 @@
 // manifest are specified in FORMAT.md.
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, mkdir, mkdtemp, open, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, basename, join } from 'node:path';
 import { Transform } from 'node:stream';
@@ -83,7 +83,7 @@ function checkFloppyFits(fileSizes: number[], manifestBytes: number): void {
 }
 
 /** Writes one entry's content to the staging tree and returns its sha256, checking a local file did not change size meanwhile. */
-async function stageContent(entry: NormalizedEntry, dest: string): Promise<string> {
+export async function stageContent(entry: Pick<NormalizedEntry, 'source' | 'size'>, dest: string): Promise<string> {
   const hash = createHash('sha256');
   if ('data' in entry.source) {
     await writeFile(dest, entry.source.data, { mode: 0o600, flag: 'wx' });
@@ -149,18 +149,59 @@ async function writeIsoGenisoimage(tool: string, root: string, out: string, labe
   await runTool(tool, ['-quiet', '-input-charset', 'utf-8', '-R', '-J', '-joliet-long', '-uid', '0', '-gid', '0', '-V', label, '-o', out, root]);
 }
 
-async function writeFloppy(mkfs: string, mcopy: string, root: string, out: string, serial: string): Promise<void> {
+/** A 1.44 MB FAT floppy holding the entries of `root` (its top-level names) at the floppy's root. */
+export async function writeFloppy(mkfs: string, mcopy: string, root: string, out: string, fs: { label?: string; serial?: string }): Promise<void> {
   const fh = await open(out, 'r+');
   try {
     await fh.truncate(FLOPPY_IMAGE_BYTES);
   } finally {
     await fh.close();
   }
-  await runTool(mkfs, ['-n', PAYLOAD_LABEL_PREFIX, '-i', serial, out]);
+  await runTool(mkfs, [...(fs.label ? ['-n', fs.label] : []), ...(fs.serial ? ['-i', fs.serial] : []), out]);
+  const top = (await readdir(root)).sort().map((name) => join(root, name));
   // -D o: never prompt on a name clash (there is none on a fresh file system, and a prompt would hang).
-  await runTool(mcopy, ['-i', out, '-s', '-Q', '-D', 'o', join(root, MANIFEST_FILE_NAME), join(root, MEDIUM_FILES_DIR), '::/'], {
-    MTOOLS_SKIP_CHECK: '1',
-  });
+  if (top.length) await runTool(mcopy, ['-i', out, '-s', '-Q', '-D', 'o', ...top, '::/'], { MTOOLS_SKIP_CHECK: '1' });
+}
+
+/**
+ * The image-writing frame every build shares: `stage` fills a private staging
+ * root (0700, in a temporary directory), then `write` makes the file system from
+ * it into a temporary file beside outPath, which is renamed to outPath (mode 0600)
+ * once complete. A failure leaves nothing behind. Returns the tool `write` named
+ * and the image's size.
+ */
+export async function writeImage(
+  outPath: string,
+  tmpDir: string | undefined,
+  stage: (root: string) => Promise<void>,
+  write: (root: string, image: string) => Promise<string>,
+): Promise<{ tool: string; imageBytes: number }> {
+  const staging = await mkdtemp(join(tmpDir ?? tmpdir(), 'porthole-payload-'));
+  const tmpOut = join(dirname(outPath), `.${basename(outPath)}.${randomBytes(6).toString('hex')}.tmp`);
+  let created = false;
+  try {
+    // The staging directory (0700) keeps the medium tree private even when the tree itself gets readable modes.
+    const root = join(staging, 'root');
+    await mkdir(root, { mode: 0o700 });
+    await stage(root);
+    try {
+      await (await open(tmpOut, 'wx', 0o600)).close();
+      created = true;
+    } catch (e) {
+      throw new Error(`cannot write the image in ${dirname(outPath)}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    }
+    const tool = await write(root, tmpOut);
+    // A tool may have recreated the file with its own mode; the image may hold secrets.
+    await chmod(tmpOut, 0o600);
+    const { size } = await stat(tmpOut);
+    await rename(tmpOut, outPath);
+    return { tool: basename(tool), imageBytes: size };
+  } catch (err) {
+    if (created) await unlink(tmpOut).catch(() => undefined);
+    throw err;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -182,55 +223,32 @@ export async function buildPayloadMedium(
   const sizes = payloads.flatMap((p) => p.entries.map((e) => e.size));
   if (medium === 'floppy') checkFloppyFits(sizes, 0);
 
-  const stage = await mkdtemp(join(options.tmpDir ?? tmpdir(), 'porthole-payload-'));
-  // The output is written under a temporary name next to outPath and renamed when complete.
-  const tmpOut = join(dirname(outPath), `.${basename(outPath)}.${randomBytes(6).toString('hex')}.tmp`);
-  let created = false;
-  try {
-    // stage (0700) keeps the medium tree private even when the tree itself gets readable modes.
-    const root = join(stage, 'root');
-    await mkdir(root, { mode: 0o700 });
-    const { text, manifest } = serializePayloadManifest({ medium, payloads: await stagePayloads(payloads, root) });
-    await writeFile(join(root, MANIFEST_FILE_NAME), text, { mode: 0o600, flag: 'wx' });
-    if (medium === 'floppy') checkFloppyFits(sizes, Buffer.byteLength(text));
-
-    try {
-      await (await open(tmpOut, 'wx', 0o600)).close();
-      created = true;
-    } catch (e) {
-      throw new Error(`cannot write the image in ${dirname(outPath)}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
-    }
-    const label = payloadVolumeLabel(medium, manifest.manifestSha256);
-    const serial = manifest.manifestSha256.slice(0, 8);
-    let tool: string;
+  let manifest: PayloadManifest | undefined;
+  const { tool, imageBytes } = await writeImage(outPath, options.tmpDir, async (root) => {
+    const staged = serializePayloadManifest({ medium, payloads: await stagePayloads(payloads, root) });
+    manifest = staged.manifest;
+    await writeFile(join(root, MANIFEST_FILE_NAME), staged.text, { mode: 0o600, flag: 'wx' });
+    if (medium === 'floppy') checkFloppyFits(sizes, Buffer.byteLength(staged.text));
+  }, async (root, image) => {
+    const label = payloadVolumeLabel(medium, manifest!.manifestSha256);
     if (isoTool !== undefined) {
-      tool = isoTool;
-      const write = basename(tool) === 'genisoimage' ? writeIsoGenisoimage : writeIsoXorriso;
-      await write(tool, root, tmpOut, label, manifest);
-    } else {
-      const { mkfs, mcopy } = fatTools!;
-      tool = mkfs;
-      await writeFloppy(mkfs, mcopy, root, tmpOut, serial);
+      const write = basename(isoTool) === 'genisoimage' ? writeIsoGenisoimage : writeIsoXorriso;
+      await write(isoTool, root, image, label, manifest!);
+      return isoTool;
     }
-    // A tool may have recreated the file with its own mode; the image may hold secrets.
-    await chmod(tmpOut, 0o600);
-    const { size } = await stat(tmpOut);
-    await rename(tmpOut, outPath);
-    return {
-      path: outPath,
-      medium,
-      label,
-      serial: medium === 'floppy' ? `${serial.slice(0, 4)}-${serial.slice(4)}`.toUpperCase() : undefined,
-      imageBytes: size,
-      tool: basename(tool),
-      manifest,
-    };
-  } catch (err) {
-    if (created) await unlink(tmpOut).catch(() => undefined);
-    throw err;
-  } finally {
-    await rm(stage, { recursive: true, force: true });
-  }
+    await writeFloppy(fatTools!.mkfs, fatTools!.mcopy, root, image, { label: PAYLOAD_LABEL_PREFIX, serial: manifest!.manifestSha256.slice(0, 8) });
+    return fatTools!.mkfs;
+  });
+  const serial = manifest!.manifestSha256.slice(0, 8);
+  return {
+    path: outPath,
+    medium,
+    label: payloadVolumeLabel(medium, manifest!.manifestSha256),
+    serial: medium === 'floppy' ? `${serial.slice(0, 4)}-${serial.slice(4)}`.toUpperCase() : undefined,
+    imageBytes,
+    tool,
+    manifest: manifest!,
+  };
 }
 
 export function buildIsoPayload(specs: PayloadSpec | PayloadSpec[], outPath: string, options?: BuildOptions): Promise<BuildResult> {

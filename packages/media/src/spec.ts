@@ -88,36 +88,32 @@ export function parseMode(v: number | string | null | undefined, what: string): 
   return n;
 }
 
+/** An entry's content, checked: bytes in memory, or a regular host file and its size now. */
+export function normalizeContent(content: EntryContent, what: string): Pick<NormalizedEntry, 'source' | 'size'> {
+  if ('base64' in content) {
+    const data = decodeBase64Strict(content.base64, `content of ${what}`);
+    return { source: { data }, size: data.length };
+  }
+  if ('data' in content) return { source: { data: Buffer.from(content.data) }, size: content.data.length };
+  const file = content.localFile;
+  let st;
+  try {
+    st = statSync(file);
+  } catch (err) {
+    throw new PayloadSpecError(`${what}: cannot read local file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  if (!st.isFile()) throw new PayloadSpecError(`${what}: local file ${file} is not a regular file`);
+  return { source: { localFile: file }, size: st.size };
+}
+
 function normalizeEntry(e: PayloadEntry, where: string): NormalizedEntry {
   const path = typeof e.guestPath === 'string' ? Buffer.from(e.guestPath, 'utf8') : Buffer.from(e.guestPath);
   const problem = checkGuestPath(path);
   if (problem) throw new PayloadSpecError(`${where}: guest path ${describePath(path)}: ${problem}`);
   const what = `${where} (${describePath(path)})`;
-  let source: NormalizedEntry['source'];
-  let size: number;
-  if ('base64' in e.content) {
-    const data = decodeBase64Strict(e.content.base64, `content of ${what}`);
-    source = { data };
-    size = data.length;
-  } else if ('data' in e.content) {
-    source = { data: Buffer.from(e.content.data) };
-    size = e.content.data.length;
-  } else {
-    const file = e.content.localFile;
-    let st;
-    try {
-      st = statSync(file);
-    } catch (err) {
-      throw new PayloadSpecError(`${what}: cannot read local file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-    }
-    if (!st.isFile()) throw new PayloadSpecError(`${what}: local file ${file} is not a regular file`);
-    source = { localFile: file };
-    size = st.size;
-  }
   return {
     path,
-    source,
-    size,
+    ...normalizeContent(e.content, what),
     owner: parsePrincipal(e.owner, `${what} owner`),
     group: parsePrincipal(e.group, `${what} group`),
     mode: parseMode(e.mode, what),

@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { createLogger, format, transports } from 'winston';
 import { generateToken, readTokenFile } from './auth';
 import { DEFAULT_LISTEN, parseListen } from './listen';
@@ -21,8 +21,8 @@ function positive(name: string, v: string): number {
   return n;
 }
 
-/** `porthole serve`: the REST API. */
-export function registerServeCommand(program: Command, exitCodes: { FAILED: number; USAGE: number }): void {
+/** `porthole serve`: the REST API. Usage errors are thrown, for the porthole program to report. */
+export function registerServeCommand(program: Command, exitCodes: { FAILED: number }): void {
   program.command('serve')
     .description('serve the REST API (tasks: inject, exec, live output) for automation; the OpenAPI document is at /openapi.json')
     .option('--listen <spec>', 'unix:PATH or tcp:HOST:PORT (TCP requires a bearer token)', DEFAULT_LISTEN)
@@ -36,7 +36,8 @@ Examples:
   porthole serve                                           # ${DEFAULT_LISTEN}, no token (socket mode 0600)
   porthole serve --listen tcp:127.0.0.1:8750 --token-file /etc/porthole/broker.token
   curl --unix-socket ${DEFAULT_LISTEN.slice(5)} localhost/v1/tasks`)
-    .action(async (o: ServeOptions) => {
+    .action(async (o: ServeOptions, cmd: Command) => {
+      const json = cmd.optsWithGlobals<{ json?: boolean }>().json;
       let token: string | undefined;
       let retention: number;
       let maxTasks: number;
@@ -45,11 +46,11 @@ Examples:
         retention = positive('--output-retention', o.outputRetention);
         maxTasks = positive('--max-tasks', o.maxTasks);
         token = o.tokenFile ? readTokenFile(o.tokenFile) : spec.kind === 'tcp' ? generateToken() : undefined;
-        if (token && !o.tokenFile) process.stdout.write(`bearer token (shown once, not logged): ${token}\n`);
       } catch (err) {
-        process.stderr.write(`porthole: ${(err as Error).message}\n`);
-        process.exit(exitCodes.USAGE);
+        throw new InvalidArgumentError((err as Error).message);
       }
+      const newToken = token && !o.tokenFile ? token : undefined;
+      if (newToken && !json) process.stdout.write(`bearer token (shown once, not logged): ${newToken}\n`);
       const logger = createLogger({
         level: o.logLevel,
         format: format.combine(format.timestamp(), format.json()),
@@ -57,7 +58,7 @@ Examples:
       });
       try {
         const server = await startBrokerServer({ listen: o.listen, token, journal: o.journal, outputRetention: retention, maxTasks, logger });
-        process.stdout.write(`porthole broker listening on ${server.address}\n`);
+        process.stdout.write(json ? `${JSON.stringify({ ok: true, listening: server.address, ...(newToken ? { token: newToken } : {}) })}\n` : `porthole broker listening on ${server.address}\n`);
         for (const sig of ['SIGINT', 'SIGTERM'] as const) {
           process.once(sig, () => {
             logger.info('stopping', { signal: sig });

@@ -10,7 +10,7 @@ import { connect, PortholeClient } from '@porthole/broker';
 import { buildIsoPayload, BuildResult } from '@porthole/media';
 import { PortholeError, v1 } from '@porthole/protocol';
 import { agentExecutableFor, bootVm, Vm } from '@porthole/testbed';
-import { auditLines, changeMedium, payloadEvents, readBack, run, waitFor } from './helpers';
+import { auditLines, changeMedium, liveOutput, payloadEvents, readBack, run, waitFor } from './helpers';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -80,14 +80,9 @@ describe('end to end in an aarch64 VM (QEMU virt, TCG): the linux-arm64 agent', 
   });
 
   it('streams exec: the first line before the command ends, stdin in, exit codes and signals out', async () => {
-    const task = client.exec({ shell: 'echo first; sleep 2; echo second' });
-    const seen: string[] = [];
-    task.stdout.on('data', (d: Buffer) => seen.push(`out:${d.toString().trim()}`));
-    void task.exit.then(() => seen.push('exit'));
-    await new Promise<void>((resolve) => task.stdout.once('data', () => resolve()));
-    assert.deepEqual(seen, ['out:first'], 'the first line arrived while the command still ran');
-    await task.exit;
-    assert.deepEqual(seen.filter((e) => e !== 'out:'), ['out:first', 'out:second', 'exit']);
+    const { atFirstOutput, all } = await liveOutput(client);
+    assert.deepEqual(atFirstOutput, ['out:first'], 'the first line arrived while the command still ran');
+    assert.deepEqual(all, ['out:first', 'out:second', 'exit']);
 
     const upper = client.exec(['tr', 'a-z', 'A-Z'], { stdin: true });
     const out: Buffer[] = [];

@@ -16,6 +16,21 @@ export async function run(client: PortholeClient, command: string[] | { shell: s
   return { ...exit, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
 }
 
+/**
+ * Runs `echo first; sleep 2; echo second` and returns what the host had seen when the first
+ * output arrived, and everything in order once the command ended ('out:<line>', 'exit').
+ */
+export async function liveOutput(client: PortholeClient): Promise<{ atFirstOutput: string[]; all: string[] }> {
+  const task = client.exec({ shell: 'echo first; sleep 2; echo second' });
+  const events: string[] = [];
+  task.stdout.on('data', (d: Buffer) => events.push(`out:${d.toString().trim()}`));
+  void task.exit.then(() => events.push('exit'));
+  await new Promise<void>((resolve) => task.stdout.once('data', () => resolve()));
+  const atFirstOutput = [...events];
+  await task.exit;
+  return { atFirstOutput, all: events.filter((e) => e !== 'out:') };
+}
+
 /** A guest file's bytes, sha256 (the agent's) and metadata, read back over the channel. */
 export async function readBack(client: PortholeClient, path: string | Buffer): Promise<{ data: Buffer; sha256: string; mode: number; uid: number; gid: number }> {
   const task = client.readFile(path);

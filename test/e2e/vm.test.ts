@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { connect, PortholeClient, describeError } from '@porthole/broker';
 import { bootVm, Vm, agentBundlePath, agentExecutablePath } from '@porthole/testbed';
 import { PortholeError } from '@porthole/protocol';
-import { readBack, run } from './helpers';
+import { liveOutput, readBack, run } from './helpers';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const repo = join(__dirname, '..', '..');
@@ -124,14 +124,9 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
   });
 
   it('streams output live: the first line arrives before the command ends', async () => {
-    const task = client.exec({ shell: 'echo first; sleep 2; echo second' });
-    const events: string[] = [];
-    task.stdout.on('data', (d: Buffer) => events.push(`out:${d.toString().trim()}`));
-    void task.exit.then(() => events.push('exit'));
-    await new Promise<void>((resolve) => task.stdout.once('data', () => resolve()));
-    assert.deepEqual(events, ['out:first'], 'first line seen while the command still runs');
-    await task.exit;
-    assert.deepEqual(events.filter((e) => e !== 'out:'), ['out:first', 'out:second', 'exit']);
+    const { atFirstOutput, all } = await liveOutput(client);
+    assert.deepEqual(atFirstOutput, ['out:first'], 'first line seen while the command still runs');
+    assert.deepEqual(all, ['out:first', 'out:second', 'exit']);
   });
 
   it('streams stdin into the command', async () => {

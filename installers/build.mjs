@@ -52,7 +52,7 @@ if (!existsSync(opts.spawn)) fail(`${opts.spawn} not found: npm run ${build.nati
 // A package for one CPU with another CPU's program in it would install and then fail to start.
 for (const file of [opts.exe, opts.spawn]) {
   const arch = elfArch(file);
-  if (arch !== build.arch) fail(`${file} is ${arch ? `a ${arch} program` : 'not an ELF program'}, not one for ${build.arch} (--arch)`);
+  if (arch !== build.arch) fail(`${file} is ${arch ? `built for ${arch}` : 'no x64 or arm64 ELF program'}, not for ${build.arch} (--arch ${build.arch})`);
 }
 if (!existsSync(opts.conf)) fail(`${opts.conf} not found: the owner's config template is needed`);
 

@@ -1,8 +1,8 @@
-// Builds the agent's installers from the single executable (npm run build:sea):
-//   node installers/build.mjs deb|tar [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]
-// deb: build/porthole-agent_<V>_amd64.deb (dpkg-deb, nothing downloaded)
-// tar: build/porthole-agent-<V>-linux-x64.tar.gz with install.sh
-// <V> defaults to packages/agent/package.json's version.
+// Builds the agent's installers from the single executable (npm run build:sea, or build:arm64):
+//   node installers/build.mjs deb|tar [--arch x64|arm64] [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]
+// deb: build/porthole-agent_<V>_<amd64|arm64>.deb (dpkg-deb, nothing downloaded)
+// tar: build/porthole-agent-<V>-linux-<x64|arm64>.tar.gz with install.sh
+// <V> defaults to packages/agent/package.json's version; --arch to this host's CPU.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +10,7 @@ import { gzipSync } from 'node:zlib';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { elfArch, target } from '../packages/agent/scripts/targets.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -18,8 +19,10 @@ const agentPkg = JSON.parse(readFileSync(join(root, 'packages/agent/package.json
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
   options: {
+    arch: { type: 'string', default: process.arch },
     version: { type: 'string', default: agentPkg.version },
-    exe: { type: 'string', default: join(root, 'packages/agent/dist/porthole-agent') },
+    // The single executable (default: the target's, in packages/agent/dist/ or dist/linux-<arch>/).
+    exe: { type: 'string' },
     // porthole-spawn, the agent's command starter (npm run build makes it beside the executable).
     spawn: { type: 'string' },
     conf: { type: 'string', default: join(here, 'agent.conf.example') },
@@ -34,54 +37,90 @@ function fail(message) {
 
 const MAINTAINER = 'Porthole maintainers <maintainers@porthole.invalid>';
 const kind = positionals[0];
-if (kind !== 'deb' && kind !== 'tar') fail('usage: node installers/build.mjs deb|tar [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]');
+if (kind !== 'deb' && kind !== 'tar') fail('usage: node installers/build.mjs deb|tar [--arch x64|arm64] [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]');
 if (!/^[0-9][A-Za-z0-9.+~-]*$/.test(opts.version)) fail(`bad version ${JSON.stringify(opts.version)}: must start with a digit (Debian version rules)`);
-if (!existsSync(opts.exe)) fail(`${opts.exe} not found: build the single executable first (npm run build:sea)`);
+let build;
+try {
+  build = target(opts.arch);
+} catch (err) {
+  fail(err.message);
+}
+opts.exe ??= join(build.dist, 'porthole-agent');
+if (!existsSync(opts.exe)) fail(`${opts.exe} not found: build the single executable first (npm run ${build.native ? 'build:sea' : `build:${build.arch}`})`);
 opts.spawn ??= join(dirname(opts.exe), 'porthole-spawn');
-if (!existsSync(opts.spawn)) fail(`${opts.spawn} not found: npm run build compiles it (needs gcc and libc6-dev)`);
+if (!existsSync(opts.spawn)) fail(`${opts.spawn} not found: npm run ${build.native ? 'build' : `build:${build.arch}`} compiles it`);
+// A package for one CPU with another CPU's program in it would install and then fail to start.
+for (const file of [opts.exe, opts.spawn]) {
+  const arch = elfArch(file);
+  if (arch !== build.arch) fail(`${file} is ${arch ? `built for ${arch}` : 'no x64 or arm64 ELF program'}, not for ${build.arch} (--arch ${build.arch})`);
+}
 if (!existsSync(opts.conf)) fail(`${opts.conf} not found: the owner's config template is needed`);
 
 // Native modules are loaded from /usr/lib/porthole/node_modules (beside the executable), which
 // a single executable's own require cannot reach: serialport only for serial channels, the
 // native CRC32C (4-5x the portable one in a guest) whenever it loads. Shipped with their runtime
-// dependencies, for this arch only.
+// dependencies, for the target's CPU only.
 const NATIVE_MODULES = [['serialport', 'packages/transport'], ['@node-rs/crc32', 'packages/protocol']];
-const PLATFORM_PREBUILDS = 'linux-x64';
+const PLATFORM_PREBUILDS = build.platform;
+/** Each native module's binary for the target: [module, test on a shipped package directory, what it is]. */
+const TARGET_BINARIES = [
+  ['serialport', (dir) => existsSync(join(dir, 'prebuilds', PLATFORM_PREBUILDS)), 'prebuilt binding (@serialport/bindings-cpp/prebuilds)'],
+  ['@node-rs/crc32', (dir) => dir.endsWith(`@node-rs/crc32-${PLATFORM_PREBUILDS}-gnu`), `package @node-rs/crc32-${PLATFORM_PREBUILDS}-gnu`],
+];
 // Compile-time headers of the native addon: not needed to load the prebuilt binding.
 const BUILD_ONLY = new Set(['node-addon-api']);
 // The addon's C++ sources and gyp file: only for building it (the prebuilt binding is shipped).
 const BUILD_SOURCES = /\.(cpp|cc|h)$|binding\.gyp$/;
 
-/** The native modules and everything they require at run time, as directories under node_modules. */
+/** Where Node finds `name` from `fromDir`, and the node_modules tree it is in; undefined when nowhere. */
+function locate(name, fromDir) {
+  // Node's resolution: the nearest node_modules/<name> walking up from the requiring package.
+  for (let dir = fromDir; ; dir = dirname(dir)) {
+    const candidate = join(dir, 'node_modules', name);
+    if (existsSync(join(candidate, 'package.json'))) return { dir: candidate, top: join(root, 'node_modules') };
+    if (dir === root || dir === dirname(dir)) break;
+  }
+  // Another CPU's prebuilt packages are installed in its platform directory (targets.mjs).
+  for (const top of build.nodeModules) {
+    if (existsSync(join(top, name, 'package.json'))) return { dir: join(top, name), top };
+  }
+  return undefined;
+}
+
+/** Whether an npm package's os/cpu/libc fields allow the target (glibc Linux on the target's CPU). */
+function runsOnTarget(pkg) {
+  const allows = (field, value) => pkg[field] === undefined || [pkg[field]].flat().includes(value);
+  return allows('os', 'linux') && allows('cpu', build.arch) && allows('libc', 'glibc');
+}
+
+/** The native modules and everything they require at run time: each directory with the node_modules tree it is in. */
 function nativeModulesClosure() {
-  const found = new Set();
+  const found = new Map();
   const visit = (name, fromDir, optional) => {
     if (BUILD_ONLY.has(name)) return;
-    // Node's resolution: the nearest node_modules/<name> walking up from the requiring package.
-    for (let dir = fromDir; ; dir = dirname(dir)) {
-      const candidate = join(dir, 'node_modules', name);
-      if (existsSync(join(candidate, 'package.json'))) {
-        if (found.has(candidate)) return;
-        found.add(candidate);
-        const pkg = JSON.parse(readFileSync(join(candidate, 'package.json'), 'utf8'));
-        for (const dep of Object.keys(pkg.dependencies ?? {})) visit(dep, candidate, false);
-        // Optional ones are the other platforms' prebuilt packages: only this machine's is installed.
-        for (const dep of Object.keys(pkg.optionalDependencies ?? {})) visit(dep, candidate, true);
-        return;
-      }
-      if (dir === root || dir === dirname(dir)) {
-        if (optional) return;
-        fail(`cannot find ${name} (needed by ${relative(root, fromDir)}) under ${fromDir}: run npm install`);
-      }
+    const at = locate(name, fromDir);
+    if (!at) {
+      if (optional) return;
+      fail(`cannot find ${name} (needed by ${relative(root, fromDir)}) under ${fromDir}: run npm install`);
     }
+    if (found.has(at.dir)) return;
+    const pkg = JSON.parse(readFileSync(join(at.dir, 'package.json'), 'utf8'));
+    // Optional ones are prebuilt packages for one platform each: only the target's is shipped.
+    if (optional && !runsOnTarget(pkg)) return;
+    found.set(at.dir, at.top);
+    for (const dep of Object.keys(pkg.dependencies ?? {})) visit(dep, at.dir, false);
+    for (const dep of Object.keys(pkg.optionalDependencies ?? {})) visit(dep, at.dir, true);
   };
   for (const [name, from] of NATIVE_MODULES) visit(name, join(root, from), false);
+  // A native module without its binary for the target would only fail (or fall back) in the guest: refuse here.
+  for (const [name, isBinary, where] of TARGET_BINARIES) {
+    if (![...found.keys()].some(isBinary)) fail(`no ${where} for ${PLATFORM_PREBUILDS} among ${name}'s files: ${build.native ? 'run npm install' : `install packages/agent/platforms/${PLATFORM_PREBUILDS}'s packages (scripts/setup.sh does)`}`);
+  }
   return [...found];
 }
 
 function copyNativeModules(destModules) {
-  const top = join(root, 'node_modules');
-  for (const dir of nativeModulesClosure()) {
+  for (const [dir, top] of nativeModulesClosure()) {
     const dest = join(destModules, relative(top, dir));
     cpSync(dir, dest, {
       recursive: true,
@@ -142,7 +181,7 @@ function buildDeb(work) {
   writeFileSync(join(debian, 'control'), [
     'Package: porthole-agent',
     `Version: ${opts.version}`,
-    'Architecture: amd64',
+    `Architecture: ${build.debianArch}`,
     `Maintainer: ${MAINTAINER}`,
     `Installed-Size: ${installedKiB}`,
     // The single executable is a copy of Node's binary: these are its shared libraries.
@@ -165,14 +204,14 @@ function buildDeb(work) {
     cpSync(join(here, 'debian', script), join(debian, script));
     chmodSync(join(debian, script), 0o755);
   }
-  const out = join(resolve(opts.out), `porthole-agent_${opts.version}_amd64.deb`);
+  const out = join(resolve(opts.out), `porthole-agent_${opts.version}_${build.debianArch}.deb`);
   // xz level 1: 27 MB in ~12 s; the default level 6 saves 3 MB for 50 s of build time.
   run('dpkg-deb', ['--root-owner-group', '-Zxz', '-z1', '--build', pkgRoot, out]);
   return out;
 }
 
 function buildTar(work) {
-  const name = `porthole-agent-${opts.version}-linux-x64`;
+  const name = `porthole-agent-${opts.version}-${build.platform}`;
   const top = join(work, name);
   stage(join(top, 'files'));
   cpSync(join(here, 'install.sh'), join(top, 'install.sh'));

@@ -18,15 +18,8 @@ run(bin('pbjs'), ['-t', 'static-module', '-w', 'commonjs', '--force-number', '--
 run(bin('pbts'), ['-o', join(gen, 'porthole.d.ts'), join(gen, 'porthole.js')]);
 run(bin('tsc'), ['-b', 'tsconfig.json']);
 run(bin('tsc'), ['-p', 'test/tsconfig.json']);
-// porthole-spawn, the agent's command starter, beside the agent's code (dist/). Static, so the same
-// file runs in any x86-64 Linux guest next to the single executable.
-const helperOut = join(root, 'packages/agent/dist/porthole-spawn');
-try {
-  execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-static', '-s', '-o', helperOut, join(root, 'packages/agent/native/porthole-spawn.c')], { stdio: 'inherit' });
-} catch (err) {
-  console.error(err.code === 'ENOENT' ? 'build: cc not found: install gcc and libc6-dev (scripts/setup.sh does)' : 'build: porthole-spawn did not compile');
-  process.exit(1);
-}
+// porthole-spawn, the agent's command starter, beside the agent's code (dist/), for this host's CPU.
+run(process.execPath, [join(root, 'packages/agent/scripts/spawn-helper.mjs')]);
 // CRC32C by carry-less folding or three interleaved chains (packages/protocol/native/crc32c.c), an addon for
 // Node on x86-64 hosts. Optional: without it (no headers, no x86-64) the protocol uses @node-rs/crc32, 4 to 10 times slower.
 if (process.arch === 'x64' && process.platform === 'linux') {

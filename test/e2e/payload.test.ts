@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, PortholeClient } from '@porthole/broker';
 import { bootVm, Vm, agentBundlePath, agentExecutablePath } from '@porthole/testbed';
-import { buildFloppyPayload, buildIsoPayload, buildVdsmMedium, ejectPayloadMedium, insertPayloadMedium, MANIFEST_FILE_NAME, qemuPayloadArgs, BuildResult, PayloadSpec, QmpConnection } from '@porthole/media';
+import { buildFloppyPayload, buildIsoPayload, buildVdsmMedium, MANIFEST_FILE_NAME, qemuPayloadArgs, BuildResult, PayloadSpec } from '@porthole/media';
 import { v1 } from '@porthole/protocol';
+import { auditLines, changeMedium, payloadEvents, waitFor } from './helpers';
 
 const S = v1.PayloadState;
 
@@ -35,79 +36,6 @@ async function guestFile(client: PortholeClient, path: string): Promise<{ text: 
   task.data.on('data', (d: Buffer) => parts.push(d));
   const r = await task.result;
   return { text: Buffer.concat(parts).toString(), mode: r.header.mode, uid: r.header.uid, gid: r.header.gid };
-}
-
-/** Collects the agent's payload events; `next` waits for one matching. */
-function payloadEvents(client: PortholeClient) {
-  const seen: v1.PayloadEvent.$Properties[] = [];
-  const waiters: Array<() => void> = [];
-  client.on('event', (e: v1.Event) => {
-    if (!e.payload) return;
-    seen.push(e.payload);
-    waiters.splice(0).forEach((w) => w());
-  });
-  return {
-    seen,
-    async next(match: (e: v1.PayloadEvent.$Properties) => boolean, timeoutMs = 60000): Promise<v1.PayloadEvent.$Properties> {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = seen.find(match);
-        if (found) return found;
-        if (Date.now() > deadline) throw new Error(`no matching payload event within ${timeoutMs} ms; seen: ${JSON.stringify(seen.map((s) => [s.payloadId, s.state]))}`);
-        await new Promise<void>((resolve) => {
-          waiters.push(resolve);
-          setTimeout(resolve, 500);
-        });
-      }
-    },
-  };
-}
-
-/** QMP media change, retried while the guest holds the tray locked (the agent's drive check opens it for a moment). */
-async function changeMedium(qmp: QmpConnection, image: string | undefined): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      if (image) await insertPayloadMedium(qmp, image, { medium: 'cd', device: 'cd0' });
-      else await ejectPayloadMedium(qmp, { medium: 'cd', device: 'cd0' });
-      return;
-    } catch (err) {
-      if (attempt >= 10 || !/locked/i.test((err as Error).message)) throw err;
-      await new Promise((r) => setTimeout(r, 300));
-    }
-  }
-}
-
-/**
- * The console lines of the agent's audit log with this message. The test bed's
- * console prefixer (busybox sed) holds the newest line back until the next one
- * arrives, so a request is made first: its own log line pushes the others out.
- */
-async function auditLines(vm: Vm, client: PortholeClient, message: string): Promise<Array<Record<string, unknown>>> {
-  await client.info();
-  await new Promise((r) => setTimeout(r, 200));
-  // The last piece may be a line the serial port is still delivering, and a kernel
-  // message can land inside a line: only whole lines that parse are the agent's.
-  const lines = vm.console().split('\n').slice(0, -1);
-  const records: Array<Record<string, unknown>> = [];
-  for (const l of lines) {
-    if (!l.startsWith('[agent] {')) continue;
-    try {
-      records.push(JSON.parse(l.slice('[agent] '.length)) as Record<string, unknown>);
-    } catch {
-      continue;
-    }
-  }
-  return records.filter((l) => l.message === message);
-}
-
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 60000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
 }
 
 describe('payload media in a real VM (QEMU TCG)', function () {

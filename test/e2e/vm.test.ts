@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { connect, PortholeClient, describeError } from '@porthole/broker';
 import { bootVm, Vm, agentBundlePath, agentExecutablePath } from '@porthole/testbed';
 import { PortholeError } from '@porthole/protocol';
+import { liveOutput, readBack, run } from './helpers';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const repo = join(__dirname, '..', '..');
@@ -22,24 +23,6 @@ function agent() {
 
 /** In a command's shell: the agent's pid (the shell's parent is porthole-spawn, whose parent is the agent). */
 const AGENT_PID = '$(cut -d" " -f4 /proc/$PPID/stat)';
-
-async function run(client: PortholeClient, command: string[] | { shell: string }) {
-  const task = client.exec(command);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  task.stdout.on('data', (d: Buffer) => out.push(d));
-  task.stderr.on('data', (d: Buffer) => err.push(d));
-  const exit = await task.exit;
-  return { ...exit, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
-}
-
-async function readBack(client: PortholeClient, path: string | Buffer): Promise<{ data: Buffer; sha256: string; mode: number; uid: number; gid: number }> {
-  const task = client.readFile(path);
-  const parts: Buffer[] = [];
-  task.data.on('data', (d: Buffer) => parts.push(d));
-  const r = await task.result;
-  return { data: Buffer.concat(parts), sha256: r.sha256, mode: r.header.mode, uid: r.header.uid, gid: r.header.gid };
-}
 
 function printConsoleOnFailure(getVm: () => Vm | undefined) {
   afterEach(function () {
@@ -141,14 +124,9 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
   });
 
   it('streams output live: the first line arrives before the command ends', async () => {
-    const task = client.exec({ shell: 'echo first; sleep 2; echo second' });
-    const events: string[] = [];
-    task.stdout.on('data', (d: Buffer) => events.push(`out:${d.toString().trim()}`));
-    void task.exit.then(() => events.push('exit'));
-    await new Promise<void>((resolve) => task.stdout.once('data', () => resolve()));
-    assert.deepEqual(events, ['out:first'], 'first line seen while the command still runs');
-    await task.exit;
-    assert.deepEqual(events.filter((e) => e !== 'out:'), ['out:first', 'out:second', 'exit']);
+    const { atFirstOutput, all } = await liveOutput(client);
+    assert.deepEqual(atFirstOutput, ['out:first'], 'first line seen while the command still runs');
+    assert.deepEqual(all, ['out:first', 'out:second', 'exit']);
   });
 
   it('streams stdin into the command', async () => {

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { agentExecutableFor } from '@porthole/testbed';
 
 const run = promisify(execFile);
 export const ROOT = join(__dirname, '..', '..');
@@ -26,11 +27,15 @@ export function buildSea(): Promise<string> {
   return seaBuilt;
 }
 
-/** `node installers/build.mjs deb|tar` into outDir; returns the artifact's path. */
-export async function buildInstaller(kind: 'deb' | 'tar', outDir: string, version = AGENT_VERSION): Promise<string> {
-  await buildSea();
-  await sh(process.execPath, [join(ROOT, 'installers/build.mjs'), kind, '--version', version, '--out', outDir]);
-  const name = kind === 'deb' ? `porthole-agent_${version}_amd64.deb` : `porthole-agent-${version}-linux-x64.tar.gz`;
+/**
+ * `node installers/build.mjs deb|tar --arch ARCH` into outDir; returns the artifact's path. x64 packages the
+ * executable built as `npm run build:sea` does; arm64 the test bed's linux-arm64 build (cached until its inputs change).
+ */
+export async function buildInstaller(kind: 'deb' | 'tar', outDir: string, version = AGENT_VERSION, arch: 'x64' | 'arm64' = 'x64'): Promise<string> {
+  if (arch === 'x64') await buildSea();
+  else agentExecutableFor(arch);
+  await sh(process.execPath, [join(ROOT, 'installers/build.mjs'), kind, '--arch', arch, '--version', version, '--out', outDir]);
+  const name = kind === 'deb' ? `porthole-agent_${version}_${arch === 'x64' ? 'amd64' : arch}.deb` : `porthole-agent-${version}-linux-${arch}.tar.gz`;
   const path = join(outDir, name);
   if (!existsSync(path)) throw new Error(`installers/build.mjs did not produce ${name} (found: ${readdirSync(outDir).join(', ')})`);
   return path;

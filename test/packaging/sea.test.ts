@@ -1,44 +1,10 @@
 import { strict as assert } from 'node:assert';
-import { ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Session } from '@porthole/protocol';
-import { SocketChannel, UnixSocketConnector } from '@porthole/transport';
 import { AGENT_VERSION, buildInstaller, buildSea, sh } from './artifacts';
-
-/** Start an agent executable and wait until a host-side Session finished the handshake with it. */
-async function helloFrom(exe: string, channelArg: string, acceptOn: () => Promise<SocketChannel>, dir: string) {
-  const started = process.hrtime.bigint();
-  const agent = spawn(exe, ['--channel', channelArg, '--config', join(dir, 'no-such.conf'), '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  agent.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-  try {
-    const session = new Session(await acceptOn(), { role: 'broker', hello: { softwareVersion: 'packaging-test' }, keepaliveIntervalMs: 0 });
-    const hello = await session.ready(15_000);
-    return { agent, session, hello, ms: Number(process.hrtime.bigint() - started) / 1e6 };
-  } catch (err) {
-    agent.kill('SIGKILL');
-    throw new Error(`${(err as Error).message}; agent stderr: ${stderr.trim()}`);
-  }
-}
-
-function stop(agent: ChildProcess): Promise<void> {
-  if (agent.exitCode !== null || agent.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    agent.once('exit', () => resolve());
-    agent.kill('SIGKILL');
-  });
-}
-
-/** A Unix socket the agent dials (--channel unix:PATH); resolves with the accepted channel. */
-function listenOnce(path: string): { accepted: () => Promise<SocketChannel>; close: () => void } {
-  const server = net.createServer();
-  const accepted = new Promise<SocketChannel>((resolve) => server.once('connection', (s) => resolve(new SocketChannel(s, `unix:${path}#agent`))));
-  server.listen(path);
-  return { accepted: () => accepted, close: () => server.close() };
-}
+import { helloFrom, helloOverSerial, listenOnce, stop } from './agent-process';
 
 describe('packaging: the single executable', function () {
   this.timeout(240_000);
@@ -60,7 +26,7 @@ describe('packaging: the single executable', function () {
     const size = statSync(exe).size;
     const sock = join(dir, 'host.sock');
     const host = listenOnce(sock);
-    const { agent, session, hello, ms } = await helloFrom(exe, `unix:${sock}`, host.accepted, dir);
+    const { agent, session, hello, ms } = await helloFrom([exe], `unix:${sock}`, host.accepted, dir);
     try {
       assert.equal(hello.softwareVersion, `porthole-agent ${AGENT_VERSION}`);
       await new Promise((r) => setTimeout(r, 2000));
@@ -91,20 +57,8 @@ describe('packaging: the single executable', function () {
     const files = join(dir, `porthole-agent-${AGENT_VERSION}-linux-x64`, 'files');
     assert.ok(existsSync(join(files, 'usr/lib/porthole/node_modules/@serialport/bindings-cpp/prebuilds/linux-x64')));
     assert.ok(!existsSync(join(files, 'usr/lib/porthole/node_modules/@serialport/bindings-cpp/prebuilds/win32-x64')), 'other platforms\' prebuilds are not shipped');
-    // A pty pair bridged to a Unix socket: the agent opens the tty end with serialport.
-    const tty = join(dir, 'tty');
-    const sock = join(dir, 'serial.sock');
-    const socat = spawn('socat', [`pty,link=${tty},raw,echo=0`, `unix-listen:${sock}`], { stdio: 'ignore' });
-    try {
-      const deadline = Date.now() + 5000;
-      while (!(existsSync(tty) && existsSync(sock)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      const connect = () => new UnixSocketConnector(sock).connect() as Promise<SocketChannel>;
-      const { agent, session, hello } = await helloFrom(join(files, 'usr/sbin/porthole-agent'), `serial:${tty}`, connect, dir);
-      session.close();
-      await stop(agent);
-      assert.equal(hello.softwareVersion, `porthole-agent ${AGENT_VERSION}`);
-    } finally {
-      await stop(socat);
-    }
+    // Through the /usr/sbin symlink: serialport is found beside the resolved executable.
+    const hello = await helloOverSerial([join(files, 'usr/sbin/porthole-agent')], dir);
+    assert.equal(hello.softwareVersion, `porthole-agent ${AGENT_VERSION}`);
   });
 });

@@ -1,8 +1,10 @@
 // Builds the agent as one executable with Node's Single Executable Applications:
 // esbuild bundle -> SEA preparation blob -> a copy of this node binary with the
 // blob injected by postject. Output: packages/agent/dist/porthole-agent.
-//   node packages/agent/scripts/sea.mjs [--bundle FILE] [--out FILE]
-// --bundle uses an existing bundle instead of running scripts/bundle.mjs.
+//   node packages/agent/scripts/sea.mjs [--arch x64|arm64] [--bundle FILE] [--out FILE]
+// --bundle uses an existing bundle instead of running scripts/bundle.mjs. --arch another CPU
+// than this host's: a copy of that CPU's node (targets.mjs), which also writes the blob and runs
+// the smoke test under qemu-user, into dist/linux-<arch>/porthole-agent.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
@@ -10,13 +12,15 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { target } from './targets.mjs';
 
 const agentDir = join(dirname(fileURLToPath(import.meta.url)), '..');
 const root = join(agentDir, '..', '..');
 const { values: opts } = parseArgs({
   options: {
+    arch: { type: 'string', default: process.arch },
     bundle: { type: 'string' },
-    out: { type: 'string', default: join(agentDir, 'dist', 'porthole-agent') },
+    out: { type: 'string' },
   },
 });
 
@@ -37,6 +41,14 @@ function run(cmd, args, options = {}) {
   } catch (err) {
     fail(`${[cmd, ...args].join(' ')} failed: ${(err.stderr || err.message).trim()}`);
   }
+}
+
+let build;
+try {
+  build = target(opts.arch);
+  build.check();
+} catch (err) {
+  fail(err.message);
 }
 
 let bundle = opts.bundle ? resolve(opts.bundle) : join(agentDir, 'dist', 'porthole-agent.bundle.cjs');
@@ -66,17 +78,18 @@ try {
     // (about 160-250 ms either way, see installers/README.md): left off.
     useCodeCache: false,
   }, null, 2));
-  run(process.execPath, ['--experimental-sea-config', config]);
+  // Written by the node the executable is a copy of: the blob's format is that Node version's.
+  run(...build.command(build.node, ['--experimental-sea-config', config]));
 
-  const out = resolve(opts.out);
+  const out = resolve(opts.out ?? join(build.dist, 'porthole-agent'));
   mkdirSync(dirname(out), { recursive: true });
   rmSync(out, { force: true });
-  copyFileSync(process.execPath, out);
+  copyFileSync(build.node, out);
   chmodSync(out, 0o755);
   run(join(root, 'node_modules', '.bin', 'postject'), [out, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', FUSE]);
 
   // Smoke test from an empty directory, so nothing on disk can stand in for a missing module.
-  const version = run(out, ['--version'], { cwd: work }).trim();
+  const version = run(...build.command(out, ['--version']), { cwd: work }).trim();
   console.log(`sea: ${out} (${(statSync(out).size / 2 ** 20).toFixed(1)} MiB): ${version}`);
 } finally {
   rmSync(work, { recursive: true, force: true });

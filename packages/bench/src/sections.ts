@@ -3,6 +3,7 @@ import { benchChannel } from './channel';
 import { benchXenstore } from './xenstore';
 import { benchVm } from './vm';
 import { benchImages } from './images';
+import { benchGuestArch } from './guest-arch';
 
 export interface BenchSection {
   name: string;
@@ -47,5 +48,10 @@ export const SECTIONS: BenchSection[] = [
     name: 'images',
     sizes: () => ({ mib: size('PORTHOLE_BENCH_IMAGES_MIB', 2048, 256) }),
     run: (s) => benchImages({ bytes: s.mib * MiB }, log),
+  },
+  {
+    name: 'arch',
+    sizes: () => ({ fileMib: size('PORTHOLE_BENCH_ARCH_MIB', 32, 4), execRuns: size('PORTHOLE_BENCH_ARCH_EXEC_RUNS', 30, 5) }),
+    run: (s) => benchGuestArch({ fileBytes: s.fileMib * MiB, execRuns: s.execRuns }, log),
   },
 ];

@@ -54,6 +54,7 @@ function cacheKey(options: BootIsoOptions, baseInitramfs: string, kernel: string
  */
 export function buildBootIso(options: BootIsoOptions, log: (m: string) => void = () => undefined): BootIso {
   if (!/^[A-Za-z0-9._=-]+$/.test(options.cmdlineMarker)) throw new Error(`cmdlineMarker "${options.cmdlineMarker}" must be one word of [A-Za-z0-9._=-]`);
+  if ((options.arch ?? 'x64') !== 'x64') throw new Error(`a bootable ISO is built for the x64 guest only (ISOLINUX is a PC BIOS loader), not ${options.arch}`);
   const volumeId = options.volumeId ?? 'PORTHOLE_GUEST';
   if (!/^[A-Z0-9_]{1,32}$/.test(volumeId)) throw new Error(`volumeId "${volumeId}" must be 1-32 of [A-Z0-9_] (ISO 9660 d-characters)`);
   const isolinuxCfg = [

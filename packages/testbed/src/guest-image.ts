@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { GUEST_MODULES, INIT_SCRIPT, RAW_TOOL, GUEST_SPAWN_HELPER } from './guest-files';
+import { INIT_SCRIPT, RAW_TOOL, GUEST_SPAWN_HELPER } from './guest-files';
+import { GuestArch, guestPlatform, modulePath } from './guest-arch';
 
 /** Where prepared guests are cached (git-ignored). */
 export const CACHE_DIR = process.env.PORTHOLE_TESTBED_CACHE ?? join(__dirname, '..', '..', '..', '.cache', 'testbed');
@@ -12,23 +13,6 @@ const BUSYBOX_APPLETS = ['sh', 'mount', 'umount', 'insmod', 'mkdir', 'ln', 'cat'
   'hostname', 'sed', 'tr', 'basename', 'dirname', 'true', 'false', 'rm', 'cp', 'mv', 'chmod', 'chown', 'stat', 'id', 'env',
   'printf', 'test', '[', 'head', 'tail', 'wc', 'sha256sum', 'dd', 'kill', 'ps', 'grep', 'date', 'touch', 'find', 'xargs',
   'mknod', 'blkid', 'losetup', 'sync', 'df', 'du', 'yes', 'seq', 'timeout', 'awk', 'cut', 'sort', 'uname', 'whoami', 'nproc', 'pidof', 'pgrep', 'pkill', 'free', 'cmp'];
-
-function need(path: string, debPackage: string): string {
-  if (!existsSync(path)) throw new Error(`test bed needs ${path}: install the Debian package ${debPackage} (scripts/setup.sh does)`);
-  return path;
-}
-
-export function hostKernel(): { version: string; vmlinuz: string } {
-  const versions = readdirSync('/lib/modules').filter((v) => existsSync(`/boot/vmlinuz-${v}`)).sort();
-  const version = versions[versions.length - 1];
-  if (!version) throw new Error('no kernel with modules found (/boot/vmlinuz-* and /lib/modules/*): install linux-image-amd64');
-  return { version, vmlinuz: `/boot/vmlinuz-${version}` };
-}
-
-function libsOf(binary: string): string[] {
-  const out = execFileSync('ldd', [binary], { encoding: 'utf8' });
-  return [...out.matchAll(/(\/[^\s)]+)/g)].map((m) => m[1]).filter((p) => existsSync(p));
-}
 
 function copyInto(root: string, path: string, as = path): void {
   const target = join(root, as);
@@ -43,9 +27,9 @@ export function packCpio(dir: string, out: string): void {
   execFileSync('cpio', ['-o', '-H', 'newc', '-R', '0:0', '--quiet', '-O', out], { cwd: dir, input: list });
 }
 
-function fingerprint(paths: string[]): string {
+function fingerprint(paths: string[], modules: string[]): string {
   const h = createHash('sha256');
-  h.update(INIT_SCRIPT).update(RAW_TOOL).update(GUEST_MODULES.join(','));
+  h.update(INIT_SCRIPT).update(RAW_TOOL).update(modules.join(','));
   for (const p of paths) {
     const st = statSync(p);
     h.update(`${p}:${st.size}:${st.mtimeMs}`);
@@ -54,21 +38,19 @@ function fingerprint(paths: string[]): string {
 }
 
 /**
- * The cached part of every guest: kernel modules, busybox, node (with the
- * libraries ldd lists), qemu-guest-agent, the raw-port tool. Rebuilt only when
- * one of those inputs changes.
+ * The cached part of every guest of a CPU: kernel modules, busybox, the
+ * platform's programs with their libraries (x86-64: node, qemu-guest-agent;
+ * aarch64: the libraries of the agent's executable), the raw-port tool. Rebuilt
+ * only when one of those inputs changes.
  */
-export function prepareBaseImage(log: (m: string) => void = () => undefined): { initramfs: string; kernel: string } {
-  const kernel = hostKernel();
-  const busybox = need('/bin/busybox', 'busybox-static');
-  const qga = existsSync('/usr/sbin/qemu-ga') ? '/usr/sbin/qemu-ga' : undefined;
-  const node = process.execPath;
-  const modules = GUEST_MODULES.map((m) => {
-    const path = execFileSync('modinfo', ['-k', kernel.version, '-n', m], { encoding: 'utf8' }).trim();
-    return { name: m, path };
-  });
-  const key = fingerprint([kernel.vmlinuz, busybox, node, ...(qga ? [qga] : []), ...modules.map((m) => m.path)]);
-  const out = join(CACHE_DIR, `base-${key}.cpio`);
+export function prepareBaseImage(log: (m: string) => void = () => undefined, arch: GuestArch = 'x64'): { initramfs: string; kernel: string } {
+  const platform = guestPlatform(arch, CACHE_DIR);
+  const kernel = platform.kernel();
+  const busybox = platform.busybox();
+  const programs = platform.programs();
+  const modules = platform.modules.map((m) => ({ name: m, path: modulePath(kernel, m) }));
+  const key = fingerprint([kernel.vmlinuz, busybox, ...programs.map((p) => p.from), ...modules.map((m) => m.path)], platform.modules);
+  const out = join(CACHE_DIR, `base-${arch}-${key}.cpio`);
   if (existsSync(out)) return { initramfs: out, kernel: kernel.vmlinuz };
 
   log(`preparing the guest image (once; cached in ${CACHE_DIR})`);
@@ -84,12 +66,7 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined): { 
       if (m.path.endsWith('.ko')) copyFileSync(m.path, join(root, 'lib/modules', `${m.name}.ko`));
     }
     writeFileSync(join(root, 'etc/testbed/modules'), modules.filter((m) => m.path.endsWith('.ko')).map((m) => m.name).join('\n') + '\n');
-    copyInto(root, node, '/usr/bin/node');
-    for (const lib of libsOf(node)) copyInto(root, lib);
-    if (qga) {
-      copyInto(root, qga, '/usr/sbin/qemu-ga');
-      for (const lib of libsOf(qga)) copyInto(root, lib);
-    }
+    for (const p of programs) copyInto(root, p.from, p.to);
     writeFileSync(join(root, 'opt/testbed/raw.js'), RAW_TOOL);
     writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n');
     writeFileSync(join(root, 'etc/group'), 'root:x:0:\ndaemon:x:1:\nusers:x:100:tester\nnogroup:x:65534:\ntester:x:1000:\n');
@@ -105,12 +82,11 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined): { 
   }
 }
 
-/** The native CRC32C addon's packages (Linux x64: the test bed's guests run the host's kernel and node). */
-const CRC32C_ADDON = ['@node-rs/crc32', '@node-rs/crc32-linux-x64-gnu'];
-
 export type AgentSource = { bundle: string } | { executable: string };
 
 export interface GuestOptions {
+  /** The guest's CPU (default x64: the host's kernel and programs). An arm64 guest runs the agent's single executable only. */
+  arch?: GuestArch;
   /** The agent to run: a JS bundle (run with node) or a single executable. */
   agent?: AgentSource;
   /** Text of /etc/porthole/agent.conf (the owner's policy). */
@@ -127,6 +103,10 @@ export interface GuestOptions {
 
 /** The per-boot part, as a second cpio archive the kernel unpacks over the base. */
 export function buildOverlay(options: GuestOptions, out: string): void {
+  const platform = guestPlatform(options.arch ?? 'x64', CACHE_DIR);
+  if (options.agent && 'bundle' in options.agent && !platform.hasNode) {
+    throw new Error(`the ${platform.arch} guest has no node for the agent's JS bundle: give it the single executable built for ${platform.arch}`);
+  }
   const root = mkdtempSync(join(tmpdir(), 'porthole-overlay-'));
   try {
     const put = (path: string, content: string | Buffer, mode = 0o644) => {
@@ -146,11 +126,10 @@ export function buildOverlay(options: GuestOptions, out: string): void {
       const helper = join(dirname(source), 'porthole-spawn');
       if (existsSync(helper)) copyInto(root, helper, GUEST_SPAWN_HELPER);
       // And the CRC32C addon beside the agent (pure JS is the agent's bottleneck under TCG).
-      for (const pkg of CRC32C_ADDON) {
-        const dir = dirname(require.resolve(`${pkg}/package.json`));
-        cpSync(dir, join(root, 'opt/porthole/node_modules', pkg), { recursive: true });
-        // It links librt, which node (whose libraries the base image has) does not.
-        for (const addon of readdirSync(dir).filter((f) => f.endsWith('.node'))) for (const lib of libsOf(join(dir, addon))) copyInto(root, lib);
+      for (const { name, dir } of platform.crc32cAddon()) {
+        cpSync(dir, join(root, 'opt/porthole/node_modules', name), { recursive: true });
+        // It may link a library node (whose libraries the base image has) does not: librt on x86-64.
+        for (const addon of readdirSync(dir).filter((f) => f.endsWith('.node'))) for (const lib of platform.libraries(join(dir, addon))) copyInto(root, lib.from, lib.to);
       }
     }
     put('/etc/porthole/agent.conf', options.agentConfig ?? '# test bed default: everything on\n');
@@ -170,7 +149,7 @@ export function concatInitramfs(base: string, overlay: string, out: string): voi
 
 /** This guest's whole initramfs (cached base + its overlay) at `out`; returns the kernel to boot it with. */
 export function buildGuestInitramfs(options: GuestOptions, out: string, log: (m: string) => void = () => undefined): { kernel: string } {
-  const base = prepareBaseImage(log);
+  const base = prepareBaseImage(log, options.arch);
   const overlay = `${out}.overlay`;
   try {
     buildOverlay(options, overlay);

@@ -1,5 +1,6 @@
 export { bootVm, BootOptions, Vm, GUEST_KERNEL_CMDLINE } from './vm';
 export { buildBootIso, BootIso, BootIsoOptions } from './boot-iso';
-export { prepareBaseImage, buildOverlay, buildGuestInitramfs, hostKernel, packCpio, CACHE_DIR, AgentSource, GuestOptions } from './guest-image';
+export { prepareBaseImage, buildOverlay, buildGuestInitramfs, packCpio, CACHE_DIR, AgentSource, GuestOptions } from './guest-image';
+export { hostKernel, GuestArch } from './guest-arch';
 export { AGENT_PORT_NAME, QGA_PORT_NAME, rawPortName, GUEST_MODULES, GUEST_SPAWN_HELPER } from './guest-files';
-export { agentBundlePath, agentExecutablePath } from './artifacts';
+export { agentBundlePath, agentExecutablePath, agentExecutableFor } from './artifacts';

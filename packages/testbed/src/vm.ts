@@ -4,10 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectQmpSocket, QmpConnection } from '@porthole/media';
 import { AGENT_PORT_NAME, QGA_PORT_NAME, rawPortName } from './guest-files';
-import { buildGuestInitramfs, GuestOptions } from './guest-image';
+import { buildGuestInitramfs, CACHE_DIR, GuestOptions } from './guest-image';
+import { guestPlatform } from './guest-arch';
 
-/** The guest kernel's command line, for direct kernel boot and boot media alike. */
-export const GUEST_KERNEL_CMDLINE = 'console=ttyS0 panic=-1 quiet loglevel=3';
+export { GUEST_KERNEL_CMDLINE } from './guest-arch';
 
 export interface BootOptions extends GuestOptions {
   memoryMb?: number;
@@ -109,31 +109,35 @@ export class Vm {
   }
 }
 
-const QEMU = 'qemu-system-x86_64';
-
 /**
  * Boot a throwaway VM under TCG (KVM hangs on these machines, see
  * shared/TESTBED.md) with the agent's virtio-serial port, a QMP socket and the
- * options' extra ports and drives.
+ * options' extra ports and drives; an x86-64 guest unless options.arch says arm64.
  */
 export async function bootVm(options: BootOptions = {}): Promise<Vm> {
   const log = options.log ?? (() => undefined);
   if (options.firmwareBoot && (options.agent || options.agentConfig !== undefined || options.bootScript || options.files)) {
     throw new Error('bootVm: with firmwareBoot, agent, agentConfig, bootScript and files belong on the boot medium (buildBootIso)');
   }
+  const platform = guestPlatform(options.arch ?? 'x64', CACHE_DIR);
+  const missing: string[] = [];
+  if (options.rawPorts && !platform.hasNode) missing.push('node for the raw-port tool');
+  if (options.qemuGuestAgent && !platform.hasQemuGuestAgent) missing.push('qemu-guest-agent');
+  if (options.floppy && !platform.floppyDrive) missing.push('floppy drive');
+  if (missing.length) throw new Error(`bootVm: the ${platform.arch} guest has no ${missing.join(', no ')}`);
   const dir = mkdtempSync(join(tmpdir(), 'porthole-vm-'));
   let kernelArgs: string[] = [];
   if (!options.firmwareBoot) {
     const initramfs = join(dir, 'initramfs.cpio');
     const { kernel } = buildGuestInitramfs(options, initramfs, log);
-    kernelArgs = ['-kernel', kernel, '-initrd', initramfs, '-append', GUEST_KERNEL_CMDLINE];
+    kernelArgs = ['-kernel', kernel, '-initrd', initramfs, '-append', platform.kernelCmdline];
   }
 
   const agentSock = join(dir, 'agent.sock');
   const qmpSock = join(dir, 'qmp.sock');
   const consoleLog = join(dir, 'console.log');
   const args = [
-    '-accel', 'tcg', '-machine', 'pc', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', String(options.memoryMb ?? 1536),
+    '-accel', 'tcg', ...platform.machineArgs, '-smp', String(options.cpus ?? 2), '-m', String(options.memoryMb ?? 1536),
     '-display', 'none', '-monitor', 'none', '-no-reboot', '-nodefaults',
     '-chardev', `file,id=console,path=${consoleLog}`, '-serial', 'chardev:console',
     ...kernelArgs,
@@ -154,12 +158,12 @@ export async function bootVm(options: BootOptions = {}): Promise<Vm> {
     args.push('-chardev', `socket,id=qga,path=${qgaSock},server=on,wait=off`, '-device', `virtserialport,bus=vser0.0,chardev=qga,name=${QGA_PORT_NAME}`);
   }
   // A CD drive is always there (empty unless given), so media can be inserted later over QMP.
-  args.push('-drive', `if=ide,index=1,media=cdrom,id=cd0,readonly=on${options.cdrom ? `,file=${options.cdrom},format=raw` : ''}`);
-  if (options.floppy) args.push('-drive', `if=floppy,index=0,id=fd0,format=raw,file=${options.floppy}`);
+  args.push(...platform.cdDrive(options.cdrom));
+  if (options.floppy) args.push(...platform.floppyDrive!(options.floppy));
   args.push(...(options.qemuArgs ?? []));
 
-  log('starting QEMU (TCG)');
-  const child = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  log(`starting QEMU (TCG, ${platform.arch})`);
+  const child = spawn(platform.qemu, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
   const spawnError = await new Promise<Error | null>((resolve) => {
@@ -168,7 +172,7 @@ export async function bootVm(options: BootOptions = {}): Promise<Vm> {
   });
   if (spawnError) {
     rmSync(dir, { recursive: true, force: true });
-    throw new Error(`cannot start ${QEMU}: ${spawnError.message} (install qemu-system-x86)`);
+    throw new Error(`cannot start ${platform.qemu}: ${spawnError.message} (install ${platform.qemuPackage})`);
   }
   const vm = new Vm(dir, child, agentSock, qmpSock, rawSockets, qgaSock, consoleLog);
   try {

@@ -1,4 +1,7 @@
 export { bootVm, BootOptions, Vm, GUEST_KERNEL_CMDLINE } from './vm';
+export { ConsoleVm } from './console';
+export { bootLibvirtVm, LibvirtBootOptions, LibvirtVm, testbedDomainXml } from './libvirt-vm';
+export { ensureLibvirtd, restartLibvirtd, TESTBED_LIBVIRT_URI } from './libvirtd';
 export { buildBootIso, BootIso, BootIsoOptions } from './boot-iso';
 export { prepareBaseImage, buildOverlay, buildGuestInitramfs, hostKernel, packCpio, CACHE_DIR, AgentSource, GuestOptions } from './guest-image';
 export { AGENT_PORT_NAME, QGA_PORT_NAME, rawPortName, GUEST_MODULES, GUEST_SPAWN_HELPER } from './guest-files';

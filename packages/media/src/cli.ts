@@ -3,8 +3,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Command, Option } from 'commander';
+import { parseLibvirtTarget, Virsh } from '@porthole/libvirt';
 import { ejectPayloadMedium, insertPayloadMedium, attachPayloadToDomainXml, detachPayloadFromDomainXml, BlockInfo } from './attach';
 import { buildPayloadMedium, BuildResult } from './build';
+import { attachPayloadLive, ejectPayloadLive } from './libvirt-live';
 import { Availability, MediumKind } from './manifest';
 import { connectQmpSocket, QmpConnection } from './qmp-socket';
 import { parsePayloadSpec, PayloadEntry, PayloadSpec } from './spec';
@@ -118,6 +120,13 @@ function driveName(b: BlockInfo): string {
   return b.device || b.qdev || '?';
 }
 
+/** A libvirt:[URI/]DOMAIN target's domain and its virsh (URI: the target's, else the CLI's --connect, else the default). */
+function libvirtTarget(target: string, cmd: Command): { virsh: Virsh; domain: string } | undefined {
+  if (!target.startsWith('libvirt:')) return undefined;
+  const t = parseLibvirtTarget(target.slice('libvirt:'.length));
+  return { virsh: new Virsh({ uri: t.uri ?? cmd.optsWithGlobals<{ connect?: string }>().connect }), domain: t.domain };
+}
+
 /** Runs an action; a failure becomes commander's "error: ..." with exit code 1 instead of a stack trace. */
 function guarded<A extends unknown[]>(cmd: () => Command, action: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
@@ -180,15 +189,21 @@ export function registerPayloadCommands(program: Command, options: PayloadComman
 
   const attach: Command = payload
     .command('attach <target> <image>')
-    .description('insert a payload image into a running QEMU VM over QMP (TARGET: the VM, or its QMP socket)')
+    .description('insert a payload image into a running VM: libvirt:DOMAIN (change-media, or a hot-plugged SCSI CD-ROM), or QEMU over QMP (TARGET: the VM, or its QMP socket)')
     .option('--floppy', 'the image is a floppy (default: CD)')
     .option('--qmp <socket>', 'QMP Unix socket of the VM')
-    .option('--device <id>', 'drive to use (block device name or qdev id); default: the porthole-payload drive or an empty one')
+    .option('--device <id>', 'drive to use (libvirt: target name such as hdc; QMP: block device name or qdev id); default: the porthole-payload drive or an empty one')
     .action(
       guarded(
         () => attach,
         async (target: string, image: string, f: { floppy?: boolean; qmp?: string; device?: string }) => {
           const path = resolve(image);
+          const lv = libvirtTarget(target, attach);
+          if (lv) {
+            const r = await attachPayloadLive(lv.virsh, lv.domain, path, { medium: f.floppy ? 'floppy' : 'cd', device: f.device });
+            process.stdout.write(`inserted ${path} into drive ${r.drive} of ${target} (${r.how === 'attach-device' ? 'hot-plugged' : 'change-media'}, until it is ejected or the domain stops)\n`);
+            return;
+          }
           const drive = await withQmp(target, f.qmp, (q) => insertPayloadMedium(q, path, { medium: f.floppy ? 'floppy' : 'cd', device: f.device }));
           process.stdout.write(`inserted ${path} into drive ${driveName(drive)} of ${target}\n`);
         },
@@ -197,15 +212,21 @@ export function registerPayloadCommands(program: Command, options: PayloadComman
 
   const eject: Command = payload
     .command('eject <target>')
-    .description('eject the payload medium from a running QEMU VM over QMP')
+    .description('eject the payload medium from a running VM (libvirt:DOMAIN, or QEMU over QMP)')
     .option('--floppy', 'eject the floppy (default: CD)')
     .option('--qmp <socket>', 'QMP Unix socket of the VM')
-    .option('--device <id>', 'drive to eject (block device name or qdev id)')
+    .option('--device <id>', 'drive to eject (libvirt: target name; QMP: block device name or qdev id)')
     .option('--force', 'eject even if the guest has locked the tray')
     .action(
       guarded(
         () => eject,
         async (target: string, f: { floppy?: boolean; qmp?: string; device?: string; force?: boolean }) => {
+          const lv = libvirtTarget(target, eject);
+          if (lv) {
+            const drive = await ejectPayloadLive(lv.virsh, lv.domain, { medium: f.floppy ? 'floppy' : 'cd', device: f.device, force: f.force });
+            process.stdout.write(`ejected drive ${drive} of ${target}\n`);
+            return;
+          }
           const drive = await withQmp(target, f.qmp, (q) => ejectPayloadMedium(q, { medium: f.floppy ? 'floppy' : 'cd', device: f.device, force: f.force }));
           process.stdout.write(`ejected drive ${driveName(drive)} of ${target}\n`);
         },

@@ -8,7 +8,7 @@ import { formatLibvirtTarget, LibvirtError, Virsh } from '@porthole/libvirt';
 import { ConsoleVm } from './console';
 import { AGENT_PORT_NAME, QGA_PORT_NAME } from './guest-files';
 import { buildGuestInitramfs, GuestOptions } from './guest-image';
-import { ensureLibvirtd, TESTBED_LIBVIRT_URI } from './libvirtd';
+import { ensureLibvirtd, processAlive, TESTBED_LIBVIRT_URI } from './libvirtd';
 import { GUEST_KERNEL_CMDLINE } from './vm';
 
 /** Test-bed domains are named porthole-tb-PID-N-RANDOM, so a later run can tell which ones a dead run left. */
@@ -91,15 +91,6 @@ ${boot}  </os>
 /** libvirt's log of the domain's QEMU (command line, QEMU's stderr); libvirt keeps it after the domain is gone. */
 const qemuLogPath = (name: string) => `/var/log/libvirt/qemu/${name}.log`;
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** A running test-bed domain. Always call shutdown() (it destroys and undefines it and removes its files). */
 export class LibvirtVm extends ConsoleVm {
   constructor(
@@ -120,7 +111,7 @@ export class LibvirtVm extends ConsoleVm {
   /** Whether its QEMU process runs (libvirt's pid file for the domain names a live process). */
   get running(): boolean {
     try {
-      return pidAlive(Number(readFileSync(`/run/libvirt/qemu/${this.name}.pid`, 'utf8')));
+      return processAlive(Number(readFileSync(`/run/libvirt/qemu/${this.name}.pid`, 'utf8')));
     } catch {
       return false;
     }
@@ -153,7 +144,7 @@ async function removeAbandonedDomains(virsh: Virsh, log: (m: string) => void): P
   const names = (await virsh.run(['list', '--all', '--name'])).split('\n').map((n) => n.trim()).filter((n) => n.startsWith(NAME_PREFIX));
   for (const name of names) {
     const pid = Number(name.slice(NAME_PREFIX.length).split('-')[0]);
-    if (!pid || pidAlive(pid)) continue;
+    if (!pid || processAlive(pid)) continue;
     log(`removing ${name}, left by test process ${pid}`);
     const persistent = !/Persistent:\s+no/.test(await virsh.run(['dominfo', name], { domain: name }).catch(() => ''));
     await removeDomain(virsh, name, persistent).catch(() => undefined);

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { connect, PortholeClient, describeError } from '@porthole/broker';
 import { bootVm, Vm, agentBundlePath, agentExecutablePath } from '@porthole/testbed';
 import { PortholeError } from '@porthole/protocol';
+import { run } from '../helpers/guest-run';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const repo = join(__dirname, '..', '..');
@@ -22,16 +23,6 @@ function agent() {
 
 /** In a command's shell: the agent's pid (the shell's parent is porthole-spawn, whose parent is the agent). */
 const AGENT_PID = '$(cut -d" " -f4 /proc/$PPID/stat)';
-
-async function run(client: PortholeClient, command: string[] | { shell: string }) {
-  const task = client.exec(command);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  task.stdout.on('data', (d: Buffer) => out.push(d));
-  task.stderr.on('data', (d: Buffer) => err.push(d));
-  const exit = await task.exit;
-  return { ...exit, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
-}
 
 async function readBack(client: PortholeClient, path: string | Buffer): Promise<{ data: Buffer; sha256: string; mode: number; uid: number; gid: number }> {
   const task = client.readFile(path);

@@ -7,6 +7,7 @@ import {
   DEFAULT_LIBVIRT_URI, findChannel, LibvirtError, libvirtUri, LibvirtTargetError, parseDomainXml, parseLibvirtTarget, remoteHostOf,
   withLibvirtUri, PORTHOLE_CHANNEL_NAME,
 } from '@porthole/libvirt';
+import { checkBootIsoEdit } from './bootiso-edit';
 
 const fixture = (name: string) => readFileSync(join(__dirname, 'fixtures', name), 'utf8');
 
@@ -67,6 +68,11 @@ describe('libvirt: domain XML as libvirtd writes it', () => {
     const agent = findChannel(d, PORTHOLE_CHANNEL_NAME)!;
     assert.equal(agent.path, undefined);
     assert.equal(agent.state, undefined);
+  });
+
+  it('boot-iso keeps XML libvirtd wrote byte-identical outside its edit', () => {
+    checkBootIsoEdit(fixture('testbed-live.xml'), 'live');
+    checkBootIsoEdit(fixture('testbed-inactive.xml'), 'inactive');
   });
 
   it('refuses what is not a well-formed <domain>, naming why', () => {

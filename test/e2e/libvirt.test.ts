@@ -164,6 +164,7 @@ describe('end to end through libvirt (real libvirtd, a TCG domain, libvirt:DOMAI
         /has no virtio channel named org\.example\.absent: add <channel type='unix'>/.test((e as Error).message));
     } finally {
       await virsh.run(['destroy', name]);
+      rmSync(`/var/log/libvirt/qemu/${name}.log`, { force: true });
     }
   });
 
@@ -308,5 +309,17 @@ describe('boot-iso through libvirt: a `porthole boot-iso --run-once` XML started
     const live = await vm.virsh.dumpXml(vm.name);
     assert.match(live, new RegExp(`<source protocol='https' name='/[^']+'[^>]*>\\s*<host name='127\\.0\\.0\\.1' port='${server.port}'/>`));
     assert.match(live, /<porthole:boot-iso [^>]*mode=.run-once./);
+  });
+
+  it('a CLI command whose transient domain is destroyed under it exits 3, saying the domain is gone', async () => {
+    client!.close();
+    let started: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    const exec = porthole(['exec', vm!.target, '--', 'sh', '-c', 'echo started; sleep 120'], { onStdout: () => started() });
+    await running;
+    await vm!.domain('destroy');
+    const r = await exec;
+    assert.equal(r.code, 3, r.stderr);
+    assert.equal(r.stderr, `porthole: there is no libvirt domain "${vm!.name}" at qemu:///system\n`);
   });
 });

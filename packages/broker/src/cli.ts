@@ -54,6 +54,15 @@ async function client(program: Command, target: string): Promise<PortholeClient>
 }
 
 /**
+ * A request cut by a lost connection: when the VM cannot be reached again (stopped, undefined), that is the
+ * reason to report (exit 3); otherwise the request's own error.
+ */
+async function whyLost(c: PortholeClient, err: unknown): Promise<unknown> {
+  if (!(err instanceof PortholeError) || err.code !== E.ERROR_CODE_SESSION_RESET) return err;
+  return c.ready().then(() => err, (unreachable: unknown) => (unreachable instanceof UnreachableError ? unreachable : err));
+}
+
+/**
  * target:/path → [target, path]; targets themselves contain a colon (unix:/x.sock:/etc/motd), and a
  * libvirt target may name its URI (libvirt:qemu:///session/web1:/etc/motd).
  */
@@ -184,7 +193,7 @@ code, 128+N for signal N, 124 on --command-timeout, 130 when interrupted.`);
       } catch (err) {
         // With stdin closed, a cancel can only reset the command's stream: it ends without a status.
         if (interrupted) process.exit(EXIT.INTERRUPTED);
-        fail(program, err);
+        fail(program, await whyLost(c, err));
       }
     });
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DEBS=(qemu-system-x86 qemu-utils qemu-block-extra linux-image-amd64 busybox-static
       xorriso genisoimage mtools dosfstools socat xenstore-utils qemu-guest-agent
       debootstrap cpio dpkg-dev chromium ca-certificates openssl
-      libvirt-clients isolinux syslinux-common gcc libc6-dev
+      libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu isolinux syslinux-common gcc libc6-dev
       qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 updated=""

@@ -6,6 +6,7 @@ import {
   PAYLOAD_DISK_ALIAS,
   PAYLOAD_XML_NAMESPACE,
   PayloadAttachError,
+  payloadDiskXml,
   qemuPayloadArgs,
 } from '@porthole/media';
 
@@ -102,6 +103,17 @@ describe('media: attach (libvirt XML, QEMU arguments)', () => {
     assert.equal(disks(fd).length, 2);
     const bare = attachPayloadToDomainXml(`<domain type='qemu'><name>x</name></domain>`, { image: '/p/a.iso', medium: 'cd' });
     assert.equal(attr(payloadDisk(bare)!, 'target', 'dev'), 'hda');
+  });
+
+  it('puts a CD-ROM on the bus asked for (SCSI, to hot-plug it) and gives the payload disk alone for attach-device', () => {
+    const out = attachPayloadToDomainXml(I440FX, { image: '/p/hot.iso', medium: 'cd', bus: 'scsi' });
+    const d = payloadDisk(out)!;
+    assert.deepEqual([attr(d, 'target', 'dev'), attr(d, 'target', 'bus')], ['sda', 'scsi']);
+    const alone = parse(payloadDiskXml(out)!);
+    assert.equal(alone.tagName, 'disk');
+    assert.equal(attr(alone, 'source', 'file'), '/p/hot.iso');
+    assert.equal(alone.getElementsByTagName('alias')[0].getAttribute('name'), PAYLOAD_DISK_ALIAS);
+    assert.equal(payloadDiskXml(I440FX), undefined);
   });
 
   it('refuses bad input with a clear error', () => {

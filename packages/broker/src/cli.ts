@@ -2,8 +2,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
+import { withLibvirtUri } from '@porthole/libvirt';
 import { applyCliConventions, CliOutput, EXIT, reportUsageError, wantsJson } from './cli-conventions';
-import { connect, describeError, PortholeClient } from './client';
+import { connect, describeError, PortholeClient, UnreachableError } from './client';
 import { applyManifest, AppliedFile, checkAgainstHello, fetchSources, InjectError } from './inject';
 import { Manifest, ManifestError, parseManifest } from './manifest';
 import { registerServeCommand } from './serve/command';
@@ -18,6 +19,7 @@ function exitCodeFor(err: unknown): number {
   const e = err instanceof PortholeError ? err : undefined;
   if (!e) return EXIT.FAILED;
   if (e.code === E.ERROR_CODE_POLICY_DENIED) return EXIT.POLICY;
+  if (e instanceof UnreachableError) return EXIT.UNREACHABLE;
   if (e.code === E.ERROR_CODE_PROTOCOL || e.code === E.ERROR_CODE_TIMEOUT || e.code === E.ERROR_CODE_NOT_FOUND && /socket|listening|agent answered/.test(e.message)) {
     return EXIT.UNREACHABLE;
   }
@@ -27,6 +29,7 @@ function exitCodeFor(err: unknown): number {
 interface Globals {
   json?: boolean;
   timeout: string;
+  connect?: string;
 }
 
 /** Reports a failure and exits; `extra` adds fields to the JSON answer and lines to the text one. */
@@ -41,12 +44,26 @@ function fail(program: Command, err: unknown, extra: { json?: Record<string, unk
 }
 
 async function client(program: Command, target: string): Promise<PortholeClient> {
-  return connect(target, { timeoutMs: Number(program.opts<Globals>().timeout) * 1000 });
+  const o = program.opts<Globals>();
+  // As virsh: --connect, else LIBVIRT_DEFAULT_URI; written into the target so it goes wherever the target goes.
+  return connect(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), { timeoutMs: Number(o.timeout) * 1000 });
 }
 
-/** target:/path → [target, path]; targets themselves contain a colon (unix:/x.sock:/etc/motd). */
+/**
+ * A request cut by a lost connection: when the VM cannot be reached again (stopped, undefined), that is the
+ * reason to report (exit 3); otherwise the request's own error.
+ */
+async function whyLost(c: PortholeClient, err: unknown): Promise<unknown> {
+  if (!(err instanceof PortholeError) || err.code !== E.ERROR_CODE_SESSION_RESET) return err;
+  return c.ready().then(() => err, (unreachable: unknown) => (unreachable instanceof UnreachableError ? unreachable : err));
+}
+
+/**
+ * target:/path → [target, path]; targets themselves contain a colon (unix:/x.sock:/etc/motd), and a
+ * libvirt target may name its URI (libvirt:qemu:///session/web1:/etc/motd).
+ */
 function splitRemote(spec: string): { target: string; path: string } | undefined {
-  const m = /^((?:unix|libvirt|serial|xen):[^:]+):(\/.*)$/.exec(spec);
+  const m = /^((?:unix|serial|xen):[^:]+|libvirt:(?:[a-z][a-z0-9+.-]*:\/\/[^:]*\/)?[^:/]+):(\/.*)$/i.exec(spec);
   return m ? { target: m[1], path: m[2] } : undefined;
 }
 
@@ -98,20 +115,22 @@ export function buildProgram(): Command {
     .version(BROKER_VERSION, '--version')
     .option('--json', 'machine-readable output (one JSON object per result)')
     .option('--timeout <seconds>', 'how long to wait for the VM\'s agent', seconds, '10')
+    .option('-c, --connect <uri>', 'libvirt connection URI for libvirt:DOMAIN targets (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)')
     .addHelpText('after', `
-Targets: unix:/path/to/chardev.sock (QEMU), libvirt:DOMAIN, serial:/dev/ttyS1, xen:DOMID
+Targets: unix:/path/to/chardev.sock (QEMU), libvirt:DOMAIN or libvirt:URI/DOMAIN, serial:/dev/ttyS1, xen:DOMID
 
 Examples:
   porthole info unix:/run/vm1/porthole.sock
   porthole exec libvirt:web1 -- uname -a
+  porthole info libvirt:qemu:///session/web1     # same as: porthole --connect qemu:///session info libvirt:web1
   porthole cp ./app.conf unix:/run/vm1.sock:/etc/app/app.conf --owner root --group app --mode 0640 --mkdir
   porthole cp unix:/run/vm1.sock:/var/log/syslog ./syslog
   porthole inject libvirt:web1 user-data.yaml        # cloud-init write_files
   porthole serve --listen tcp:127.0.0.1:8750 --token-file /etc/porthole/broker.token
 
-Exit codes: 0 ok; 1 failed (the reason is printed); 2 usage; 3 VM or agent unreachable (no socket, no answer, version
-mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 128+N for signal N, 124 on
---command-timeout, 130 when interrupted.`);
+Exit codes: 0 ok; 1 failed (the reason is printed); 2 usage; 3 VM or agent unreachable (no socket, libvirt domain
+undefined or not running, no answer, version mismatch); 4 refused by the guest owner's policy; exec: the command's own
+code, 128+N for signal N, 124 on --command-timeout, 130 when interrupted.`);
 
   program.command('info').argument('<target>').description('agent version, OS, enabled capabilities and policy limits')
     .addHelpText('after', `
@@ -199,7 +218,7 @@ Examples:
       } catch (err) {
         // With stdin closed, a cancel can only reset the command's stream: it ends without a status.
         if (interrupted) process.exit(EXIT.INTERRUPTED);
-        fail(program, err);
+        fail(program, await whyLost(c, err));
       }
     });
 

@@ -17,6 +17,14 @@ export function describeError(err: unknown): string {
   return e.message;
 }
 
+/** The VM's channel could not be opened (no socket, libvirt domain gone or stopped, …): the connector's error is the cause. */
+export class UnreachableError extends PortholeError {
+  constructor(cause: Error) {
+    super(E.ERROR_CODE_NOT_FOUND, cause.message, { cause });
+    this.name = 'UnreachableError';
+  }
+}
+
 export interface ConnectOptions {
   /** How long to wait for the channel and the agent's hello. */
   timeoutMs?: number;
@@ -243,7 +251,7 @@ export class PortholeClient extends EventEmitter {
 
   private async openOnce(timeoutMs: number): Promise<Session> {
     const channel = await connectWithRetry(this.connector, { timeoutMs, maxDelayMs: 1000 }).catch((err: Error) => {
-      throw new PortholeError(E.ERROR_CODE_NOT_FOUND, err.message);
+      throw new UnreachableError(err);
     });
     const session = new Session(channel, {
       role: 'broker',
@@ -579,7 +587,7 @@ export class ExecTask extends EventEmitter {
   }
 }
 
-/** Connect to a target: `unix:/path`, `libvirt:DOMAIN`, `serial:/dev/ttyX`, `xen:DOMID`. */
+/** Connect to a target: `unix:/path`, `libvirt:[URI/]DOMAIN`, `serial:/dev/ttyX`, `xen:DOMID`. */
 export function connect(target: string, options?: ConnectOptions): Promise<PortholeClient> {
   return PortholeClient.connect(target, options);
 }

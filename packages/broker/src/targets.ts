@@ -1,34 +1,15 @@
-import { execFileSync } from 'node:child_process';
 import { Connector, UnixSocketConnector, SerialConnector } from '@porthole/transport';
 import { connectXenstoreHost } from '@porthole/xenstore';
+import { LibvirtChannelConnector, parseLibvirtTarget, PORTHOLE_CHANNEL_NAME } from '@porthole/libvirt';
 
-export const PORTHOLE_PORT_NAME = 'org.porthole.agent.0';
-
-/** The unix socket path of a libvirt domain's Porthole channel, from `virsh dumpxml`. */
-export function libvirtChannelSocket(domain: string, portName = PORTHOLE_PORT_NAME, virsh = 'virsh'): string {
-  let xml: string;
-  try {
-    xml = execFileSync(virsh, ['dumpxml', domain], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') throw new Error('libvirt targets need virsh (Debian package libvirt-clients)');
-    throw new Error(`virsh dumpxml ${domain} failed: ${(e.stderr ?? e.message).trim()}`);
-  }
-  for (const m of xml.matchAll(/<channel\b[^>]*type=['"]unix['"][^>]*>([\s\S]*?)<\/channel>/g)) {
-    const body = m[1];
-    const name = /<target\b[^>]*name=['"]([^'"]+)['"]/.exec(body)?.[1];
-    const path = /<source\b[^>]*path=['"]([^'"]+)['"]/.exec(body)?.[1];
-    if (name === portName && path) return path;
-  }
-  throw new Error(`domain ${domain} has no unix channel named ${portName} (add <channel type="unix"><target type="virtio" name="${portName}"/></channel>)`);
-}
+export const PORTHOLE_PORT_NAME = PORTHOLE_CHANNEL_NAME;
 
 /** A target that is not written as one (a usage error, not an unreachable VM). */
 export class BadTargetError extends Error {}
 
 /**
  * A VM addressed by its channel: `unix:/path` (QEMU chardev socket),
- * `libvirt:DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`.
+ * `libvirt:DOMAIN` or `libvirt:URI/DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`.
  */
 export function connectorForTarget(target: string): Connector {
   const colon = target.indexOf(':');
@@ -39,8 +20,7 @@ export function connectorForTarget(target: string): Connector {
       if (rest) return new UnixSocketConnector(rest);
       break;
     case 'libvirt':
-      if (rest) return new UnixSocketConnector(libvirtChannelSocket(rest));
-      break;
+      return new LibvirtChannelConnector(parseLibvirtTarget(rest));
     case 'serial': {
       if (!rest) break;
       const [path, baud] = rest.split('@');

@@ -94,6 +94,8 @@ export interface DomainPayloadOptions {
   medium: MediumKind;
   /** permanent: for `virsh define`; run-once: for a transient start (`virsh create`) that leaves the definition alone. */
   availability?: Availability;
+  /** Bus of a new CD-ROM (default: that of an existing CD-ROM, else SATA on q35, else IDE); "scsi" can be hot-plugged. */
+  bus?: 'ide' | 'sata' | 'scsi';
 }
 
 function setMetadata(doc: XmlDocument, options: DomainPayloadOptions | undefined): void {
@@ -146,7 +148,7 @@ export function attachPayloadToDomainXml(domainXml: string, options: DomainPaylo
     disk = undefined;
   }
   if (!disk) {
-    const bus = device === 'cdrom' ? cdromBus(doc, devices) : 'fdc';
+    const bus = device === 'cdrom' ? options.bus ?? cdromBus(doc, devices) : 'fdc';
     const prefix = device === 'floppy' ? 'fd' : bus === 'ide' ? 'hd' : 'sd';
     disk = doc.createElement('disk');
     disk.setAttribute('type', 'file');
@@ -174,6 +176,13 @@ export function attachPayloadToDomainXml(domainXml: string, options: DomainPaylo
   }
   setMetadata(doc, options);
   return new XMLSerializer().serializeToString(doc);
+}
+
+/** The payload disk of a domain XML alone (e.g. for `virsh attach-device`), or undefined when it has none. */
+export function payloadDiskXml(domainXml: string): string | undefined {
+  const devices = child(parseXml(domainXml).documentElement!, 'devices');
+  const disk = devices && children(devices, 'disk').find(isPayloadDisk);
+  return disk && new XMLSerializer().serializeToString(disk);
 }
 
 /** Returns the domain XML without the payload disk and its metadata entry (no change when there is none). */

@@ -5,8 +5,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { parseLibvirtTarget, Virsh } from '@porthole/libvirt';
 import { ejectPayloadMedium, insertPayloadMedium, attachPayloadToDomainXml, detachPayloadFromDomainXml, BlockInfo } from './attach';
 import { buildPayloadMedium, BuildResult } from './build';
+import { attachPayloadLive, ejectPayloadLive } from './libvirt-live';
 import { Availability, MediumKind } from './manifest';
 import { connectQmpSocket, QmpConnection } from './qmp-socket';
 import { parsePayloadSpec, PayloadEntry, PayloadSpec, PayloadSpecError } from './spec';
@@ -146,6 +148,13 @@ function driveName(b: BlockInfo): string {
 const wantsJson = (cmd: Command) => cmd.optsWithGlobals<{ json?: boolean }>().json === true;
 const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 
+/** A libvirt:[URI/]DOMAIN target's domain and its virsh (URI: the target's, else the CLI's --connect, else the default). */
+function libvirtTarget(target: string, cmd: Command): { virsh: Virsh; domain: string } | undefined {
+  if (!target.startsWith('libvirt:')) return undefined;
+  const t = parseLibvirtTarget(target.slice('libvirt:'.length));
+  return { virsh: new Virsh({ uri: t.uri ?? cmd.optsWithGlobals<{ connect?: string }>().connect }), domain: t.domain };
+}
+
 /** Adds `payload build|attach|eject|xml` to a commander program. */
 export function registerPayloadCommands(program: Command, options: PayloadCommandOptions = {}): Command {
   const payload = program.command('payload').description('build payload media (CD or floppy) and attach them to VMs')
@@ -217,38 +226,50 @@ Examples:
 
   payload
     .command('attach <target> <image>')
-    .description('insert a payload image into a running QEMU VM over QMP (TARGET: the VM, or its QMP socket)')
+    .description('insert a payload image into a running VM: libvirt:DOMAIN (change-media, or a hot-plugged SCSI CD-ROM), or QEMU over QMP (TARGET: the VM, or its QMP socket)')
     .option('--floppy', 'the image is a floppy (default: CD)')
     .option('--qmp <socket>', 'QMP Unix socket of the VM')
-    .option('--device <id>', 'drive to use (block device name or qdev id); default: the porthole-payload drive or an empty one')
+    .option('--device <id>', 'drive to use (libvirt: target name such as hdc; QMP: block device name or qdev id); default: the porthole-payload drive or an empty one')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', `
 Examples:
+  porthole payload attach libvirt:web1 seed.iso
   porthole payload attach web1 seed.iso --qmp /run/web1.qmp
   porthole payload attach /run/web1.qmp once.img --floppy --device fd0`)
     .action(async (target: string, image: string, f: { floppy?: boolean; qmp?: string; device?: string }, cmd: Command) => {
       const path = resolve(image);
-      const drive = await withQmp(target, f.qmp, (q) => insertPayloadMedium(q, path, { medium: f.floppy ? 'floppy' : 'cd', device: f.device }));
+      const medium = f.floppy ? 'floppy' : 'cd';
+      const lv = libvirtTarget(target, cmd);
+      if (lv) {
+        const r = await attachPayloadLive(lv.virsh, lv.domain, path, { medium, device: f.device });
+        if (wantsJson(cmd)) printJson({ ok: true, target, image: path, drive: r.drive, how: r.how });
+        else process.stdout.write(`inserted ${path} into drive ${r.drive} of ${target} (${r.how === 'attach-device' ? 'hot-plugged' : 'change-media'}, until it is ejected or the domain stops)\n`);
+        return;
+      }
+      const drive = await withQmp(target, f.qmp, (q) => insertPayloadMedium(q, path, { medium, device: f.device }));
       if (wantsJson(cmd)) printJson({ ok: true, target, image: path, drive: driveName(drive) });
       else process.stdout.write(`inserted ${path} into drive ${driveName(drive)} of ${target}\n`);
     });
 
   payload
     .command('eject <target>')
-    .description('eject the payload medium from a running QEMU VM over QMP')
+    .description('eject the payload medium from a running VM (libvirt:DOMAIN, or QEMU over QMP)')
     .option('--floppy', 'eject the floppy (default: CD)')
     .option('--qmp <socket>', 'QMP Unix socket of the VM')
-    .option('--device <id>', 'drive to eject (block device name or qdev id)')
+    .option('--device <id>', 'drive to eject (libvirt: target name; QMP: block device name or qdev id)')
     .option('--force', 'eject even if the guest has locked the tray')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', `
 Examples:
+  porthole payload eject libvirt:web1
   porthole payload eject web1 --qmp /run/web1.qmp
   porthole payload eject /run/web1.qmp --floppy --force`)
     .action(async (target: string, f: { floppy?: boolean; qmp?: string; device?: string; force?: boolean }, cmd: Command) => {
-      const drive = await withQmp(target, f.qmp, (q) => ejectPayloadMedium(q, { medium: f.floppy ? 'floppy' : 'cd', device: f.device, force: f.force }));
-      if (wantsJson(cmd)) printJson({ ok: true, target, drive: driveName(drive) });
-      else process.stdout.write(`ejected drive ${driveName(drive)} of ${target}\n`);
+      const how = { medium: f.floppy ? 'floppy' as const : 'cd' as const, device: f.device, force: f.force };
+      const lv = libvirtTarget(target, cmd);
+      const drive = lv ? await ejectPayloadLive(lv.virsh, lv.domain, how) : driveName(await withQmp(target, f.qmp, (q) => ejectPayloadMedium(q, how)));
+      if (wantsJson(cmd)) printJson({ ok: true, target, drive });
+      else process.stdout.write(`ejected drive ${drive} of ${target}\n`);
     });
 
   payload

@@ -4,5 +4,6 @@ export * from './tools';
 export * from './build';
 export * from './vdsm';
 export * from './attach';
+export * from './libvirt-live';
 export * from './qmp-socket';
 export * from './cli';

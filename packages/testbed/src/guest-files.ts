@@ -9,7 +9,7 @@ export const GUEST_SPAWN_HELPER = '/opt/porthole/porthole-spawn';
 /** Load order matters: dependencies first (from `modinfo -F depends`). */
 export const GUEST_MODULES = [
   'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_console',
-  'scsi_common', 'scsi_mod', 'cdrom', 'sr_mod', 'libata', 'ata_piix', 'ata_generic', 'libahci', 'ahci',
+  'scsi_common', 'scsi_mod', 'cdrom', 'sr_mod', 'virtio_scsi', 'libata', 'ata_piix', 'ata_generic', 'libahci', 'ahci',
   'isofs', 'floppy', 'fat', 'vfat', 'nls_cp437', 'nls_ascii',
 ];
 
@@ -45,6 +45,23 @@ if [ -e /etc/testbed/agent-cmd ]; then
 fi
 echo "porthole-testbed: services started"
 while true; do sleep 3600; done
+`;
+
+/**
+ * /sbin/shutdown: qemu-guest-agent runs `shutdown -h -r|-P|-H +0 MESSAGE` for guest-shutdown, which is how libvirt
+ * carries out `virsh reboot` and `virsh shutdown` when the domain has a qemu-guest-agent channel. The test bed's init
+ * is a shell script that ignores the signals busybox's reboot would send it, so the kernel is asked directly.
+ */
+export const SHUTDOWN_SCRIPT = `#!/bin/sh
+action="poweroff -f"
+for a in "$@"; do
+  case "$a" in
+    -r) action="reboot -f" ;;
+    -H) action="halt -f" ;;
+  esac
+done
+sync
+exec $action
 `;
 
 /**

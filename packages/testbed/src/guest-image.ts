@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { INIT_SCRIPT, RAW_TOOL, GUEST_SPAWN_HELPER } from './guest-files';
+import { INIT_SCRIPT, RAW_TOOL, GUEST_SPAWN_HELPER, SHUTDOWN_SCRIPT } from './guest-files';
 import { GuestArch, guestPlatform, modulePath } from './guest-arch';
 
 /** Where prepared guests are cached (git-ignored). */
@@ -29,7 +29,7 @@ export function packCpio(dir: string, out: string): void {
 
 function fingerprint(paths: string[], modules: string[]): string {
   const h = createHash('sha256');
-  h.update(INIT_SCRIPT).update(RAW_TOOL).update(modules.join(','));
+  h.update(INIT_SCRIPT).update(RAW_TOOL).update(SHUTDOWN_SCRIPT).update(modules.join(','));
   for (const p of paths) {
     const st = statSync(p);
     h.update(`${p}:${st.size}:${st.mtimeMs}`);
@@ -71,6 +71,7 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined, arc
     writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n');
     writeFileSync(join(root, 'etc/group'), 'root:x:0:\ndaemon:x:1:\nusers:x:100:tester\nnogroup:x:65534:\ntester:x:1000:\n');
     mkdirSync(join(root, 'home/tester'), { recursive: true });
+    writeFileSync(join(root, 'sbin/shutdown'), SHUTDOWN_SCRIPT, { mode: 0o755 });
     const init = join(root, 'init');
     writeFileSync(init, INIT_SCRIPT, { mode: 0o755 });
     const tmpOut = `${out}.${process.pid}.tmp`;

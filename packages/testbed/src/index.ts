@@ -1,4 +1,7 @@
 export { bootVm, BootOptions, Vm, GUEST_KERNEL_CMDLINE } from './vm';
+export { ConsoleVm } from './console';
+export { bootLibvirtVm, LibvirtBootOptions, LibvirtVm, testbedDomainXml } from './libvirt-vm';
+export { ensureLibvirtd, restartLibvirtd, TESTBED_LIBVIRT_URI } from './libvirtd';
 export { buildBootIso, BootIso, BootIsoOptions } from './boot-iso';
 export { prepareBaseImage, buildOverlay, buildGuestInitramfs, packCpio, CACHE_DIR, AgentSource, GuestOptions } from './guest-image';
 export { hostKernel, GuestArch } from './guest-arch';

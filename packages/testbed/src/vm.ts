@@ -1,8 +1,9 @@
 import { spawn, ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectQmpSocket, QmpConnection } from '@porthole/media';
+import { ConsoleVm } from './console';
 import { AGENT_PORT_NAME, QGA_PORT_NAME, rawPortName } from './guest-files';
 import { buildGuestInitramfs, CACHE_DIR, GuestOptions } from './guest-image';
 import { guestPlatform } from './guest-arch';
@@ -33,7 +34,7 @@ export interface BootOptions extends GuestOptions {
 }
 
 /** A running test VM. Always call shutdown() (it also removes the VM's files). */
-export class Vm {
+export class Vm extends ConsoleVm {
   private exited: Promise<number | null>;
   private qmpConnection?: QmpConnection;
 
@@ -44,8 +45,9 @@ export class Vm {
     readonly qmpSocketPath: string,
     readonly rawSocketPaths: string[],
     readonly qgaSocketPath: string | undefined,
-    readonly consoleLogPath: string,
+    consoleLogPath: string,
   ) {
+    super(consoleLogPath);
     this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
   }
 
@@ -60,30 +62,6 @@ export class Vm {
 
   get running(): boolean {
     return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  console(): string {
-    try {
-      return readFileSync(this.consoleLogPath, 'utf8').replace(/\r/g, '');
-    } catch {
-      return '';
-    }
-  }
-
-  /** Resolves with the first console line matching; rejects (with the console tail) on timeout or QEMU exit. */
-  async waitForConsole(pattern: RegExp, timeoutMs = 60000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const line = this.console().split('\n').find((l) => pattern.test(l));
-      if (line) return line;
-      if (!this.running) throw new Error(`QEMU exited before the console showed ${pattern}\n${this.consoleTail()}`);
-      if (Date.now() > deadline) throw new Error(`the console did not show ${pattern} within ${timeoutMs} ms\n${this.consoleTail()}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-
-  consoleTail(lines = 40): string {
-    return `--- guest console (${this.consoleLogPath}), last ${lines} lines ---\n${this.console().split('\n').slice(-lines).join('\n')}\n---`;
   }
 
   async qmp(): Promise<QmpConnection> {

@@ -60,7 +60,10 @@ export interface Channel {
 /** Something that opens channels to one peer (and can open a new one after a loss). */
 export interface Connector {
   readonly description: string;
-  /** Open a channel; rejects with an error naming the cause (no such socket, ...). */
+  /**
+   * Open a channel; rejects with an error naming the cause (no such socket, ...). An error with
+   * `permanent: true` says that trying again cannot help (the VM does not exist): connectWithRetry stops.
+   */
   connect(signal?: AbortSignal): Promise<Channel>;
 }
 

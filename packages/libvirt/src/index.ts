@@ -1,0 +1,5 @@
+export * from './errors';
+export * from './uri';
+export * from './virsh';
+export * from './domain-xml';
+export * from './channel';

@@ -14,7 +14,7 @@ export interface RetryOptions {
 /**
  * Connect, retrying with exponential backoff (the VM may still be booting or
  * restarting). The last error is kept as the rejection cause so the caller can
- * say *why* it gave up.
+ * say *why* it gave up. An error with `retryable: false` is thrown at once.
  */
 export async function connectWithRetry(connector: Connector, options: RetryOptions = {}): Promise<Channel> {
   const { timeoutMs = Infinity, initialDelayMs = 50, maxDelayMs = 2000, signal, onRetry } = options;
@@ -25,8 +25,9 @@ export async function connectWithRetry(connector: Connector, options: RetryOptio
     try {
       return await connector.connect(signal);
     } catch (err) {
-      const error = err as Error;
-      if (signal?.aborted) throw error;
+      const error = err as Error & { retryable?: boolean };
+      // A connector that got a definite answer (a broker daemon that already waited for the VM) says so.
+      if (signal?.aborted || error.retryable === false) throw error;
       const left = deadline - Date.now();
       if (left <= 0) {
         throw new Error(`${connector.description}: gave up after ${attempt} attempts: ${error.message}`, { cause: error });

@@ -4,6 +4,7 @@ import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
 import { connect, describeError, PortholeClient } from './client';
 import { parseManifest } from './manifest';
+import { BROKER_SOCKET_ENV, DEFAULT_BROKER_SOCKET } from './route';
 import { registerServeCommand } from './serve/command';
 import { BROKER_VERSION } from './version';
 
@@ -33,6 +34,9 @@ function exitCodeFor(err: unknown): number {
 interface Globals {
   json?: boolean;
   timeout: string;
+  verbose?: boolean;
+  brokerSocket?: string;
+  direct?: boolean;
 }
 
 function fail(program: Command, err: unknown): never {
@@ -45,7 +49,10 @@ function fail(program: Command, err: unknown): never {
 }
 
 async function client(program: Command, target: string): Promise<PortholeClient> {
-  return connect(target, { timeoutMs: Number(program.opts<Globals>().timeout) * 1000 });
+  const o = program.opts<Globals>();
+  const c = await connect(target, { timeoutMs: Number(o.timeout) * 1000, broker: o.direct ? false : o.brokerSocket });
+  if (o.verbose) process.stderr.write(`porthole: ${c.route.detail}\n`);
+  return c;
 }
 
 /** target:/path → [target, path]; targets themselves contain a colon (unix:/x.sock:/etc/motd). */
@@ -88,9 +95,14 @@ export function buildProgram(): Command {
     .version(BROKER_VERSION, '--version')
     .option('--json', 'machine-readable output (one JSON object per result)')
     .option('--timeout <seconds>', 'how long to wait for the VM\'s agent', '10')
+    .option('--broker-socket <path>', `the broker daemon to go through (default $${BROKER_SOCKET_ENV}, else ${DEFAULT_BROKER_SOCKET} when a daemon listens there)`)
+    .option('--direct', 'connect to the VM\'s channel directly, not through the broker daemon')
+    .option('-v, --verbose', 'say how the VM is reached (through the broker daemon or directly)')
     .showHelpAfterError()
     .addHelpText('after', `
 Targets: unix:/path/to/chardev.sock (QEMU), libvirt:DOMAIN, serial:/dev/ttyS1, xen:DOMID
+VMs are reached through the host's broker daemon (porthole serve) when one listens on ${DEFAULT_BROKER_SOCKET}
+(or $${BROKER_SOCKET_ENV}), directly otherwise; --verbose says which.
 
 Examples:
   porthole info unix:/run/vm1/porthole.sock

@@ -475,9 +475,15 @@ export class Session extends EventEmitter {
   }
 
   private startKeepalive(interval: number, timeout: number): void {
+    let lastTick = Date.now();
     this.keepaliveTimer = setInterval(() => {
+      const now = Date.now();
+      // A tick this late means this process did not run (busy, starved of CPU): the peer's answers may
+      // be waiting unread, as timers run before sockets are read. Judge the peer at the next tick.
+      const late = now - lastTick > 2 * interval;
+      lastTick = now;
       if (!this.peerHello) return;
-      if (Date.now() - this.lastReceived > timeout) {
+      if (!late && now - this.lastReceived > timeout) {
         this.close(errors.timeout(`the peer stopped answering (nothing received for ${timeout} ms)`));
         return;
       }

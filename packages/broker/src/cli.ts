@@ -1,4 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
+import { registerBootIsoCommand } from '@porthole/bootiso';
+import { registerImageCommands } from '@porthole/images';
+import { registerPayloadCommands } from '@porthole/media';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
@@ -262,15 +265,11 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
   return program;
 }
 
-/** Commands other packages provide (boot from https ISO, payload media, image transfer). */
+/** Commands other packages provide (boot from https ISO, payload media, image transfer); imported statically so a bundle carries them. */
 function mountPluginCommands(program: Command): void {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const plugins: Array<[string, string]> = [['@porthole/bootiso', 'registerBootIsoCommand'], ['@porthole/media', 'registerPayloadCommands'], ['@porthole/images', 'registerImageCommands']];
-  for (const [pkg, fn] of plugins) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const register = (require(pkg) as Record<string, unknown>)[fn];
-    if (typeof register === 'function') (register as (p: Command) => void)(program);
-  }
+  registerBootIsoCommand(program);
+  registerPayloadCommands(program);
+  registerImageCommands(program);
 }
 
 export async function main(argv = process.argv): Promise<void> {

@@ -102,19 +102,26 @@ function copyNativeModules(destModules) {
   execFileSync('find', [destModules, '-type', 'f', '-exec', 'chmod', 'a-x', '{}', '+']);
 }
 
+/**
+ * Programs ([source, name], the single executable first) into libDir with the native modules beside
+ * them, where the executable looks for them, and a symlink to the executable in binDir.
+ */
+function installPrograms(dir, libDir, programs, binDir) {
+  const lib = join(dir, libDir);
+  mkdirSync(lib, { recursive: true });
+  for (const [source, name] of programs) {
+    cpSync(source, join(lib, name));
+    chmodSync(join(lib, name), 0o755);
+  }
+  copyNativeModules(join(lib, 'node_modules'));
+  const main = programs[0][1];
+  mkdirSync(join(dir, binDir), { recursive: true });
+  symlinkSync(relative(join(dir, binDir), join(lib, main)), join(dir, binDir, main));
+}
+
 /** The installed tree, shared by the .deb and the tarball. */
 function stage(dir) {
-  const lib = join(dir, 'usr/lib/porthole');
-  mkdirSync(lib, { recursive: true });
-  cpSync(opts.exe, join(lib, 'porthole-agent'));
-  chmodSync(join(lib, 'porthole-agent'), 0o755);
-  cpSync(opts.spawn, join(lib, 'porthole-spawn'));
-  chmodSync(join(lib, 'porthole-spawn'), 0o755);
-  cpSync(join(here, 'porthole-service.sh'), join(lib, 'porthole-service'));
-  chmodSync(join(lib, 'porthole-service'), 0o755);
-  copyNativeModules(join(lib, 'node_modules'));
-  mkdirSync(join(dir, 'usr/sbin'), { recursive: true });
-  symlinkSync('../lib/porthole/porthole-agent', join(dir, 'usr/sbin/porthole-agent'));
+  installPrograms(dir, 'usr/lib/porthole', [[opts.exe, 'porthole-agent'], [opts.spawn, 'porthole-spawn'], [join(here, 'porthole-service.sh'), 'porthole-service']], 'usr/sbin');
   cpSync(join(here, 'systemd/porthole-agent.service'), join(dir, 'usr/lib/systemd/system/porthole-agent.service'));
   cpSync(join(here, 'udev/60-porthole-agent.rules'), join(dir, 'usr/lib/udev/rules.d/60-porthole-agent.rules'));
   cpSync(opts.conf, join(dir, 'etc/porthole/agent.conf'));
@@ -137,13 +144,7 @@ function docs(dir, pkg, readme, copyright) {
 
 /** The host's installed tree: the broker's executable, its native modules, the unit and its options. */
 function stageHost(dir) {
-  const lib = join(dir, 'usr/lib/porthole/broker');
-  mkdirSync(lib, { recursive: true });
-  cpSync(opts.exe, join(lib, 'porthole'));
-  chmodSync(join(lib, 'porthole'), 0o755);
-  copyNativeModules(join(lib, 'node_modules'));
-  mkdirSync(join(dir, 'usr/bin'), { recursive: true });
-  symlinkSync('../lib/porthole/broker/porthole', join(dir, 'usr/bin/porthole'));
+  installPrograms(dir, 'usr/lib/porthole/broker', [[opts.exe, 'porthole']], 'usr/bin');
   cpSync(join(here, 'host/porthole.service'), join(dir, 'usr/lib/systemd/system/porthole.service'));
   cpSync(join(here, 'host/default'), join(dir, 'etc/default/porthole'));
   docs(dir, 'porthole', join(root, 'packages/broker/README.md'), join(here, 'host/copyright'));

@@ -2,20 +2,15 @@
 // host's single executable. serialport and @node-rs/crc32 stay outside: their native bindings
 // are loaded from disk beside the executable (serial targets only; a faster CRC32C).
 //   node packages/broker/scripts/bundle.mjs [OUTFILE]   (default dist/porthole.bundle.cjs)
-import { build } from 'esbuild';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bundleForNode } from '../../../scripts/node-bundle.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-await build({
-  entryPoints: [join(here, '..', 'src', 'cli.ts')],
+await bundleForNode({
+  entry: join(here, '..', 'src', 'cli.ts'),
   outfile: process.argv[2] ?? join(here, '..', 'dist', 'porthole.bundle.cjs'),
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'cjs',
-  conditions: ['porthole-src'],
   external: ['serialport', '@serialport/*', '@node-rs/crc32'],
   // cli.ts runs main() when it is the entry point.
   define: { 'require.main': 'module' },
@@ -28,8 +23,4 @@ await build({
       b.onLoad({ filter: /.*/, namespace: 'left-out' }, () => ({ contents: 'module.exports = undefined;', loader: 'js' }));
     },
   }],
-  minify: false,
-  sourcemap: false,
-  legalComments: 'none',
-  logLevel: 'warning',
 });

@@ -3,6 +3,7 @@ import { benchChannel } from './channel';
 import { benchXenstore } from './xenstore';
 import { benchVm } from './vm';
 import { benchImages } from './images';
+import { benchScale } from './scale';
 
 export interface BenchSection {
   name: string;
@@ -47,5 +48,11 @@ export const SECTIONS: BenchSection[] = [
     name: 'images',
     sizes: () => ({ mib: size('PORTHOLE_BENCH_IMAGES_MIB', 2048, 256) }),
     run: (s) => benchImages({ bytes: s.mib * MiB }, log),
+  },
+  {
+    name: 'scale',
+    sizes: () => ({ vms: size('PORTHOLE_BENCH_SCALE_VMS', 256, 32), idleSeconds: size('PORTHOLE_BENCH_SCALE_IDLE_S', 20, 5) }),
+    // PORTHOLE_BENCH_SCALE_BASELINE: another checkout's packages/broker/dist/cli.js, compared in the same run.
+    run: (s) => benchScale({ vms: s.vms, idleSeconds: s.idleSeconds, baseline: process.env.PORTHOLE_BENCH_SCALE_BASELINE || undefined }, log),
   },
 ];

@@ -143,6 +143,9 @@ const libraryExec = (sock: string, dir: string) => async (vm: number): Promise<s
 interface DaemonRun {
   cold: Round;
   warm: Round;
+  /** CPU seconds the daemon spent on the cold and the warm round. */
+  coldCpu: number;
+  warmCpu: number;
   library?: Round;
   rssWarmedUp: number;
   rssHeld: number;
@@ -170,24 +173,27 @@ async function runDaemon(cli: string, serveArgs: string[], dir: string, first: n
     if (warmUp.failed) throw new Error(`the warm-up failed: ${[...warmUp.causes.keys()].join('; ')}`);
     const rssWarmedUp = await collectedRss(daemon);
     log(`  ${vms} exec tasks at once over REST, cold (each VM's session opened on demand)`);
+    const cpuCold = cpuSeconds(pid);
     const cold = await round(measured, restExec(sock, dir));
+    const coldCpu = cpuSeconds(pid) - cpuCold;
     log(`    ${cold.seconds.toFixed(1)} s, ${cold.failed} failed; again with the sessions held`);
+    const cpuWarm = cpuSeconds(pid);
     const warm = await round(measured, restExec(sock, dir));
-    log(`    ${warm.seconds.toFixed(1)} s, ${warm.failed} failed`);
+    const warmCpu = cpuSeconds(pid) - cpuWarm;
+    log(`    ${warm.seconds.toFixed(1)} s, ${warm.failed} failed; idle for ${idleSeconds} s with the sessions held`);
+    await sleep(2000);
+    const cpu1 = cpuSeconds(pid);
+    await sleep(idleSeconds * 1000);
+    const cpuHeld = (cpuSeconds(pid) - cpu1) / idleSeconds;
+    // Read where both daemons of a comparison did the same work.
+    const rssHeld = await collectedRss(daemon);
     let library: Round | undefined;
     if (withLibrary) {
       log(`  ${vms} library clients at once through the daemon's socket`);
       library = await round(measured, libraryExec(sock, dir));
       log(`    ${library.seconds.toFixed(1)} s, ${library.failed} failed`);
     }
-    const sessions = withLibrary ? (JSON.parse((await request(sock, 'GET', '/v1/health')).text) as { vms: number }).vms : vms + WARM_UP_VMS;
-    log(`  idle for ${idleSeconds} s with the sessions held`);
-    await sleep(2000);
-    const cpu1 = cpuSeconds(pid);
-    await sleep(idleSeconds * 1000);
-    const cpuHeld = (cpuSeconds(pid) - cpu1) / idleSeconds;
-    const rssHeld = await collectedRss(daemon);
-    return { cold, warm, library, rssWarmedUp, rssHeld, cpuEmpty, cpuHeld, sessions };
+    return { cold, warm, coldCpu, warmCpu, library, rssWarmedUp, rssHeld, cpuEmpty, cpuHeld, sessions: vms + WARM_UP_VMS };
   } finally {
     daemon.process.kill('SIGKILL');
   }
@@ -229,6 +235,7 @@ export async function benchScale(opts: ScaleBenchOptions, log: (m: string) => vo
       rows: [
         [`${vms} exec tasks at once over REST, cold (VM sessions opened on demand): s until all ended`, ours.cold.seconds, other?.((r) => r.cold.seconds) ?? ref.coldSeconds],
         ['the same with the sessions held: s until all ended', ours.warm.seconds, other?.((r) => r.warm.seconds) ?? ref.warmSeconds],
+        ['broker CPU time spent on the cold round → on the warm round, s', `${ours.coldCpu.toFixed(1)} → ${ours.warmCpu.toFixed(1)}`, other?.((r) => `${r.coldCpu.toFixed(1)} → ${r.warmCpu.toFixed(1)}`) ?? '-'],
         [`${vms} library clients at once through the daemon's socket (as porthole exec): s until all ended`, ours.library!.seconds, '- (a VM\'s channel takes one client)'],
         ['failed', failed(ours), other?.(failed) ?? 0],
         [`broker RSS after a warm-up (${WARM_UP_VMS} VMs) → with ${vms} more sessions held, MiB (after a full GC)`, rssText(ours), other?.(rssText) ?? `${ref.rssBeforeMiB} → ${ref.rssAfterMiB}`],
@@ -242,7 +249,7 @@ export async function benchScale(opts: ScaleBenchOptions, log: (m: string) => vo
         `stand-ins: the real agent, ${AGENTS_PER_PROCESS} to a process, each on its own Unix socket as QEMU's chardev would be; each task runs \`echo\` in a process of its own, started through the agent's porthole-spawn`,
         'REST: POST /v1/tasks/exec, then GET /v1/tasks/{id}/output until its end line, all at once over the daemon\'s Unix socket; a task counts as done with exit 0 and its output',
         'library: connect() through the daemon (what the CLI does when the daemon runs), one exec, close; the daemon relays each client\'s streams onto the VM\'s shared session',
-        `memory: RSS after a full garbage collection (node --expose-gc, on SIGUSR2), after the warm-up and after the rounds; per session: the difference over ${vms}; on paper: the first reading plus ${PAPER_VMS} sessions. CPU: /proc/PID/stat over ${idleSeconds} s idle, scaled the same way (a held session is mostly a keepalive ping every 5 s)`,
+        `memory: RSS after a full garbage collection (node --expose-gc, on SIGUSR2), after the warm-up and after the two REST rounds (before the library round, so both columns did the same work); per session: the difference over ${vms}; on paper: the first reading plus ${PAPER_VMS} sessions. CPU: /proc/PID/stat over ${idleSeconds} s idle, scaled the same way (a held session is mostly a keepalive ping every 5 s)`,
         'sessions nobody used for --idle-timeout (60 s by default, a day here, to measure them) are closed, so an idle VM usually costs the daemon nothing',
         ...(causes.length ? [`failures: ${causes.map(([cause, n]) => `${n} × ${cause}`).join('; ')}`] : []),
         theirs ? `baseline: ${baseline}` : 'the reference column is the issue\'s measurement of the earlier `porthole serve` (one connection per target, no daemon socket), not re-run here',

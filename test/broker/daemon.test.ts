@@ -141,7 +141,7 @@ describe('broker daemon: porthole serve owns the VM\'s channel; CLI, REST and li
   });
 
   it('holds back a command whose client stops reading, buffering no more in the daemon than the credit it passed on', async () => {
-    const total = 128 * 1024 * 1024;
+    const total = 64 * 1024 * 1024;
     const before = rss(daemon.pid);
     let cli = 0;
     let received = 0;

@@ -1,8 +1,9 @@
-// Builds the agent's installers from the single executable (npm run build:sea, or build:arm64):
-//   node installers/build.mjs deb|tar [--arch x64|arm64] [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]
-// deb: build/porthole-agent_<V>_<amd64|arm64>.deb (dpkg-deb, nothing downloaded)
+// Builds the installers from the single executables:
+//   node installers/build.mjs deb|tar|host-deb [--arch x64|arm64] [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]
+// deb: build/porthole-agent_<V>_<amd64|arm64>.deb, the guest agent (npm run build:sea, or build:arm64; dpkg-deb, nothing downloaded)
 // tar: build/porthole-agent-<V>-linux-<x64|arm64>.tar.gz with install.sh
-// <V> defaults to packages/agent/package.json's version; --arch to this host's CPU.
+// host-deb: build/porthole_<V>_amd64.deb, the host's broker daemon and CLI (packages/broker/scripts/sea.mjs), this host's CPU only
+// <V> defaults to the package.json version of packages/agent (agent) or packages/broker (host); --arch to this host's CPU.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,13 +15,11 @@ import { elfArch, target } from '../packages/agent/scripts/targets.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
-const agentPkg = JSON.parse(readFileSync(join(root, 'packages/agent/package.json'), 'utf8'));
-
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
   options: {
     arch: { type: 'string', default: process.arch },
-    version: { type: 'string', default: agentPkg.version },
+    version: { type: 'string' },
     // The single executable (default: the target's, in packages/agent/dist/ or dist/linux-<arch>/).
     exe: { type: 'string' },
     // porthole-spawn, the agent's command starter (npm run build makes it beside the executable).
@@ -37,7 +36,10 @@ function fail(message) {
 
 const MAINTAINER = 'Porthole maintainers <maintainers@porthole.invalid>';
 const kind = positionals[0];
-if (kind !== 'deb' && kind !== 'tar') fail('usage: node installers/build.mjs deb|tar [--arch x64|arm64] [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]');
+if (kind !== 'deb' && kind !== 'tar' && kind !== 'host-deb') fail('usage: node installers/build.mjs deb|tar|host-deb [--arch x64|arm64] [--version V] [--exe FILE] [--spawn FILE] [--conf FILE] [--out DIR]');
+const host = kind === 'host-deb';
+const pkgJson = JSON.parse(readFileSync(join(root, host ? 'packages/broker/package.json' : 'packages/agent/package.json'), 'utf8'));
+opts.version ??= pkgJson.version;
 if (!/^[0-9][A-Za-z0-9.+~-]*$/.test(opts.version)) fail(`bad version ${JSON.stringify(opts.version)}: must start with a digit (Debian version rules)`);
 let build;
 try {
@@ -45,16 +47,20 @@ try {
 } catch (err) {
   fail(err.message);
 }
-opts.exe ??= join(build.dist, 'porthole-agent');
-if (!existsSync(opts.exe)) fail(`${opts.exe} not found: build the single executable first (npm run ${build.native ? 'build:sea' : `build:${build.arch}`})`);
-opts.spawn ??= join(dirname(opts.exe), 'porthole-spawn');
-if (!existsSync(opts.spawn)) fail(`${opts.spawn} not found: npm run ${build.native ? 'build' : `build:${build.arch}`} compiles it`);
+if (host && !build.native) fail(`host-deb is built for this host's CPU (${process.arch}) only: the broker's single executable is a copy of this node`);
+const buildCommand = host ? 'node packages/broker/scripts/sea.mjs' : `npm run ${build.native ? 'build:sea' : `build:${build.arch}`}`;
+opts.exe ??= host ? join(root, 'packages/broker/dist/porthole') : join(build.dist, 'porthole-agent');
+if (!existsSync(opts.exe)) fail(`${opts.exe} not found: build the single executable first (${buildCommand})`);
+if (!host) {
+  opts.spawn ??= join(dirname(opts.exe), 'porthole-spawn');
+  if (!existsSync(opts.spawn)) fail(`${opts.spawn} not found: npm run ${build.native ? 'build' : `build:${build.arch}`} compiles it`);
+  if (!existsSync(opts.conf)) fail(`${opts.conf} not found: the owner's config template is needed`);
+}
 // A package for one CPU with another CPU's program in it would install and then fail to start.
-for (const file of [opts.exe, opts.spawn]) {
+for (const file of host ? [opts.exe] : [opts.exe, opts.spawn]) {
   const arch = elfArch(file);
   if (arch !== build.arch) fail(`${file} is ${arch ? `built for ${arch}` : 'no x64 or arm64 ELF program'}, not for ${build.arch} (--arch ${build.arch})`);
 }
-if (!existsSync(opts.conf)) fail(`${opts.conf} not found: the owner's config template is needed`);
 
 // Native modules are loaded from /usr/lib/porthole/node_modules (beside the executable), which
 // a single executable's own require cannot reach: serialport only for serial channels, the
@@ -136,31 +142,52 @@ function copyNativeModules(destModules) {
   execFileSync('find', [destModules, '-type', 'f', '-exec', 'chmod', 'a-x', '{}', '+']);
 }
 
+/**
+ * Programs ([source, name], the single executable first) into libDir with the native modules beside
+ * them, where the executable looks for them, and a symlink to the executable in binDir.
+ */
+function installPrograms(dir, libDir, programs, binDir) {
+  const lib = join(dir, libDir);
+  mkdirSync(lib, { recursive: true });
+  for (const [source, name] of programs) {
+    cpSync(source, join(lib, name));
+    chmodSync(join(lib, name), 0o755);
+  }
+  copyNativeModules(join(lib, 'node_modules'));
+  const main = programs[0][1];
+  mkdirSync(join(dir, binDir), { recursive: true });
+  symlinkSync(relative(join(dir, binDir), join(lib, main)), join(dir, binDir, main));
+}
+
 /** The installed tree, shared by the .deb and the tarball. */
 function stage(dir) {
-  const lib = join(dir, 'usr/lib/porthole');
-  mkdirSync(lib, { recursive: true });
-  cpSync(opts.exe, join(lib, 'porthole-agent'));
-  chmodSync(join(lib, 'porthole-agent'), 0o755);
-  cpSync(opts.spawn, join(lib, 'porthole-spawn'));
-  chmodSync(join(lib, 'porthole-spawn'), 0o755);
-  cpSync(join(here, 'porthole-service.sh'), join(lib, 'porthole-service'));
-  chmodSync(join(lib, 'porthole-service'), 0o755);
-  copyNativeModules(join(lib, 'node_modules'));
-  mkdirSync(join(dir, 'usr/sbin'), { recursive: true });
-  symlinkSync('../lib/porthole/porthole-agent', join(dir, 'usr/sbin/porthole-agent'));
+  installPrograms(dir, 'usr/lib/porthole', [[opts.exe, 'porthole-agent'], [opts.spawn, 'porthole-spawn'], [join(here, 'porthole-service.sh'), 'porthole-service']], 'usr/sbin');
   cpSync(join(here, 'systemd/porthole-agent.service'), join(dir, 'usr/lib/systemd/system/porthole-agent.service'));
   cpSync(join(here, 'udev/60-porthole-agent.rules'), join(dir, 'usr/lib/udev/rules.d/60-porthole-agent.rules'));
   cpSync(opts.conf, join(dir, 'etc/porthole/agent.conf'));
-  cpSync(join(here, 'README.md'), join(dir, 'usr/share/doc/porthole-agent/README.md'));
-  cpSync(join(here, 'copyright'), join(dir, 'usr/share/doc/porthole-agent/copyright'));
-  // Debian wants a changelog even for a native package; the release notes live in git.
-  writeFileSync(join(dir, 'usr/share/doc/porthole-agent/changelog.gz'), gzipSync(Buffer.from([
-    `porthole-agent (${opts.version}) unstable; urgency=medium`, '', `  * Release ${opts.version}.`, '',
-    ` -- ${MAINTAINER}  ${new Date().toUTCString().replace('GMT', '+0000')}`, '',
-  ].join('\n')), { level: 9 }));
+  docs(dir, 'porthole-agent', join(here, 'README.md'), join(here, 'copyright'));
   cpSync(join(here, 'debian/lintian-overrides'), join(dir, 'usr/share/lintian/overrides/porthole-agent'));
   // Package contents are root's and world-readable whatever the checkout's umask was.
+  execFileSync('chmod', ['-R', 'u+rwX,go+rX,go-w', dir]);
+}
+
+/** README, copyright and the changelog Debian wants even for a native package (the release notes live in git). */
+function docs(dir, pkg, readme, copyright) {
+  const doc = join(dir, 'usr/share/doc', pkg);
+  cpSync(readme, join(doc, 'README.md'));
+  cpSync(copyright, join(doc, 'copyright'));
+  writeFileSync(join(doc, 'changelog.gz'), gzipSync(Buffer.from([
+    `${pkg} (${opts.version}) unstable; urgency=medium`, '', `  * Release ${opts.version}.`, '',
+    ` -- ${MAINTAINER}  ${new Date().toUTCString().replace('GMT', '+0000')}`, '',
+  ].join('\n')), { level: 9 }));
+}
+
+/** The host's installed tree: the broker's executable, its native modules, the unit and its options. */
+function stageHost(dir) {
+  installPrograms(dir, 'usr/lib/porthole/broker', [[opts.exe, 'porthole']], 'usr/bin');
+  cpSync(join(here, 'host/porthole.service'), join(dir, 'usr/lib/systemd/system/porthole.service'));
+  cpSync(join(here, 'host/default'), join(dir, 'etc/default/porthole'));
+  docs(dir, 'porthole', join(root, 'packages/broker/README.md'), join(here, 'host/copyright'));
   execFileSync('chmod', ['-R', 'u+rwX,go+rX,go-w', dir]);
 }
 
@@ -172,39 +199,75 @@ function run(cmd, args) {
   }
 }
 
+// The single executables are copies of Node's binary: these are its shared libraries.
+const NODE_DEPENDS = 'libc6 (>= 2.28), libstdc++6 (>= 5.2), libgcc-s1';
+
+const PACKAGES = {
+  deb: {
+    name: 'porthole-agent',
+    stage,
+    depends: NODE_DEPENDS,
+    recommends: 'systemd, udev',
+    description: [
+      'Porthole guest agent: files and commands from the hypervisor host',
+      ' Lets the hypervisor host write files into this VM and run commands in it',
+      ' over a virtio-serial port (QEMU/KVM, libvirt), without guest networking,',
+      ' SSH or keys. udev starts the agent when the VM has the port',
+      ' org.porthole.agent.0; the owner limits or turns off every capability in',
+      ' /etc/porthole/agent.conf.',
+    ],
+    // A conffile: dpkg keeps the owner's edits on upgrade and asks before replacing them.
+    conffiles: ['/etc/porthole/agent.conf'],
+    scripts: join(here, 'debian'),
+  },
+  'host-deb': {
+    name: 'porthole',
+    stage: stageHost,
+    // groupadd (passwd) for the socket's group; deb-systemd-helper (init-system-helpers) enables the unit.
+    depends: `${NODE_DEPENDS}, passwd, init-system-helpers`,
+    recommends: 'systemd, libvirt-clients',
+    description: [
+      'Porthole host broker: files and commands into this host\'s VMs',
+      ' The porthole command and its broker daemon (porthole serve, a systemd',
+      ' unit) put files into VMs and run commands in them over the hypervisor\'s',
+      ' channel (virtio-serial, serial, xenstore) to the porthole-agent inside, with',
+      ' no guest network. The daemon owns every VM\'s channel: the CLI and library',
+      ' users on this host go through its socket (group porthole), and its REST',
+      ' API serves the cloud\'s control plane over TCP with a bearer token.',
+    ],
+    conffiles: ['/etc/default/porthole'],
+    scripts: join(here, 'host'),
+  },
+};
+
 function buildDeb(work) {
+  const p = PACKAGES[kind];
   const pkgRoot = join(work, 'deb');
-  stage(pkgRoot);
+  p.stage(pkgRoot);
   const debian = join(pkgRoot, 'DEBIAN');
   mkdirSync(debian);
   const installedKiB = execFileSync('du', ['-sk', '--apparent-size', pkgRoot], { encoding: 'utf8' }).split('\t')[0];
   writeFileSync(join(debian, 'control'), [
-    'Package: porthole-agent',
+    `Package: ${p.name}`,
     `Version: ${opts.version}`,
     `Architecture: ${build.debianArch}`,
     `Maintainer: ${MAINTAINER}`,
     `Installed-Size: ${installedKiB}`,
-    // The single executable is a copy of Node's binary: these are its shared libraries.
-    'Depends: libc6 (>= 2.28), libstdc++6 (>= 5.2), libgcc-s1',
-    'Recommends: systemd, udev',
+    `Depends: ${p.depends}`,
+    `Recommends: ${p.recommends}`,
     'Section: admin',
     'Priority: optional',
     'Homepage: https://github.com/porthole/porthole',
-    'Description: Porthole guest agent: files and commands from the hypervisor host',
-    ' Lets the hypervisor host write files into this VM and run commands in it',
-    ' over a virtio-serial port (QEMU/KVM, libvirt), without guest networking,',
-    ' SSH or keys. udev starts the agent when the VM has the port',
-    ' org.porthole.agent.0; the owner limits or turns off every capability in',
-    ' /etc/porthole/agent.conf.',
+    `Description: ${p.description[0]}`,
+    ...p.description.slice(1),
     '',
   ].join('\n'));
-  // A conffile: dpkg keeps the owner's edits on upgrade and asks before replacing them.
-  writeFileSync(join(debian, 'conffiles'), '/etc/porthole/agent.conf\n');
+  writeFileSync(join(debian, 'conffiles'), p.conffiles.map((f) => `${f}\n`).join(''));
   for (const script of ['postinst', 'prerm', 'postrm']) {
-    cpSync(join(here, 'debian', script), join(debian, script));
+    cpSync(join(p.scripts, script), join(debian, script));
     chmodSync(join(debian, script), 0o755);
   }
-  const out = join(resolve(opts.out), `porthole-agent_${opts.version}_${build.debianArch}.deb`);
+  const out = join(resolve(opts.out), `${p.name}_${opts.version}_${build.debianArch}.deb`);
   // xz level 1: 27 MB in ~12 s; the default level 6 saves 3 MB for 50 s of build time.
   run('dpkg-deb', ['--root-owner-group', '-Zxz', '-z1', '--build', pkgRoot, out]);
   return out;
@@ -224,7 +287,7 @@ function buildTar(work) {
 mkdirSync(resolve(opts.out), { recursive: true });
 const work = mkdtempSync(join(tmpdir(), 'porthole-pkg-'));
 try {
-  const out = kind === 'deb' ? buildDeb(work) : buildTar(work);
+  const out = kind === 'tar' ? buildTar(work) : buildDeb(work);
   console.log(`installers: ${out}`);
 } finally {
   rmSync(work, { recursive: true, force: true });

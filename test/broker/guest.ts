@@ -74,3 +74,43 @@ export function porthole(args: string[], opts: { stdin?: Buffer | string; env?: 
     child.on('close', (code, signal) => resolve({ code, signal, stdout: Buffer.concat(out), stderr: err }));
   });
 }
+
+export interface Serving {
+  address: string;
+  token?: string;
+  stdout: () => string;
+  stderr: () => string;
+  /** Every address it printed (one per --listen). */
+  addresses: string[];
+  pid: number;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** `porthole serve ARGS` as its own process, until it prints its address. */
+export async function serve(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Serving> {
+  const child = spawnPorthole(['serve', ...args], env);
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  const listeners = Math.max(1, args.filter((a) => a === '--listen').length);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+      if ((out.match(/listening on \S+\n/g) ?? []).length >= listeners) resolve();
+    });
+    void exited.then((code) => reject(new Error(`porthole serve exited ${code}: ${err}`)));
+  });
+  return {
+    address: /listening on (\S+)/.exec(out)![1],
+    addresses: [...out.matchAll(/listening on (\S+)/g)].map((m) => m[1]),
+    pid: child.pid!,
+    token: /bearer token \(shown once, not logged\): (\S+)/.exec(out)?.[1],
+    stdout: () => out,
+    stderr: () => err,
+    async stop(signal = 'SIGTERM') {
+      child.kill(signal);
+      return exited;
+    },
+  };
+}

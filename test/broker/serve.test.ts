@@ -6,42 +6,8 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as https from 'node:https';
 import { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { Guest, porthole, spawnPorthole, startGuest } from './guest';
+import { Guest, porthole, serve, startGuest } from './guest';
 import { readLines } from './http';
-
-interface Serving {
-  address: string;
-  token?: string;
-  stdout: () => string;
-  stderr: () => string;
-  stop(): Promise<number | null>;
-}
-
-/** `porthole serve ARGS` as its own process, until it prints its address. */
-async function serve(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Serving> {
-  const child = spawnPorthole(['serve', ...args], env);
-  let out = '';
-  let err = '';
-  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (b: Buffer) => {
-      out += b.toString();
-      if (/listening on \S+\n/.test(out)) resolve();
-    });
-    void exited.then((code) => reject(new Error(`porthole serve exited ${code}: ${err}`)));
-  });
-  return {
-    address: /listening on (\S+)/.exec(out)![1],
-    token: /bearer token \(shown once, not logged\): (\S+)/.exec(out)?.[1],
-    stdout: () => out,
-    stderr: () => err,
-    async stop() {
-      child.kill('SIGTERM');
-      return exited;
-    },
-  };
-}
 
 describe('broker: porthole serve (its own process)', function () {
   this.timeout(60000);

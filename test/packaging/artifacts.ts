@@ -41,6 +41,17 @@ export async function buildInstaller(kind: 'deb' | 'tar', outDir: string, versio
   return path;
 }
 
+let hostSeaBuilt: Promise<void> | undefined;
+/** The host package (`porthole`: broker daemon and CLI) into outDir, its single executable built once per test run. */
+export async function buildHostInstaller(outDir: string, version = AGENT_VERSION): Promise<string> {
+  hostSeaBuilt ??= sh(process.execPath, [join(ROOT, 'packages/broker/scripts/sea.mjs')]).then(() => undefined);
+  await hostSeaBuilt;
+  await sh(process.execPath, [join(ROOT, 'installers/build.mjs'), 'host-deb', '--version', version, '--out', outDir]);
+  const path = join(outDir, `porthole_${version}_amd64.deb`);
+  if (!existsSync(path)) throw new Error(`installers/build.mjs did not produce porthole_${version}_amd64.deb (found: ${readdirSync(outDir).join(', ')})`);
+  return path;
+}
+
 /** Run a command chrooted into a guest root, with a root shell's plain environment (not this test's). */
 export function chroot(root: string, args: string[]): Promise<string> {
   return sh('env', ['-i', 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', 'LANG=C.UTF-8', 'chroot', root, ...args]);

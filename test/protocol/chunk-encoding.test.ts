@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { v1, encodeStreamMessage, frameHeader, encodeFrame } from '@porthole/protocol';
+import { v1, encodeStreamMessage, frameHeader, encodeFrame, withStreamId } from '@porthole/protocol';
 
 describe('zero-copy chunk encoding', () => {
   it('produces exactly the bytes protobufjs produces, for every size and offset class', () => {
@@ -31,5 +31,34 @@ describe('zero-copy chunk encoding', () => {
     const b = randomBytes(5000);
     const whole = encodeFrame(Buffer.concat([a, b]));
     assert.ok(Buffer.concat([frameHeader([a, b]), a, b]).equals(whole));
+  });
+});
+
+describe('relayed envelopes under another stream id', () => {
+  it('changes only the leading stream id, keeping the rest of the bytes (not a copy), for every id length', () => {
+    const ids = [1, 127, 129, 16383, 16385, 2 ** 21 + 1, 2 ** 32 - 1];
+    for (const from of ids) {
+      for (const to of ids) {
+        const data = randomBytes(8192);
+        const payload = Buffer.concat(encodeStreamMessage(from, { chunk: { offset: 77, data } }));
+        const parts = withStreamId(payload, from, to);
+        const relayed = Buffer.concat(parts);
+        assert.ok(relayed.equals(Buffer.from(v1.Envelope.encode({ streamId: to, message: { chunk: { offset: 77, data } } }).finish())), `${from} → ${to}`);
+        assert.equal(parts[parts.length - 1].buffer, payload.buffer, 'the data is sent from where it was received');
+      }
+    }
+  });
+
+  it('decodes and encodes again an envelope whose stream id is not its first field, or comes twice', () => {
+    const body = Buffer.from(v1.Envelope.encode({ credit: { bytes: 9 } }).finish());
+    const late = Buffer.concat([body, Buffer.from([0x08, 5])]);
+    const read = (payload: Buffer) => {
+      const e = v1.Envelope.decode(payload);
+      return [e.streamId, e.body, e.credit?.bytes];
+    };
+    assert.deepEqual(read(Buffer.concat(withStreamId(late, 5, 300))), [300, 'credit', 9]);
+    // A leading stream id that a later one overrides (the last one counts, as protobuf says).
+    const twice = Buffer.concat([Buffer.from([0x08, 3]), body, Buffer.from([0x08, 5])]);
+    assert.deepEqual(read(Buffer.concat(withStreamId(twice, 5, 300))), [300, 'credit', 9]);
   });
 });

@@ -285,6 +285,23 @@ describe('session', () => {
     assert.match(String(closed?.message), /stopped answering/);
   });
 
+  it('keepalive does not take its own process stalling for a peer that stopped answering', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const agent = new Session(p.guest, { role: 'agent', hello: agentHello });
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 50, keepaliveTimeoutMs: 300 });
+    await broker.ready();
+    let lost: Error | undefined;
+    broker.once('close', (e?: Error) => (lost = e ?? new Error('closed')));
+    // This process does not run for a second (CPU starved, a long pause): the peer's pong waits unread.
+    const until = Date.now() + 1000;
+    while (Date.now() < until);
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(lost, undefined, `the session was closed: ${lost?.message}`);
+    assert.ok(broker.isReady);
+    void agent;
+  });
+
   it('ignores garbage between frames without losing the session', async () => {
     const p = await pair();
     cleanups.push(p.cleanup);

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
-import { UnixSocketConnector, SerialConnector, VirtioSerialConnector, connectWithRetry, findVirtioPort } from '@porthole/transport';
+import { UnixSocketConnector, SerialConnector, VirtioSerialConnector, connectWithRetry, findVirtioPort, memoryChannelPair } from '@porthole/transport';
 import { echoSessionCheck } from '../helpers/echo-session';
 
 function tempDir(): { dir: string; done: () => void } {
@@ -101,6 +101,11 @@ describe('transports', () => {
         connectWithRetry(new UnixSocketConnector(join(t.dir, 'never.sock')), { timeoutMs: 200 }),
         /gave up after \d+ attempts: no such socket/,
       );
+      // A definite answer (a broker daemon that already waited for the VM) ends the attempts at once.
+      let attempts = 0;
+      const final = { description: 'final', connect: async () => { attempts++; throw Object.assign(new Error('the VM is gone'), { permanent: true }); } };
+      await assert.rejects(connectWithRetry(final, { timeoutMs: 5000 }), /^Error: the VM is gone$/);
+      assert.equal(attempts, 1);
     } finally {
       t.done();
     }
@@ -222,5 +227,30 @@ describe('transports', () => {
     } finally {
       t.done();
     }
+  });
+});
+
+describe('in-process channel pair', () => {
+  it('carries whole packets in order and closes the far end after what was written before the close', async () => {
+    const [near, far] = memoryChannelPair('test');
+    assert.equal(near.kind, 'packets');
+    const got: string[] = [];
+    far.on('data', (p: Buffer) => got.push(p.toString()));
+    const closed = new Promise<void>((resolve) => far.once('close', () => resolve()));
+    for (let i = 0; i < 100; i++) near.write(Buffer.from(`packet ${i}`));
+    near.close();
+    await closed;
+    assert.deepEqual(got, Array.from({ length: 100 }, (_, i) => `packet ${i}`));
+    assert.ok(far.closed && near.closed);
+    assert.equal(far.write(Buffer.from('late')), false);
+  });
+
+  it('asks a writer to wait past 1 MiB queued and says when to go on', async () => {
+    const [near, far] = memoryChannelPair('test');
+    far.on('data', () => undefined);
+    assert.equal(near.write(Buffer.alloc(512 * 1024)), true);
+    assert.equal(near.write(Buffer.alloc(512 * 1024)), false);
+    await new Promise<void>((resolve) => near.once('drain', () => resolve()));
+    near.close();
   });
 });

@@ -2,26 +2,17 @@
 // guests without node_modules. serialport stays outside: its native bindings
 // are loaded from disk only when a serial channel is used.
 //   node packages/agent/scripts/bundle.mjs [OUTFILE]   (default dist/porthole-agent.bundle.cjs)
-import { build } from 'esbuild';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { bundleForNode } from '../../../scripts/node-bundle.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(join(here, '..', 'package.json'), 'utf8'));
 
-await build({
-  entryPoints: [join(here, '..', 'src', 'main.ts')],
+await bundleForNode({
+  entry: join(here, '..', 'src', 'main.ts'),
   outfile: process.argv[2] ?? join(here, '..', 'dist', 'porthole-agent.bundle.cjs'),
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'cjs',
-  conditions: ['porthole-src'],
   external: ['serialport', '@serialport/*', '@node-rs/crc32'],
   define: { __PORTHOLE_AGENT_VERSION__: JSON.stringify(pkg.version), 'require.main': 'module' },
-  minify: false,
-  sourcemap: false,
-  legalComments: 'none',
-  logLevel: 'warning',
 });

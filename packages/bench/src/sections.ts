@@ -4,6 +4,7 @@ import { benchXenstore } from './xenstore';
 import { benchVm } from './vm';
 import { benchImages } from './images';
 import { benchGuestArch } from './guest-arch';
+import { benchScale } from './scale';
 
 export interface BenchSection {
   name: string;
@@ -53,5 +54,11 @@ export const SECTIONS: BenchSection[] = [
     name: 'arch',
     sizes: () => ({ fileMib: size('PORTHOLE_BENCH_ARCH_MIB', 32, 4), execRuns: size('PORTHOLE_BENCH_ARCH_EXEC_RUNS', 30, 5) }),
     run: (s) => benchGuestArch({ fileBytes: s.fileMib * MiB, execRuns: s.execRuns }, log),
+  },
+  {
+    name: 'scale',
+    sizes: () => ({ vms: size('PORTHOLE_BENCH_SCALE_VMS', 256, 32), idleSeconds: size('PORTHOLE_BENCH_SCALE_IDLE_S', 20, 5) }),
+    // PORTHOLE_BENCH_SCALE_BASELINE: another checkout's packages/broker/dist/cli.js, compared in the same run.
+    run: (s) => benchScale({ vms: s.vms, idleSeconds: s.idleSeconds, baseline: process.env.PORTHOLE_BENCH_SCALE_BASELINE || undefined }, log),
   },
 ];

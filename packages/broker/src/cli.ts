@@ -1,4 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { registerBootIsoCommand } from '@porthole/bootiso';
+import { registerImageCommands } from '@porthole/images';
+import { registerPayloadCommands } from '@porthole/media';
 import { createWriteStream, readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
@@ -7,6 +10,7 @@ import { applyCliConventions, CliOutput, EXIT, reportUsageError, wantsJson } fro
 import { connect, describeError, PortholeClient, UnreachableError } from './client';
 import { applyManifest, AppliedFile, checkAgainstHello, fetchSources, InjectError } from './inject';
 import { Manifest, ManifestError, parseManifest } from './manifest';
+import { BROKER_SOCKET_ENV, DEFAULT_BROKER_SOCKET } from './route';
 import { registerServeCommand } from './serve/command';
 import { BadTargetError } from './targets';
 import { BROKER_VERSION } from './version';
@@ -30,6 +34,9 @@ interface Globals {
   json?: boolean;
   timeout: string;
   connect?: string;
+  verbose?: boolean;
+  brokerSocket?: string;
+  direct?: boolean;
 }
 
 /** Reports a failure and exits; `extra` adds fields to the JSON answer and lines to the text one. */
@@ -45,8 +52,12 @@ function fail(program: Command, err: unknown, extra: { json?: Record<string, unk
 
 async function client(program: Command, target: string): Promise<PortholeClient> {
   const o = program.opts<Globals>();
-  // As virsh: --connect, else LIBVIRT_DEFAULT_URI; written into the target so it goes wherever the target goes.
-  return connect(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), { timeoutMs: Number(o.timeout) * 1000 });
+  // As virsh: --connect, else LIBVIRT_DEFAULT_URI; written into the target so it goes wherever the target goes (the daemon too).
+  const c = await connect(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), {
+    timeoutMs: Number(o.timeout) * 1000, broker: o.direct ? false : o.brokerSocket,
+  });
+  if (o.verbose) process.stderr.write(`porthole: ${c.route.detail}\n`);
+  return c;
 }
 
 /**
@@ -116,8 +127,13 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output (one JSON object per result)')
     .option('--timeout <seconds>', 'how long to wait for the VM\'s agent', seconds, '10')
     .option('-c, --connect <uri>', 'libvirt connection URI for libvirt:DOMAIN targets (default: $LIBVIRT_DEFAULT_URI, else qemu:///system)')
+    .option('--broker-socket <path>', `the broker daemon to go through (default $${BROKER_SOCKET_ENV}, else ${DEFAULT_BROKER_SOCKET} when a daemon listens there)`)
+    .option('--direct', 'connect to the VM\'s channel directly, not through the broker daemon')
+    .option('-v, --verbose', 'say how the VM is reached (through the broker daemon or directly)')
     .addHelpText('after', `
 Targets: unix:/path/to/chardev.sock (QEMU), libvirt:DOMAIN or libvirt:URI/DOMAIN, serial:/dev/ttyS1, xen:DOMID
+VMs are reached through the host's broker daemon (porthole serve) when one listens on ${DEFAULT_BROKER_SOCKET}
+(or $${BROKER_SOCKET_ENV}), directly otherwise; --verbose says which.
 
 Examples:
   porthole info unix:/run/vm1/porthole.sock
@@ -321,15 +337,11 @@ Examples:
   return program;
 }
 
-/** Commands other packages provide (boot from https ISO, payload media, image transfer). */
+/** Commands other packages provide (boot from https ISO, payload media, image transfer); imported statically so a bundle carries them. */
 function mountPluginCommands(program: Command): void {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const plugins: Array<[string, string]> = [['@porthole/bootiso', 'registerBootIsoCommand'], ['@porthole/media', 'registerPayloadCommands'], ['@porthole/images', 'registerImageCommands']];
-  for (const [pkg, fn] of plugins) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const register = (require(pkg) as Record<string, unknown>)[fn];
-    if (typeof register === 'function') (register as (p: Command) => void)(program);
-  }
+  registerBootIsoCommand(program);
+  registerPayloadCommands(program);
+  registerImageCommands(program);
 }
 
 /**

@@ -5,7 +5,7 @@ import * as https from 'node:https';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { v1, PortholeError, Session, SessionLogger, Stream, CHUNK_SIZE, errors, bytesOf } from '@porthole/protocol';
 import { Connector, connectWithRetry } from '@porthole/transport';
-import { connectorForTarget } from './targets';
+import { Route, RoutedConnector, routeTo } from './route';
 import { BROKER_VERSION } from './version';
 
 const E = v1.ErrorCode;
@@ -31,6 +31,13 @@ export interface ConnectOptions {
   logger?: SessionLogger;
   /** Keep reconnecting after a lost channel (default true). */
   reconnect?: boolean;
+  /**
+   * The host's broker daemon (`porthole serve`), through which the client reaches VMs when it runs, as
+   * virsh goes through libvirtd: its socket (default $PORTHOLE_BROKER_SOCKET, else
+   * /run/porthole/broker.sock), or false to connect to the VM's channel directly. A socket named here
+   * or in the environment must have a daemon; at the default path, no daemon means a direct connection.
+   */
+  broker?: string | false;
 }
 
 export type InstallSource = Buffer | Uint8Array | Readable | string | { path: string } | { url: string };
@@ -193,8 +200,14 @@ export class PortholeClient extends EventEmitter {
   /** Agent events that came before anyone listened (e.g. right after the handshake, inside connect()). */
   private readonly unheardEvents: v1.Event[] = [];
 
-  private constructor(readonly target: string, private readonly connector: Connector, private readonly options: ConnectOptions) {
+  /** How this client reaches the VM: through the broker daemon or directly. */
+  readonly route: Route;
+  private readonly connector: Connector;
+
+  private constructor(readonly target: string, routed: RoutedConnector, private readonly options: ConnectOptions) {
     super();
+    this.connector = routed.connector;
+    this.route = routed.route;
     this.on('newListener', (name: string) => {
       if (name === 'event' && this.unheardEvents.length > 0) {
         queueMicrotask(() => { for (const e of this.unheardEvents.splice(0)) this.emit('event', e); });
@@ -202,8 +215,9 @@ export class PortholeClient extends EventEmitter {
     });
   }
 
-  static async connect(target: string, options: ConnectOptions = {}): Promise<PortholeClient> {
-    const client = new PortholeClient(target, connectorForTarget(target), options);
+  /** `routed`: a way chosen by the caller (the daemon's own tasks); otherwise the daemon if one runs, else direct. */
+  static async connect(target: string, options: ConnectOptions = {}, routed?: RoutedConnector): Promise<PortholeClient> {
+    const client = new PortholeClient(target, routed ?? await routeTo(target, { broker: options.broker, timeoutMs: options.timeoutMs }), options);
     await client.ready();
     return client;
   }
@@ -251,7 +265,8 @@ export class PortholeClient extends EventEmitter {
 
   private async openOnce(timeoutMs: number): Promise<Session> {
     const channel = await connectWithRetry(this.connector, { timeoutMs, maxDelayMs: 1000 }).catch((err: Error) => {
-      throw new UnreachableError(err);
+      // Whatever stopped the channel (no socket, no domain, a daemon that could not reach the VM) means unreachable.
+      throw err instanceof UnreachableError ? err : new UnreachableError(err);
     });
     const session = new Session(channel, {
       role: 'broker',

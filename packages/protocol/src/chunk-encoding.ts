@@ -68,3 +68,33 @@ export function bytesOf(data: Uint8Array | null | undefined): Buffer {
   if (!data) return Buffer.alloc(0);
   return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
 }
+
+/**
+ * An envelope received as stream `fromId`, as parts that encode it under stream `toId`: a new
+ * leading stream_id field and the rest of the bytes as they are (no copy). Every encoder of this
+ * protocol writes stream_id first; an envelope whose first field is something else (or whose
+ * leading stream_id is not the one it was read as, so another follows it) is decoded and encoded again.
+ */
+export function withStreamId(payload: Buffer, fromId: number, toId: number): Buffer[] {
+  if (payload[0] === 0x08) {
+    // The leading varint: at most 5 bytes for a uint32.
+    let value = 0;
+    let end = 0;
+    for (let p = 1, scale = 1; p < Math.min(payload.length, 6); p++, scale *= 128) {
+      value += (payload[p] & 0x7f) * scale;
+      if ((payload[p] & 0x80) === 0) {
+        end = p + 1;
+        break;
+      }
+    }
+    if (end > 0 && value === fromId) {
+      const prefix = Buffer.allocUnsafe(6);
+      prefix[0] = 0x08;
+      return [prefix.subarray(0, writeVarint(prefix, 1, toId)), payload.subarray(end)];
+    }
+  }
+  const envelope = v1.Envelope.decode(payload);
+  envelope.streamId = toId;
+  const encoded = v1.Envelope.encode(envelope).finish();
+  return [Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length)];
+}

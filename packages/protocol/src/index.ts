@@ -5,7 +5,7 @@ export {
   encodeFrame, frameHeader, FrameDecoder, FrameDecoderOptions, FrameDecoderStats,
   FRAME_MAGIC, FRAME_VERSION, FRAME_HEADER_SIZE, DEFAULT_MAX_FRAME_SIZE, DEFAULT_FRAME_TIMEOUT_MS,
 } from './frame';
-export { Stream } from './stream';
+export { Stream, StreamEndpoint } from './stream';
 export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_BACKLOG } from './session';
-export { encodeStreamMessage, bytesOf } from './chunk-encoding';
+export { encodeStreamMessage, bytesOf, withStreamId } from './chunk-encoding';
 export { RepeatLimitedLogger, RepeatLimit } from './log-limit';

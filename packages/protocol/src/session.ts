@@ -5,8 +5,8 @@ import { slabOf, type Channel, type Slab } from '@porthole/transport';
 import { v1, PROTOCOL_VERSION } from './messages';
 import { PortholeError, errors } from './errors';
 import { FrameDecoder, frameHeader, DEFAULT_MAX_FRAME_SIZE } from './frame';
-import { encodeStreamMessage } from './chunk-encoding';
-import { Stream, StreamWire } from './stream';
+import { encodeStreamMessage, withStreamId } from './chunk-encoding';
+import { Stream, StreamEndpoint, StreamWire } from './stream';
 import { RepeatLimitedLogger, SessionLogger } from './log-limit';
 
 export type { SessionLogger };
@@ -21,9 +21,17 @@ export interface SessionOptions {
     arch?: string;
     hostname?: string;
     kernel?: string;
+    /** Presented as this side's instance: a broker daemon passes on its VM agent's hello. Default: random. */
+    instanceId?: string;
   };
   /** A stream the peer opened (the agent's request entry point). */
   onStream?: (stream: Stream) => void;
+  /**
+   * Instead of onStream: a stream the peer opened is relayed, not served here (a broker daemon passes its
+   * clients' requests on to a VM). Returns where the stream's traffic goes, or undefined when it already
+   * refused the stream (relayControl with a reset).
+   */
+  relayStream?: (id: number, open: v1.Open) => StreamEndpoint | undefined;
   /** Credit granted per stream, in encoded bytes. */
   streamWindow?: number;
   /**
@@ -77,9 +85,9 @@ const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
  * channels; nothing above this class sees either.
  */
 export class Session extends EventEmitter {
-  readonly instanceId = randomBytes(8).toString('hex');
+  readonly instanceId: string;
   peerHello?: v1.Hello;
-  private readonly streams = new Map<number, Stream>();
+  private readonly streams = new Map<number, StreamEndpoint>();
   private nextStreamId: number;
   private readonly window: number;
   private readonly decoder?: FrameDecoder;
@@ -107,6 +115,7 @@ export class Session extends EventEmitter {
 
   constructor(readonly channel: Channel, private readonly options: SessionOptions) {
     super();
+    this.instanceId = options.hello.instanceId ?? randomBytes(8).toString('hex');
     this.log = new RepeatLimitedLogger(options.logger ?? silent);
     this.window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
     this.maxBacklog = options.maxBacklog ?? DEFAULT_MAX_BACKLOG;
@@ -168,15 +177,40 @@ export class Session extends EventEmitter {
 
   /** Open a request stream towards the peer. */
   openStream(open: v1.Open.$Properties): Stream {
-    if (this.isClosed) throw this.closedReason();
-    if (!this.peerHello) throw errors.sessionReset('the session is not established (no hello from the peer yet)');
-    const id = this.nextStreamId;
-    this.nextStreamId += 2;
     const message = v1.Open.create({ ...open, requestId: open.requestId || this.newRequestId() });
-    const stream = new Stream(id, message, this.wire, this.peerHello.streamWindow || DEFAULT_STREAM_WINDOW, this.window);
-    this.streams.set(id, stream);
-    void this.wire.sendEnvelope({ streamId: id, open: message }).written.catch((e) => stream.fail(PortholeError.from(e)));
-    return stream;
+    return this.register(message, (id, peer) => new Stream(id, message, this.wire, peer.streamWindow || DEFAULT_STREAM_WINDOW, this.window));
+  }
+
+  /**
+   * Open a stream towards the peer whose traffic goes to `endpoint`, a relay (see relayStream); returns
+   * its id. The peer grants it the window of its hello, and this side the window of its own.
+   */
+  openRelayed(open: v1.Open.$Properties, endpoint: StreamEndpoint): number {
+    let id = 0;
+    this.register(open, (assigned) => { id = assigned; return endpoint; });
+    return id;
+  }
+
+  /**
+   * Send a stream message a relay received on another session as stream `fromId`, bytes as they came,
+   * under this session's stream `toId`. Its encoded size here is what the peer counts against credit.
+   */
+  relayMessage(fromId: number, toId: number, payload: Buffer): { size: number; written: Promise<void> } {
+    const parts = withStreamId(payload, fromId, toId);
+    let size = 0;
+    for (const p of parts) size += p.length;
+    return { size, written: this.writePayload(parts) };
+  }
+
+  /** Credit, half-close or reset on a relayed stream. */
+  relayControl(streamId: number, body: Pick<v1.Envelope.$Properties, 'credit' | 'close' | 'reset'>): void {
+    if (this.isClosed) return;
+    void this.wire.sendEnvelope({ streamId, ...body }).written.catch(() => undefined);
+  }
+
+  /** A relayed stream is over on this session: later traffic for it is dropped. */
+  endRelayed(streamId: number): void {
+    this.streams.delete(streamId);
   }
 
   /** Round trip time in ms. */
@@ -206,12 +240,28 @@ export class Session extends EventEmitter {
     this.channel.close();
   }
 
+  /** Credit this side grants per stream (announced in its hello). */
+  get streamWindow(): number {
+    return this.window;
+  }
+
   /** Streams currently open (for diagnostics). */
   get openStreams(): number {
     return this.streams.size;
   }
 
   // ------------------------------------------------------------ internals
+
+  private register<T extends StreamEndpoint>(open: v1.Open.$Properties, make: (id: number, peer: v1.Hello) => T): T {
+    if (this.isClosed) throw this.closedReason();
+    if (!this.peerHello) throw errors.sessionReset('the session is not established (no hello from the peer yet)');
+    const id = this.nextStreamId;
+    this.nextStreamId += 2;
+    const endpoint = make(id, this.peerHello);
+    this.streams.set(id, endpoint);
+    void this.wire.sendEnvelope({ streamId: id, open }).written.catch((e) => endpoint.fail(PortholeError.from(e)));
+    return endpoint;
+  }
 
   private newRequestId(): string {
     return `${this.instanceId}-${(++this.requestSeq).toString(36)}`;
@@ -361,13 +411,13 @@ export class Session extends EventEmitter {
     const slab = slabOf(payload);
     if (slab && envelope.body !== 'message') slab.pin();
     try {
-      this.dispatch(envelope, payload.length, slab);
+      this.dispatch(envelope, payload, slab);
     } catch (err) {
       this.log.error('message handling failed', { error: (err as Error).message, body: envelope.body });
     }
   }
 
-  private dispatch(envelope: v1.Envelope, size: number, slab?: Slab): void {
+  private dispatch(envelope: v1.Envelope, payload: Buffer, slab?: Slab): void {
     const id = envelope.streamId;
     switch (envelope.body) {
       case 'hello':
@@ -400,7 +450,7 @@ export class Session extends EventEmitter {
       case 'credit':
         return stream.grant(envelope.credit?.bytes ?? 0);
       case 'message':
-        return stream.deliver(envelope.message as v1.StreamMessage, size, slab);
+        return stream.deliver(envelope.message as v1.StreamMessage, payload.length, slab, payload);
       case 'close':
         return stream.remoteEnd();
       case 'reset':
@@ -453,6 +503,11 @@ export class Session extends EventEmitter {
       this.sendHello(false);
       return;
     }
+    if (this.options.relayStream) {
+      const endpoint = this.options.relayStream(id, open);
+      if (endpoint) this.streams.set(id, endpoint);
+      return;
+    }
     const stream = new Stream(id, open, this.wire, this.peerHello.streamWindow || DEFAULT_STREAM_WINDOW, this.window);
     this.streams.set(id, stream);
     if (!this.options.onStream) {
@@ -463,9 +518,15 @@ export class Session extends EventEmitter {
   }
 
   private startKeepalive(interval: number, timeout: number): void {
+    let lastTick = Date.now();
     this.keepaliveTimer = setInterval(() => {
+      const now = Date.now();
+      // A tick this late means this process did not run (busy, starved of CPU): the peer's answers may
+      // be waiting unread, as timers run before sockets are read. Judge the peer at the next tick.
+      const late = now - lastTick > 2 * interval;
+      lastTick = now;
       if (!this.peerHello && this.options.role === 'broker') return;
-      if (Date.now() - this.lastReceived > timeout) {
+      if (!late && now - this.lastReceived > timeout) {
         // Decided after the next poll for input (see FrameDecoder): a frozen process reads what came meanwhile first.
         setImmediate(() => {
           if (Date.now() - this.lastReceived > timeout) this.close(errors.timeout(`the peer stopped answering: nothing received from the peer for ${timeout} ms`));

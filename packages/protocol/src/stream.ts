@@ -12,6 +12,21 @@ export interface StreamWire {
   forget(streamId: number): void;
 }
 
+/**
+ * Where a session hands one stream's traffic: a local Stream, or a relay that passes it on to a
+ * stream of another session (a broker daemon between its clients and a VM).
+ */
+export interface StreamEndpoint {
+  /** The peer granted this many more bytes. */
+  grant(bytes: number): void;
+  /** A message of `size` encoded bytes; `payload` is the whole envelope as received, `slab` the read slab it lies in. */
+  deliver(message: v1.StreamMessage, size: number, slab: Slab | undefined, payload: Buffer): void;
+  /** The peer sends nothing more (half-close). */
+  remoteEnd(): void;
+  /** The peer reset the stream or the session is gone. */
+  fail(error: PortholeError): void;
+}
+
 type Reader = { lend: boolean; resolve: (v: v1.StreamMessage | null) => void; reject: (e: unknown) => void };
 /** A message from the peer, its encoded size, and the read slab its bytes lie in (held while queued). */
 type Inbound = { message: v1.StreamMessage; size: number; slab?: Slab };
@@ -22,7 +37,7 @@ type Inbound = { message: v1.StreamMessage; size: number; slab?: Slab };
  * receiver grants more as its reader consumes messages, so a slow reader slows
  * the sender instead of buffering without bound.
  */
-export class Stream implements AsyncIterable<v1.StreamMessage> {
+export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
   readonly requestId: string;
   /** Told when the stream is reset or the session is lost (a plain list: an AbortController per stream is costly in an emulated guest). */
   private abortListeners?: Array<(reason: PortholeError) => void>;

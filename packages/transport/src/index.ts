@@ -4,3 +4,4 @@ export * from './unix-socket';
 export * from './virtio-serial';
 export * from './serial';
 export * from './retry';
+export * from './memory';

@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, format, transports } from 'winston';
 import { generateToken, readTokenFile } from './auth';
 import { DEFAULT_LISTEN, parseListen } from './listen';
@@ -7,7 +7,9 @@ import { startBrokerServer } from './server';
 export const DEFAULT_JOURNAL = '/var/lib/porthole/broker/journal.bin';
 
 interface ServeOptions {
-  listen: string;
+  listen: string[];
+  socketGroup?: string;
+  idleTimeout: string;
   tokenFile?: string;
   journal: string;
   outputRetention: string;
@@ -24,9 +26,12 @@ function positive(name: string, v: string): number {
 /** `porthole serve`: the REST API. Usage errors are thrown, for the porthole program to report. */
 export function registerServeCommand(program: Command, exitCodes: { FAILED: number }): void {
   program.command('serve')
-    .description('serve the REST API (tasks: inject, exec, live output) for automation; the OpenAPI document is at /openapi.json')
-    .option('--listen <spec>', 'unix:PATH or tcp:HOST:PORT (TCP requires a bearer token)', DEFAULT_LISTEN)
-    .option('--token-file <file>', 'bearer token (first line); without it a TCP listener gets a new token, printed once')
+    .description('the host\'s broker daemon: owns every VM\'s channel (porthole and library users on this host go through it) and serves the REST API (tasks: inject, exec, live output; the OpenAPI document is at /openapi.json)')
+    .addOption(new Option('--listen <spec>', 'unix:PATH or tcp:HOST:PORT, repeatable (TCP requires a bearer token)')
+      .argParser((v: string, all: string[]) => [...all, v]).default([], DEFAULT_LISTEN))
+    .option('--socket-group <group>', 'members of this group may use the Unix sockets (mode 0660); default: only this user (0600)')
+    .option('--token-file <file>', 'bearer token for TCP (first line); without it a TCP listener gets a new token, printed once')
+    .option('--idle-timeout <seconds>', 'close a VM\'s session once no client used it for this long', '60')
     .option('--journal <file>', 'task journal (survives restarts)', DEFAULT_JOURNAL)
     .option('--output-retention <bytes>', 'output kept per task', String(1024 * 1024))
     .option('--max-tasks <n>', 'finished tasks kept in the journal', '1000')
@@ -35,17 +40,21 @@ export function registerServeCommand(program: Command, exitCodes: { FAILED: numb
 Examples:
   porthole serve                                           # ${DEFAULT_LISTEN}, no token (socket mode 0600)
   porthole serve --listen tcp:127.0.0.1:8750 --token-file /etc/porthole/broker.token
+  porthole serve --listen ${DEFAULT_LISTEN} --socket-group porthole --listen tcp:127.0.0.1:8750 --token-file /etc/porthole/broker.token
   curl --unix-socket ${DEFAULT_LISTEN.slice(5)} localhost/v1/tasks`)
     .action(async (o: ServeOptions, cmd: Command) => {
       const json = cmd.optsWithGlobals<{ json?: boolean }>().json;
       let token: string | undefined;
       let retention: number;
       let maxTasks: number;
+      let idleMs: number;
+      const listen = o.listen.length ? o.listen : [DEFAULT_LISTEN];
       try {
-        const spec = parseListen(o.listen);
+        const tcp = listen.map(parseListen).some((spec) => spec.kind === 'tcp');
         retention = positive('--output-retention', o.outputRetention);
         maxTasks = positive('--max-tasks', o.maxTasks);
-        token = o.tokenFile ? readTokenFile(o.tokenFile) : spec.kind === 'tcp' ? generateToken() : undefined;
+        idleMs = positive('--idle-timeout', o.idleTimeout) * 1000;
+        token = o.tokenFile ? readTokenFile(o.tokenFile) : tcp ? generateToken() : undefined;
       } catch (err) {
         throw new InvalidArgumentError((err as Error).message);
       }
@@ -57,8 +66,9 @@ Examples:
         transports: [new transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'] })],
       });
       try {
-        const server = await startBrokerServer({ listen: o.listen, token, journal: o.journal, outputRetention: retention, maxTasks, logger });
-        process.stdout.write(json ? `${JSON.stringify({ ok: true, listening: server.address, ...(newToken ? { token: newToken } : {}) })}\n` : `porthole broker listening on ${server.address}\n`);
+        const server = await startBrokerServer({ listen, token, socketGroup: o.socketGroup, journal: o.journal, outputRetention: retention, maxTasks, idleMs, logger });
+        if (json) process.stdout.write(`${JSON.stringify({ ok: true, listening: server.addresses, ...(newToken ? { token: newToken } : {}) })}\n`);
+        else for (const address of server.addresses) process.stdout.write(`porthole broker listening on ${address}\n`);
         for (const sig of ['SIGINT', 'SIGTERM'] as const) {
           process.once(sig, () => {
             logger.info('stopping', { signal: sig });

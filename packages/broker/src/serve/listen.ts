@@ -1,8 +1,9 @@
 import { isLoopback } from '@porthole/images';
+import { DEFAULT_BROKER_SOCKET } from '../route';
 
 export type ListenSpec = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number; loopback: boolean };
 
-export const DEFAULT_LISTEN = 'unix:/run/porthole/broker.sock';
+export const DEFAULT_LISTEN = `unix:${DEFAULT_BROKER_SOCKET}`;
 
 /** `unix:PATH` or `tcp:HOST:PORT` (an IPv6 host in brackets: `tcp:[::1]:8080`). */
 export function parseListen(spec: string): ListenSpec {

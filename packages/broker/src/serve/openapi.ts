@@ -47,6 +47,16 @@ export const injectQuerySchema = {
   properties: { ...injectFields, mkdir: { type: 'string', enum: ['true', 'false', '1', '0'] }, owner: { type: 'string' }, group: { type: 'string' } },
 } as const;
 
+/** Query of the protocol upgrade: the VM, and how long the daemon may wait for its agent. */
+export const channelQuerySchema = {
+  type: 'object',
+  required: ['target'],
+  properties: {
+    target,
+    timeoutMs: { type: 'integer', minimum: 1, description: 'how long to wait for the VM\'s agent (default 30000)' },
+  },
+} as const;
+
 export const listQuerySchema = {
   type: 'object',
   additionalProperties: false,
@@ -117,7 +127,7 @@ const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const errors = (...codes: number[]) => Object.fromEntries(codes.map((c) => [String(c), { description: ERROR_TEXT[c], ...json(ref('ErrorBody')) }]));
 const ERROR_TEXT: Record<number, string> = {
   400: 'bad request', 401: 'missing or wrong bearer token', 403: 'refused by the guest owner\'s policy', 404: 'no such task',
-  409: 'the task is not running / the file exists', 502: 'the VM\'s agent is unreachable', 504: 'timed out',
+  409: 'the task is not running / the file exists', 426: 'send Connection: Upgrade, Upgrade: porthole', 502: 'the VM\'s agent is unreachable', 504: 'timed out',
 };
 const queryParams = (schema: { properties: Record<string, unknown>; required?: readonly string[] }) =>
   Object.entries(schema.properties).map(([name, s]) => ({ name, in: 'query', required: schema.required?.includes(name) ?? false, schema: s }));
@@ -135,7 +145,26 @@ export function openApiDocument(): Record<string, unknown> {
     security: [{ bearer: [] }],
     paths: {
       '/openapi.json': { get: { summary: 'this document', security: [], responses: { 200: { description: 'OpenAPI document', ...json({ type: 'object' }) } } } },
-      '/v1/health': { get: { summary: 'broker version and running tasks', responses: { 200: { description: 'ok', ...json({ type: 'object', properties: { ok: { type: 'boolean' }, version: { type: 'string' }, running: { type: 'integer' } } }) }, ...errors(401) } } },
+      '/v1/health': {
+        get: {
+          summary: 'broker version, running tasks, VMs with an open session and the clients joined to them',
+          responses: {
+            200: { description: 'ok', ...json({ type: 'object', properties: { ok: { type: 'boolean' }, version: { type: 'string' }, running: { type: 'integer' }, vms: { type: 'integer' }, clients: { type: 'integer' } } }) },
+            ...errors(401),
+          },
+        },
+      },
+      '/v1/channel': {
+        get: {
+          summary: 'the Porthole protocol to a VM through this broker (what `porthole` and the library use when the broker runs): '
+            + 'with `Connection: Upgrade` and `Upgrade: porthole` the broker reaches the VM, answers 101 and relays the protocol on this connection',
+          parameters: queryParams(channelQuerySchema),
+          responses: {
+            101: { description: 'switched: the connection carries Porthole frames; the broker speaks once the client\'s hello arrived' },
+            ...errors(400, 401, 426, 502, 504),
+          },
+        },
+      },
       '/v1/tasks': {
         get: {
           summary: 'list tasks, newest first (including tasks of earlier broker runs)',

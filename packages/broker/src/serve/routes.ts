@@ -4,8 +4,10 @@ import { describeError } from '../client';
 import { connectorForTarget } from '../targets';
 import { BROKER_VERSION } from '../version';
 import { OutputChunk, TaskError, TaskRecord } from './journal';
-import { execRequestSchema, idParamsSchema, injectQuerySchema, injectUrlRequestSchema, listQuerySchema, openApiDocument, outputQuerySchema } from './openapi';
+import { CHANNEL_PATH, CHANNEL_UPGRADE } from '../route';
+import { channelQuerySchema, execRequestSchema, idParamsSchema, injectQuerySchema, injectUrlRequestSchema, listQuerySchema, openApiDocument, outputQuerySchema } from './openapi';
 import { ExecParams, InjectParams, TaskManager } from './tasks';
+import { VmLinks } from './vms';
 
 /** An error answered with its HTTP status and a code clients can test. */
 export class ApiError extends Error {
@@ -34,7 +36,7 @@ async function reach(manager: TaskManager, target: string): Promise<void> {
     throw new ApiError(400, 'INVALID_ARGUMENT', (err as Error).message);
   }
   try {
-    await manager.client(target);
+    await manager.reach(target);
   } catch (err) {
     throw new ApiError(502, 'UNREACHABLE', `${target}: ${describeError(err)}`);
   }
@@ -54,7 +56,7 @@ function failedAnswer(reply: FastifyReply, error: TaskError, task: TaskRecord): 
  * The REST API. Output streams as NDJSON: `output` lines carry `offset` and `next`, so a client that lost its
  * connection asks again with `offset=next` and gets exactly the bytes it missed (while they are retained).
  */
-export async function brokerRoutes(app: FastifyInstance, manager: TaskManager): Promise<void> {
+export async function brokerRoutes(app: FastifyInstance, manager: TaskManager, vms: VmLinks): Promise<void> {
   const streams = new Set<() => void>();
   // Open output streams would hold the server open; they end (without an end line) when it closes.
   app.addHook('preClose', async () => { for (const end of [...streams]) end(); });
@@ -73,7 +75,11 @@ export async function brokerRoutes(app: FastifyInstance, manager: TaskManager): 
 
   app.get('/openapi.json', async () => openApiDocument());
 
-  app.get('/v1/health', async () => ({ ok: true, version: BROKER_VERSION, running: manager.list({ status: 'running' }).length }));
+  app.get('/v1/health', async () => ({ ok: true, version: BROKER_VERSION, running: manager.list({ status: 'running' }).length, ...vms.stats() }));
+
+  // The upgrade itself is the server's (server.ts): a plain request only learns how to ask.
+  app.get(CHANNEL_PATH, { schema: { querystring: channelQuerySchema } }, async (_request, reply) => reply.code(426).header('upgrade', CHANNEL_UPGRADE)
+    .send({ error: { code: 'INVALID_ARGUMENT', message: `this path switches to the Porthole protocol: send Connection: Upgrade and Upgrade: ${CHANNEL_UPGRADE}` } }));
 
   app.get('/v1/tasks', { schema: { querystring: listQuerySchema } }, async (request: Req<{ Querystring: { status?: string; kind?: string; target?: string; limit?: number } }>) =>
     ({ tasks: manager.list(request.query) }));

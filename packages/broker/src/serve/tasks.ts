@@ -3,8 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { PortholeError } from '@porthole/protocol';
-import { ConnectOptions, ExitStatus, InstallOptions, InstallResult, PortholeClient, connect, describeError } from '../client';
-import { connectorForTarget } from '../targets';
+import { ExitStatus, InstallOptions, InstallResult, PortholeClient, describeError } from '../client';
 import { OutputChunk, OutputFd, TaskError, TaskJournal, TaskKind, TaskRecord } from './journal';
 
 export interface ExecParams {
@@ -34,6 +33,14 @@ interface Running {
   events: TaskEvents;
   cancel(): void;
   cancelled: boolean;
+  /** The task no longer needs its connection. */
+  release(): void;
+}
+
+/** A connection to a target and how many tasks (or reachability checks) use it. */
+interface Shared {
+  client: Promise<PortholeClient>;
+  users: number;
 }
 
 const SECRET = '***';
@@ -55,25 +62,58 @@ function hide(text: string, secrets: string[]): string {
 
 /**
  * Starts and tracks the broker's tasks (injections, execs): one connection per
- * target shared by all tasks, every change recorded in the journal, live
- * output and progress fanned out to whoever watches.
+ * target shared by the tasks running on it and closed after the last one, every
+ * change recorded in the journal, live output and progress fanned out to
+ * whoever watches.
  */
 export class TaskManager {
-  private readonly clients = new Map<string, Promise<PortholeClient>>();
+  private readonly clients = new Map<string, Shared>();
   private readonly running = new Map<string, Running>();
 
-  constructor(readonly journal: TaskJournal, private readonly connectOptions: ConnectOptions = {}, private readonly onEnd: (t: TaskRecord) => void = () => undefined) {}
+  constructor(readonly journal: TaskJournal, private readonly connectTo: (target: string) => Promise<PortholeClient>, private readonly onEnd: (t: TaskRecord) => void = () => undefined) {}
 
-  /** The shared connection to a target (a bad target spec fails here, before any task exists). */
-  client(target: string): Promise<PortholeClient> {
-    connectorForTarget(target);
-    let c = this.clients.get(target);
-    if (!c) {
-      c = connect(target, this.connectOptions);
-      this.clients.set(target, c);
-      c.catch(() => this.clients.delete(target));
+  /** Whether the target's agent answers (so a caller hears 502 at once, before any task exists). */
+  async reach(target: string): Promise<void> {
+    const shared = this.acquire(target);
+    try {
+      await shared.client;
+    } finally {
+      this.release(target, shared);
     }
-    return c;
+  }
+
+  private acquire(target: string): Shared {
+    let shared = this.clients.get(target);
+    if (!shared) {
+      const entry: Shared = { client: this.connectTo(target), users: 0 };
+      entry.client.catch(() => { if (this.clients.get(target) === entry) this.clients.delete(target); });
+      this.clients.set(target, entry);
+      shared = entry;
+    }
+    shared.users++;
+    return shared;
+  }
+
+  /** Closed once unused: after this turn of the event loop, so a task that starts right after a check finds it open. */
+  private release(target: string, shared: Shared): void {
+    if (--shared.users > 0) return;
+    setImmediate(() => {
+      if (shared.users > 0) return;
+      if (this.clients.get(target) === shared) this.clients.delete(target);
+      shared.client.then((c) => c.close(), () => undefined);
+    });
+  }
+
+  /** The connection a new task uses, held until the task ends. */
+  private async use(target: string): Promise<{ client: PortholeClient; release: () => void }> {
+    const shared = this.acquire(target);
+    const release = () => this.release(target, shared);
+    try {
+      return { client: await shared.client, release };
+    } catch (err) {
+      release();
+      throw err;
+    }
   }
 
   list(filter: { status?: string; kind?: string; target?: string; limit?: number } = {}): TaskRecord[] {
@@ -110,7 +150,7 @@ export class TaskManager {
 
   /** Start a command; resolves once the task exists (the agent may still refuse it, which ends the task). */
   async startExec(p: ExecParams): Promise<TaskRecord> {
-    const client = await this.client(p.target);
+    const { client, release } = await this.use(p.target);
     const secrets = [...(p.secrets ?? []), ...Object.values(p.env ?? {})];
     const params = {
       ...(p.argv ? { argv: p.argv.map((a) => hide(a, secrets)) } : { shell: hide(p.shell ?? '', secrets) }),
@@ -123,7 +163,7 @@ export class TaskManager {
       env: p.env, cwd: p.cwd, user: p.user, group: p.group, timeoutMs: p.timeoutMs, stdin: p.stdin !== undefined,
       secretEnv: Object.keys(p.env ?? {}),
     });
-    const record = this.begin('exec', p.target, params, () => task.cancel('cancelled through the broker API'));
+    const record = this.begin('exec', p.target, params, () => task.cancel('cancelled through the broker API'), release);
     if (p.stdin) task.stdin.end(p.stdin);
     task.stdout.on('data', (d: Buffer) => this.output(record.id, 'stdout', d));
     task.stderr.on('data', (d: Buffer) => this.output(record.id, 'stderr', d));
@@ -138,7 +178,7 @@ export class TaskManager {
 
   /** Inject a file; `done` settles with the finished record. */
   async startInject(p: InjectParams, source: Readable | { url: string }): Promise<{ record: TaskRecord; done: Promise<TaskRecord> }> {
-    const client = await this.client(p.target);
+    const { client, release } = await this.use(p.target);
     const { target, ...options } = p;
     const params = {
       ...options,
@@ -147,7 +187,7 @@ export class TaskManager {
     };
     const id = randomUUID();
     const task = client.installFile(source instanceof Readable ? source : { url: source.url }, { ...options, requestId: id });
-    const record = this.begin('inject', target, params, () => task.cancel('cancelled through the broker API'), id);
+    const record = this.begin('inject', target, params, () => task.cancel('cancelled through the broker API'), release, id);
     task.on('progress', (prog: { bytes: number; total?: number }) => this.running.get(id)?.events.emit('progress', prog));
     const done = task.result.then(
       (r: InstallResult) => this.finish(id, 'done', { result: { path: r.path.toString(), size: r.size, sha256: r.sha256, uid: r.uid, gid: r.gid, mode: `0${r.mode.toString(8)}`, resumedFrom: r.resumedFrom } }),
@@ -158,17 +198,17 @@ export class TaskManager {
 
   /** Close the connections; running tasks stay `running` in the journal and read back as interrupted. */
   close(): void {
-    for (const c of this.clients.values()) c.then((x) => x.close(), () => undefined);
+    for (const c of this.clients.values()) c.client.then((x) => x.close(), () => undefined);
     this.clients.clear();
     this.journal.close();
   }
 
-  private begin(kind: TaskKind, target: string, params: Record<string, unknown>, cancel: () => void, id: string = randomUUID()): TaskRecord {
+  private begin(kind: TaskKind, target: string, params: Record<string, unknown>, cancel: () => void, release: () => void, id: string = randomUUID()): TaskRecord {
     const record: TaskRecord = {
       id, target, kind, params: JSON.parse(JSON.stringify(params)) as Record<string, unknown>, status: 'running',
       createdAt: new Date().toISOString(), outputBytes: 0, outputRetainedFrom: 0,
     };
-    this.running.set(id, { events: new EventEmitter(), cancel, cancelled: false });
+    this.running.set(id, { events: new EventEmitter(), cancel, cancelled: false, release });
     this.journal.create(record);
     return record;
   }
@@ -183,6 +223,7 @@ export class TaskManager {
     const record = this.journal.update(id, { ...change, status, endedAt: new Date().toISOString(), durationMs: Date.now() - start })!;
     const r = this.running.get(id);
     this.running.delete(id);
+    r?.release();
     r?.events.emit('end', record);
     this.onEnd(record);
     return record;

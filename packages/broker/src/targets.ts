@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { Connector, UnixSocketConnector, SerialConnector } from '@porthole/transport';
+import { Connector, UnixSocketConnector, SerialConnector, LoopbackTcpConnector, parseHostPort } from '@porthole/transport';
 import { connectXenstoreHost } from '@porthole/xenstore';
 
 export const PORTHOLE_PORT_NAME = 'org.porthole.agent.0';
@@ -25,7 +25,8 @@ export function libvirtChannelSocket(domain: string, portName = PORTHOLE_PORT_NA
 
 /**
  * A VM addressed by its channel: `unix:/path` (QEMU chardev socket),
- * `libvirt:DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`.
+ * `libvirt:DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`, `tcp:127.0.0.1:PORT`
+ * (an agent listening on loopback, e.g. a Windows agent under Wine).
  */
 export function connectorForTarget(target: string): Connector {
   const colon = target.indexOf(':');
@@ -43,6 +44,11 @@ export function connectorForTarget(target: string): Connector {
       const [path, baud] = rest.split('@');
       return new SerialConnector(path, { baudRate: baud ? Number(baud) : undefined });
     }
+    case 'tcp': {
+      if (!rest) break;
+      const { host, port } = parseHostPort(rest);
+      return new LoopbackTcpConnector(host, port);
+    }
     case 'xen':
       // dom0's xenstored socket: $XENSTORED_PATH or /var/run/xenstored/socket.
       if (/^\d+$/.test(rest)) return connectXenstoreHost(Number(rest));
@@ -50,5 +56,5 @@ export function connectorForTarget(target: string): Connector {
     default:
       break;
   }
-  throw new Error(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX or xen:DOMID`);
+  throw new Error(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX, xen:DOMID or tcp:127.0.0.1:PORT`);
 }

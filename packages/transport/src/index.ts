@@ -4,3 +4,5 @@ export * from './unix-socket';
 export * from './virtio-serial';
 export * from './serial';
 export * from './retry';
+export * from './native-modules';
+export * from './windows-port';

@@ -5,9 +5,11 @@ import { v1, PortholeError, Stream, CHUNK_SIZE, bytesOf } from '@porthole/protoc
 import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
-import { components, joinComponents, normalize, showPath } from './paths';
+import { components, isRoot, joinComponents, normalize, showPath } from './paths';
+import { checkWindowsWrite, setWindowsOwner } from './windows/files';
 
 const E = v1.ErrorCode;
+const WINDOWS = process.platform === 'win32';
 
 export interface FileContext {
   policy: Policy;
@@ -188,7 +190,8 @@ export async function writeFileAtomic(
 ): Promise<WriteOutcome> {
   ctx.policy.requireEnabled('file_write');
   const path = requestPath(req.path);
-  if (path.length === 1) throw invalid('cannot write to /', path);
+  if (isRoot(path)) throw invalid(`cannot write to ${showPath(path)}`, path);
+  if (WINDOWS) checkWindowsWrite(req);
   ctx.policy.checkPath('file_write', path);
   if (req.sizeKnown) ctx.policy.checkSize(Number(req.size ?? 0));
 
@@ -225,7 +228,7 @@ export async function writeFileAtomic(
   const uid = user?.uid;
 
   const base = components(target).pop()!;
-  const temp = Buffer.concat([parent.length > 1 ? parent : Buffer.alloc(0), Buffer.from('/.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)]);
+  const temp = joinComponents([...components(parent), Buffer.concat([Buffer.from('.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)])]);
   const hash: Hash = createHash('sha256');
   let position = 0;
   let handle: fsp.FileHandle;
@@ -287,6 +290,7 @@ export async function writeFileAtomic(
     const finalGid = gid ?? (existing?.isFile() ? existing.gid : process.getgid?.() ?? 0);
     await handle.chown(finalUid, finalGid);
     await handle.close();
+    if (WINDOWS) await setWindowsOwner(temp, req.owner);
     if (overwrite === v1.OverwritePolicy.OVERWRITE_FAIL_IF_EXISTS) {
       // link() refuses to replace: no window in which another writer's file is overwritten.
       await fsp.link(temp, target).catch((err: NodeJS.ErrnoException) => {
@@ -297,8 +301,11 @@ export async function writeFileAtomic(
     } else {
       await fsp.rename(temp, target);
     }
-    const dir = await fsp.open(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
-    await dir.sync().finally(() => dir.close());
+    // Windows cannot flush a folder (and NTFS logs the rename itself).
+    if (!WINDOWS) {
+      const dir = await fsp.open(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
+      await dir.sync().finally(() => dir.close());
+    }
     const result: v1.FileWriteResult.$Properties = { path, size: appendBase + position, sha256, uid: finalUid, gid: finalGid, mode };
     ctx.transfers.complete(requestId, result);
     return { result, resumedFrom: resume };

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 DEBS=(qemu-system-x86 qemu-utils qemu-block-extra linux-image-amd64 busybox-static
       xorriso genisoimage mtools dosfstools socat xenstore-utils qemu-guest-agent
       debootstrap cpio dpkg-dev chromium ca-certificates openssl
-      libvirt-clients isolinux syslinux-common gcc libc6-dev)
+      libvirt-clients isolinux syslinux-common gcc libc6-dev
+      wine wine64 msitools wixl)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

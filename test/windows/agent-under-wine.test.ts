@@ -7,7 +7,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, PortholeClient, PortholeError } from '@porthole/broker';
+import { connect, PortholeClient } from '@porthole/broker';
+import { PortholeError } from '@porthole/protocol';
 import { freePort, installAgentFiles, startWindowsProgram, wine, Wine } from './wine';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');

@@ -124,6 +124,20 @@ describe('Windows agent under Wine (porthole-agent.exe, tcp channel)', function 
     assert.equal(argv.code, 3);
   });
 
+  it('runs a PowerShell command line when asked (Wine ships only a stub powershell.exe)', async () => {
+    // Wine's powershell.exe prints nothing and exits 0; cmd.exe would fail on this line. The
+    // audit log shows the argv the agent started.
+    const ps = vm.exec({ shell: 'Write-Output porthole', powershell: true });
+    let out = '';
+    ps.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+    assert.equal((await ps.exit).code, 0);
+    const viaCmd = await vm.exec({ shell: 'Write-Output porthole' }).exit;
+    assert.notEqual(viaCmd.code, 0);
+    const log = readFileSync(w.linuxPath('C:\\porthole-test\\agent.log'), 'utf8');
+    assert.match(log, /"powershell\.exe","-NoLogo","-NoProfile","-NonInteractive","-Command","Write-Output porthole"/);
+    assert.ok(out === '' || /porthole/.test(out), out);
+  });
+
   it('cancels a command with everything it started', async () => {
     const marker = w.linuxPath('C:\\data\\marker.txt');
     // cmd.exe (child) starts another cmd.exe (grandchild) that would write the marker after ping (its child).

@@ -4,6 +4,7 @@ import { strict as assert } from 'node:assert';
 import { v1 } from '@porthole/protocol';
 import { components, isAbsolute, isWithin, joinComponents } from '@porthole/agent/windows/paths';
 import { windowsShellArgv, isVerbatimCmd } from '@porthole/agent/windows/exec';
+import { shellArgv } from '@porthole/agent/shell';
 
 const norm = (p: string | Buffer) => joinComponents(components(typeof p === 'string' ? Buffer.from(p) : p)).toString('utf8');
 
@@ -60,5 +61,8 @@ describe('Windows path rules (pure, on Linux)', () => {
     assert.equal(isVerbatimCmd('C:\\Windows\\System32\\cmd.exe', ['/d', '/s', '/c', 'x']), true);
     assert.equal(isVerbatimCmd('node.exe', ['/d', '/s', '/c', 'x']), false);
     assert.deepEqual(windowsShellArgv('Get-Date', v1.ShellKind.SHELL_KIND_POWERSHELL), ['powershell.exe', '-NoLogo', '-NoProfile', '-NonInteractive', '-Command', 'Get-Date']);
+    // A Unix agent refuses PowerShell lines rather than handing them to /bin/sh.
+    assert.throws(() => shellArgv('Get-Date', v1.ShellKind.SHELL_KIND_POWERSHELL), (e: Error & { codeName?: string }) => e.codeName === 'UNSUPPORTED');
+    assert.deepEqual(shellArgv('echo a', v1.ShellKind.SHELL_KIND_DEFAULT), ['/bin/sh', '-c', 'echo a']);
   });
 });

@@ -136,11 +136,12 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
   program.command('exec').argument('<target>').argument('<command...>')
     .description('run a command in the guest; its output streams live, the exit code is passed through')
     .option('-i, --stdin', 'forward this process\'s stdin (default: when stdin is not a terminal)')
-    .option('--shell', 'run the command line through /bin/sh -c')
+    .option('--shell', 'run the command line through /bin/sh -c (cmd.exe /c on Windows guests)')
+    .option('--powershell', 'run the command line through PowerShell (Windows guests)')
     .option('-u, --user <user>', 'run as this user').option('-g, --group <group>', 'run with this group')
     .option('-C, --cwd <dir>', 'working directory').option('-e, --env <NAME=VALUE...>', 'environment entries')
     .option('-t, --command-timeout <seconds>', 'kill the command (its whole process group) after this long')
-    .action(async (target: string, command: string[], o: { stdin?: boolean; shell?: boolean; user?: string; group?: string; cwd?: string; env?: string[]; commandTimeout?: string }) => {
+    .action(async (target: string, command: string[], o: { stdin?: boolean; shell?: boolean; powershell?: boolean; user?: string; group?: string; cwd?: string; env?: string[]; commandTimeout?: string }) => {
       let c: PortholeClient;
       try {
         c = await client(program, target);
@@ -149,7 +150,8 @@ mismatch); 4 refused by the guest owner's policy; exec: the command's own code, 
       }
       const env = Object.fromEntries((o.env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       const withStdin = o.stdin ?? !process.stdin.isTTY;
-      const task = c.exec(o.shell ? { shell: command.join(' ') } : command, {
+      const line = command.join(' ');
+      const task = c.exec(o.powershell ? { shell: line, powershell: true } : o.shell ? { shell: line } : command, {
         user: o.user, group: o.group, cwd: o.cwd, env, stdin: withStdin, timeoutMs: o.commandTimeout ? Number(o.commandTimeout) * 1000 : 0,
       });
       task.stdout.pipe(process.stdout);

@@ -1,4 +1,4 @@
-export { connect, PortholeClient, ExecTask, Task, describeError, ConnectOptions, InstallOptions, InstallSource, InstallResult, ReadResult, ExecOptions, ExitStatus } from './client';
+export { connect, PortholeClient, ExecTask, Task, describeError, ConnectOptions, InstallOptions, InstallSource, InstallResult, ReadResult, ExecOptions, ExecCommand, ExitStatus } from './client';
 export { connectorForTarget, libvirtChannelSocket, PORTHOLE_PORT_NAME } from './targets';
 export { BROKER_VERSION } from './version';
 export { startBrokerServer, BrokerServer, BrokerServerOptions } from './serve/server';

@@ -2,16 +2,15 @@
 // executable built when missing or older than the agent bundle, and the agent's files laid out
 // in the prefix as the MSI installs them. Processes started here are ended by their ids, and the
 // prefix's own wineserver is stopped at the end (it serves this prefix only).
-import { execFile, execFileSync, spawn, ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
 const root = join(__dirname, '..', '..');
-const execFileP = promisify(execFile);
 export const AGENT_EXE = join(root, 'packages/agent/dist/porthole-agent.exe');
 const BUNDLE = join(root, 'packages/agent/dist/porthole-agent.bundle.cjs');
 
@@ -42,11 +41,24 @@ export function wine(): Promise<Wine> {
     const prefix = mkdtempSync(join(tmpdir(), 'porthole-wine-'));
     // mscoree/mshtml off: no prompt to fetch Mono or Gecko (nothing here needs them).
     const env = { ...process.env, WINEPREFIX: prefix, WINEDEBUG: '-all', WINEDLLOVERRIDES: 'mscoree,mshtml=' };
+    let runs = 0;
+    // Output goes to files, not pipes: the first Wine process of a session starts services.exe
+    // (and through it every service) with its own stdio, which would keep a pipe open for good.
     const run = async (args: string[], timeoutMs = 120_000) => {
-      const { stdout, stderr } = await execFileP('wine', args, { env, timeout: timeoutMs, maxBuffer: 16 << 20 });
+      const n = ++runs;
+      const [out, err] = [join(prefix, `run-${n}.out`), join(prefix, `run-${n}.err`)];
+      const [outFd, errFd] = [openSync(out, 'w'), openSync(err, 'w')];
+      const child = spawn('wine', args, { env, stdio: ['ignore', outFd, errFd] });
+      closeSync(outFd);
+      closeSync(errFd);
+      const timer = setTimeout(() => child.kill(), timeoutMs);
+      const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+      clearTimeout(timer);
+      const [stdout, stderr] = [readFileSync(out, 'utf8'), readFileSync(err, 'utf8')];
+      if (code !== 0) throw new Error(`wine ${args.join(' ')}: ${signal ? `killed (${signal}) after ${timeoutMs} ms` : `exit ${code}`}: ${stderr || stdout}`);
       return { stdout, stderr };
     };
-    await execFileP('wineboot', ['-i'], { env, timeout: 180_000 });
+    await run(['wineboot', '-i'], 180_000);
     await run(['reg', 'add', 'HKLM\\Software\\Microsoft\\Windows NT\\CurrentVersion', '/v', 'CurrentVersion', '/d', '10.0', '/f']);
     await run(['winecfg', '-v', 'win10']);
     const linuxPath = (p: string) => join(prefix, 'drive_c', ...p.replace(/^C:\\/i, '').split('\\'));

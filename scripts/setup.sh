@@ -8,7 +8,8 @@ DEBS=(qemu-system-x86 qemu-utils qemu-block-extra linux-image-amd64 busybox-stat
       xorriso genisoimage mtools dosfstools socat xenstore-utils qemu-guest-agent
       debootstrap cpio dpkg-dev chromium ca-certificates openssl
       libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu isolinux syslinux-common gcc libc6-dev
-      qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+      qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+      wine wine64 msitools wixl)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 updated=""
 apt_update() { [ -n "$updated" ] || $SUDO apt-get update -q; updated=1; }

@@ -4,6 +4,8 @@ import { Channel, Connector, connectWithRetry } from '@porthole/transport';
 import { AgentConfig } from './config';
 import { Policy } from './policy';
 import { UserDb } from './users';
+import { WindowsAccounts } from './windows/files';
+import { shellArgv } from './shell';
 import { AuditLogger } from './audit';
 import { TransferStore, writeFileAtomic, transferStatus, chunksFromStream, readFileToStream, FileContext } from './files';
 import { runExec } from './exec';
@@ -53,7 +55,7 @@ export class Agent {
   constructor(private readonly options: AgentOptions) {
     this.policy = new Policy(options.config);
     this.failures = new RepeatLimitedLogger(options.log);
-    this.users = new UserDb(options.etcDir);
+    this.users = process.platform === 'win32' ? new WindowsAccounts() : new UserDb(options.etcDir);
     const t = options.config.transfers;
     this.transfers = new TransferStore(t.stateDir, t.abandonAfterSeconds * 1000, t.maxUnfinished || Infinity);
     this.spawner = createSpawner(options.config.exec.spawnHelper, options.spawnHelper ?? defaultSpawnHelperPath(), options.log);
@@ -208,7 +210,7 @@ export class Agent {
         }
         case 'exec': {
           const req = open.exec as v1.ExecRequest;
-          const argv = req.shellCommand ? ['/bin/sh', '-c', req.shellCommand] : req.argv.map((a) => Buffer.from(a).toString('utf8'));
+          const argv = req.shellCommand ? shellArgv(req.shellCommand, req.shell) : req.argv.map((a) => Buffer.from(a).toString('utf8'));
           // Values of the environment entries the host marked secret are hidden wherever they appear in argv.
           const secretValues = (req.secretEnv ?? []).map((name) => req.env?.[name]).filter((v): v is string => !!v);
           audit.argv = this.policy.redactArgv(argv, secretValues);

@@ -1,4 +1,7 @@
-import { Connector, UnixSocketConnector, VirtioSerialConnector, SerialConnector, DEFAULT_PORT_NAME } from '@porthole/transport';
+import {
+  Connector, UnixSocketConnector, VirtioSerialConnector, SerialConnector, DEFAULT_PORT_NAME, LoopbackTcpConnector, parseHostPort,
+  WindowsPortConnector, windowsPortPath,
+} from '@porthole/transport';
 import { connectXenstoreGuest, DEFAULT_XENBUS_DEVICE } from '@porthole/xenstore';
 
 /**
@@ -12,16 +15,31 @@ export function xenbusPathOf(spec: string): string | undefined {
 
 /**
  * `--channel` values: virtio[:NAME] (default), virtio-path:/dev/vportNpM,
- * unix:PATH (connect), unix-listen:PATH, serial:/dev/ttyS1[@BAUD], xen[:DEV].
+ * unix:PATH (connect), unix-listen:PATH, serial:/dev/ttyS1[@BAUD], xen[:DEV];
+ * pipe:\\.\pipe\NAME and pipe-listen: (Windows named pipes), tcp:HOST:PORT and
+ * tcp-listen:HOST:PORT (loopback only, for test rigs). On Windows, virtio opens
+ * \\.\Global\NAME (the vioserial driver's device) and serial: takes COM3[@BAUD].
  */
 export function connectorFor(spec: string): Connector {
   const [kind, ...rest] = spec.split(':');
   const arg = rest.join(':');
   switch (kind) {
     case 'virtio':
+      if (process.platform === 'win32') return new WindowsPortConnector(windowsPortPath(arg || DEFAULT_PORT_NAME));
       return new VirtioSerialConnector({ name: arg || DEFAULT_PORT_NAME });
     case 'virtio-path':
+      if (process.platform === 'win32') return new WindowsPortConnector(arg);
       return new VirtioSerialConnector({ path: arg });
+    case 'pipe':
+    case 'pipe-listen':
+      if (!arg) break;
+      return new UnixSocketConnector(arg, { listen: kind === 'pipe-listen' });
+    case 'tcp':
+    case 'tcp-listen': {
+      if (!arg) break;
+      const { host, port } = parseHostPort(arg);
+      return new LoopbackTcpConnector(host, port, { listen: kind === 'tcp-listen' });
+    }
     case 'unix':
       if (!arg) break;
       return new UnixSocketConnector(arg);
@@ -38,5 +56,5 @@ export function connectorFor(spec: string): Connector {
     default:
       break;
   }
-  throw new Error(`bad --channel ${JSON.stringify(spec)}: use virtio[:NAME], virtio-path:DEV, unix:PATH, unix-listen:PATH, serial:DEV[@BAUD] or xen[:DEV]`);
+  throw new Error(`bad --channel ${JSON.stringify(spec)}: use virtio[:NAME], virtio-path:DEV, unix:PATH, unix-listen:PATH, pipe[-listen]:PIPE, tcp[-listen]:HOST:PORT, serial:DEV[@BAUD] or xen[:DEV]`);
 }

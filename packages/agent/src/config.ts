@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { isAbsolute } from './paths';
+import { windowsDefaults, WINDOWS_CONFIG_PATH } from './windows/defaults';
 // smol-toml ships CommonJS next to its ES module, but its typings are ESM-only.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { parse } = require('smol-toml') as { parse(text: string): Record<string, unknown> };
@@ -26,13 +28,13 @@ export interface AgentConfig {
   log: { file: string; level: string };
 }
 
-export const DEFAULT_CONFIG_PATH = '/etc/porthole/agent.conf';
+export const DEFAULT_CONFIG_PATH = process.platform === 'win32' ? WINDOWS_CONFIG_PATH : '/etc/porthole/agent.conf';
 
 /** Audit log levels, most severe first (winston drops every line for a level it does not know). */
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'];
 
 export function defaultConfig(): AgentConfig {
-  return {
+  const config: AgentConfig = {
     fileWrite: { enabled: true, allow: ['/'], deny: ['/proc', '/sys', '/dev'], maxFileSize: 0, allowFinalSymlink: false },
     fileRead: { enabled: true, allow: ['/'], deny: ['/proc/kcore'] },
     exec: { enabled: true, users: [], groups: [], commands: [], envAllow: [], maxConcurrent: 64, secretArgs: [], spawnHelper: true },
@@ -42,6 +44,7 @@ export function defaultConfig(): AgentConfig {
     nova: { enabled: true },
     log: { file: '', level: 'info' },
   };
+  return process.platform === 'win32' ? windowsDefaults(config) : config;
 }
 
 type Table = Record<string, unknown>;
@@ -127,8 +130,8 @@ export function parseConfig(text: string, source = 'agent.conf'): AgentConfig {
   }
   const result = config as unknown as AgentConfig;
   for (const p of [...result.fileWrite.allow, ...result.fileWrite.deny, ...result.fileRead.allow, ...result.fileRead.deny]) {
-    if (!p.startsWith('/')) throw new Error(`${source}: path prefixes must be absolute, got ${JSON.stringify(p)}`);
-    if (p.split('/').includes('..')) throw new Error(`${source}: path prefixes must not contain "..": ${JSON.stringify(p)}`);
+    if (!isAbsolute(p)) throw new Error(`${source}: path prefixes must be absolute, got ${JSON.stringify(p)}`);
+    if (p.split(process.platform === 'win32' ? /[\\/]/ : '/').includes('..')) throw new Error(`${source}: path prefixes must not contain "..": ${JSON.stringify(p)}`);
   }
   if (result.session.peerTimeoutSeconds < 1) throw new Error(`${source}: session.peer_timeout_seconds must be at least 1`);
   if (!LOG_LEVELS.includes(result.log.level)) throw new Error(`${source}: log.level must be ${LOG_LEVELS.join(', ')}`);

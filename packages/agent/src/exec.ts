@@ -6,6 +6,9 @@ import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
 import { ExitStatus, Spawned, Spawner } from './spawner';
+import { shellArgv } from './shell';
+import { checkWindowsExec } from './windows/exec';
+import { killProcessTree } from './windows/processes';
 
 const E = v1.ErrorCode;
 /** After SIGTERM (timeout, cancel), the group gets this long before SIGKILL. */
@@ -35,6 +38,7 @@ function signalName(sig: string | undefined): NodeJS.Signals {
 }
 
 function killGroup(child: Spawned, sig: NodeJS.Signals): void {
+  if (process.platform === 'win32') return killProcessTree(child.pid); // no signals or process groups there
   try {
     process.kill(-child.pid, sig); // the whole process group (each command leads its own)
   } catch {
@@ -85,7 +89,7 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   let argv: string[];
   if (req.shellCommand) {
     if (req.argv.length) throw new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, 'give either argv or a shell command, not both');
-    argv = ['/bin/sh', '-c', req.shellCommand];
+    argv = shellArgv(req.shellCommand, req.shell);
   } else {
     argv = req.argv.map((a) => Buffer.from(a).toString('utf8'));
   }
@@ -93,13 +97,14 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   const user = ctx.users.user(req.user);
   const group = ctx.users.group(req.group);
   const gid = group ?? user?.gid;
-  ctx.policy.checkExec(req.shellCommand ? '/bin/sh' : argv[0], user?.name);
+  ctx.policy.checkExec(argv[0], user?.name);
   if (group !== undefined) {
     // Without a user the command runs as the agent's.
     const runAs = user ?? ctx.users.user({ numeric: process.getuid?.() ?? 0 })!;
     ctx.policy.checkGroup(group, ctx.users.groupName(group), { name: runAs.name, groups: ctx.users.groupsOf(runAs) });
   }
   ctx.policy.checkEnv(Object.keys(req.env ?? {}));
+  if (process.platform === 'win32') checkWindowsExec(req);
   const max = ctx.policy.config.exec.maxConcurrent;
   if (max > 0 && ctx.running.count >= max) {
     throw new PortholeError(E.ERROR_CODE_RESOURCE_EXHAUSTED, `${ctx.running.count} commands are already running (the guest owner's limit is ${max})`, {

@@ -5,9 +5,11 @@ import { v1, PortholeError, Stream, CHUNK_SIZE, bytesOf } from '@porthole/protoc
 import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
-import { components, joinComponents, normalize, showPath } from './paths';
+import { components, isRoot, joinComponents, normalize, showPath } from './paths';
+import { checkWindowsWrite, setWindowsOwner } from './windows/files';
 
 const E = v1.ErrorCode;
+const WINDOWS = process.platform === 'win32';
 
 export interface FileContext {
   policy: Policy;
@@ -256,7 +258,8 @@ export async function writeFileAtomic(
 ): Promise<WriteOutcome> {
   ctx.policy.requireEnabled('file_write');
   const path = requestPath(req.path);
-  if (path.length === 1) throw invalid('cannot write to /', path);
+  if (isRoot(path)) throw invalid(`cannot write to ${showPath(path)}`, path);
+  if (WINDOWS) checkWindowsWrite(req);
   ctx.policy.checkPath('file_write', path);
   if (req.sizeKnown) ctx.policy.checkSize(Number(req.size ?? 0));
 
@@ -293,7 +296,7 @@ export async function writeFileAtomic(
   const uid = user?.uid;
 
   const base = components(target).pop()!;
-  const temp = Buffer.concat([parent.length > 1 ? parent : Buffer.alloc(0), Buffer.from('/.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)]);
+  const temp = joinComponents([...components(parent), Buffer.concat([Buffer.from('.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)])]);
   const hash: Hash = createHash('sha256');
   let position = 0;
   let handle: fsp.FileHandle;
@@ -358,6 +361,7 @@ export async function writeFileAtomic(
     await handle.sync();
     // What is reported is what the file has.
     const mode = (await handle.stat()).mode & 0o7777;
+    if (WINDOWS) await setWindowsOwner(temp, req.owner);
     // The directory may have been swapped for a link since it was checked: rename only our own temporary.
     if (!sameFile(await lstatOrNull(temp), made)) throw await replacedMeanwhile(handle, path, 'before the rename');
     if (overwrite === v1.OverwritePolicy.OVERWRITE_FAIL_IF_EXISTS) {
@@ -371,8 +375,11 @@ export async function writeFileAtomic(
       await fsp.rename(temp, target);
     }
     if (!sameFile(await lstatOrNull(target), made)) throw await replacedMeanwhile(handle, path, 'during the rename');
-    const dir = await fsp.open(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
-    await dir.sync().finally(() => dir.close());
+    // Windows cannot flush a folder (and NTFS logs the rename itself).
+    if (!WINDOWS) {
+      const dir = await fsp.open(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
+      await dir.sync().finally(() => dir.close());
+    }
     const result: v1.FileWriteResult.$Properties = { path, size: appendBase + position, sha256, uid: finalUid, gid: finalGid, mode };
     ctx.transfers.complete(requestId, result);
     return { result, resumedFrom: resume };

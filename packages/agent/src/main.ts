@@ -4,6 +4,8 @@ import { LOADER_ENV, Policy } from './policy';
 import { startAgent, RunningAgent } from './start';
 import { AGENT_VERSION } from './version';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
+import { watchFile } from 'node:fs';
+import { runAsService, SERVICE_NAME } from './windows/service';
 
 function describePolicy(policy: Policy, source: string): string {
   const c = policy.config;
@@ -30,6 +32,7 @@ export async function main(argv = process.argv): Promise<void> {
     .option('--check-config', 'validate the config, print the effective policy and exit (0 valid, 1 invalid)')
     .option('--log-file <file>', 'also write the audit log to this file')
     .option('--log-level <level>', 'error | warn | info | debug')
+    .option('--service', `Windows: run as the service ${SERVICE_NAME} (started by the service control manager)`)
     .version(AGENT_VERSION, '--version')
     .addHelpText('after', `
 Examples:
@@ -38,7 +41,7 @@ Examples:
   porthole-agent --channel serial:/dev/ttyS1@115200
   porthole-agent --channel xen`);
   program.parse(argv);
-  const opts = program.opts<{ channel: string; config: string; checkConfig?: boolean; logFile?: string; logLevel?: string }>();
+  const opts = program.opts<{ channel: string; config: string; checkConfig?: boolean; logFile?: string; logLevel?: string; service?: boolean }>();
 
   if (opts.checkConfig) {
     try {
@@ -50,9 +53,11 @@ Examples:
     }
     return;
   }
+  const start = () => startAgent({ channel: opts.channel, configPath: opts.config, logFile: opts.logFile, logLevel: opts.logLevel });
+  if (process.platform === 'win32') return runOnWindows(start, opts.config, !!opts.service);
   let running: RunningAgent;
   try {
-    running = startAgent({ channel: opts.channel, configPath: opts.config, logFile: opts.logFile, logLevel: opts.logLevel });
+    running = start();
   } catch (err) {
     console.error(`porthole-agent: ${(err as Error).message}`);
     process.exit(1);
@@ -69,6 +74,48 @@ Examples:
       }, 100);
     });
   }
+  await running.done;
+}
+
+/**
+ * Windows has no SIGHUP: the agent re-reads its config when the file changes (checked every
+ * 2 s) and, as a service, on `sc control PortholeAgent paramchange`. Ctrl+C stops a console run.
+ */
+async function runOnWindows(start: () => RunningAgent, configPath: string, service: boolean): Promise<void> {
+  const serve = (): RunningAgent => {
+    const running = start();
+    watchFile(configPath, { interval: 2000 }, (now, before) => {
+      if (now.mtimeMs !== before.mtimeMs || now.size !== before.size) running.reload();
+    });
+    return running;
+  };
+  if (service) {
+    let running: RunningAgent | undefined;
+    await runAsService(SERVICE_NAME, () => {
+      running = serve();
+      return {
+        reload: () => running!.reload(),
+        stop: async () => {
+          running!.log.info('stopping', { by: 'service control manager' });
+          running!.stop();
+          await running!.done.catch(() => undefined);
+        },
+      };
+    }, (message, meta) => running?.log.info(message, meta));
+    process.exit(0);
+  }
+  let running: RunningAgent;
+  try {
+    running = serve();
+  } catch (err) {
+    console.error(`porthole-agent: ${(err as Error).message}`);
+    process.exit(1);
+  }
+  process.on('SIGINT', () => {
+    running.log.info('stopping', { signal: 'SIGINT' });
+    running.stop();
+    setTimeout(() => process.exit(130), 100);
+  });
   await running.done;
 }
 

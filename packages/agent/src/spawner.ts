@@ -13,6 +13,7 @@ import { getSystemErrorName } from 'node:util';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError } from '@porthole/protocol';
 import { AuditLogger } from './audit';
+import { isVerbatimCmd } from './windows/exec';
 
 export interface SpawnOptions {
   file: string;
@@ -74,7 +75,11 @@ export class NodeSpawner implements Spawner {
       env: options.env,
       uid: options.uid,
       gid: options.gid,
-      detached: true,
+      // Its own process group on Unix; on Windows a detached child would get a console window of its own,
+      // and its tree is found and stopped by windows/processes.ts instead.
+      detached: process.platform !== 'win32',
+      windowsHide: true,
+      windowsVerbatimArguments: process.platform === 'win32' && isVerbatimCmd(options.file, options.args),
       stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
     // Listening before anything is awaited: a quick command may exit at once.

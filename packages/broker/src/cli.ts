@@ -71,10 +71,11 @@ async function whyLost(c: PortholeClient, err: unknown): Promise<unknown> {
 
 /**
  * target:/path → [target, path]; targets themselves contain a colon (unix:/x.sock:/etc/motd), and a
- * libvirt target may name its URI (libvirt:qemu:///session/web1:/etc/motd).
+ * libvirt target may name its URI (libvirt:qemu:///session/web1:/etc/motd), a tcp one its port (tcp:127.0.0.1:5150:/x); a
+ * Windows guest's path is C:\... or \\server\share\....
  */
 function splitRemote(spec: string): { target: string; path: string } | undefined {
-  const m = /^((?:unix|serial|xen):[^:]+|libvirt:(?:[a-z][a-z0-9+.-]*:\/\/[^:]*\/)?[^:/]+):(\/.*)$/i.exec(spec);
+  const m = /^((?:unix|serial|xen):[^:]+|tcp:(?:\[[^\]]*\]|[^:]+):\d+|libvirt:(?:[a-z][a-z0-9+.-]*:\/\/[^:]*\/)?[^:/]+):(\/.*|[a-z]:[\\/].*|\\\\.*)$/i.exec(spec);
   return m ? { target: m[1], path: m[2] } : undefined;
 }
 
@@ -190,7 +191,8 @@ Examples:
   program.command('exec').argument('<target>').argument('<command...>')
     .description('run a command in the guest; its output streams live, the exit code is passed through')
     .option('-i, --stdin', 'forward this process\'s stdin (default: when stdin is not a terminal)')
-    .option('--shell', 'run the command line through /bin/sh -c')
+    .option('--shell', 'run the command line through /bin/sh -c (cmd.exe /c on Windows guests)')
+    .option('--powershell', 'run the command line through PowerShell (Windows guests)')
     .option('-u, --user <user>', 'run as this user').option('-g, --group <group>', 'run with this group')
     .option('-C, --cwd <dir>', 'working directory').option('-e, --env <NAME=VALUE...>', 'environment entries')
     .option('-t, --command-timeout <seconds>', 'kill the command (its whole process group) after this long', seconds)
@@ -199,8 +201,9 @@ Examples:
   porthole exec libvirt:web1 -- uname -a
   porthole exec libvirt:web1 --shell 'journalctl -u app | tail'
   porthole exec -u app -C /srv/app -e MODE=prod libvirt:web1 -- ./migrate --dry-run
+  porthole exec tcp:127.0.0.1:5150 --powershell 'Get-Service porthole-agent'
   tar c ./site | porthole exec -i libvirt:web1 -- tar x -C /srv/www`)
-    .action(async (target: string, command: string[], o: { stdin?: boolean; shell?: boolean; user?: string; group?: string; cwd?: string; env?: string[]; commandTimeout?: string }) => {
+    .action(async (target: string, command: string[], o: { stdin?: boolean; shell?: boolean; powershell?: boolean; user?: string; group?: string; cwd?: string; env?: string[]; commandTimeout?: string }) => {
       let c: PortholeClient;
       try {
         c = await client(program, target);
@@ -209,7 +212,8 @@ Examples:
       }
       const env = Object.fromEntries((o.env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       const withStdin = o.stdin ?? !process.stdin.isTTY;
-      const task = c.exec(o.shell ? { shell: command.join(' ') } : command, {
+      const line = command.join(' ');
+      const task = c.exec(o.powershell ? { shell: line, powershell: true } : o.shell ? { shell: line } : command, {
         user: o.user, group: o.group, cwd: o.cwd, env, stdin: withStdin, timeoutMs: o.commandTimeout ? Number(o.commandTimeout) * 1000 : 0,
       });
       task.stdout.pipe(process.stdout);

@@ -77,6 +77,9 @@ export interface ReadResult {
   length: number;
 }
 
+/** argv (no shell), or a command line for the guest's shell. */
+export type ExecCommand = string[] | { shell: string; powershell?: boolean };
+
 export interface ExecOptions {
   env?: Record<string, string>;
   clearEnv?: boolean;
@@ -454,8 +457,12 @@ export class PortholeClient extends EventEmitter {
     return Object.assign(task, { data });
   }
 
-  /** Run a command: stdout/stderr stream while it runs; `exit` settles with its status. */
-  exec(command: string[] | { shell: string }, options: ExecOptions = {}): ExecTask {
+  /**
+   * Run a command: stdout/stderr stream while it runs; `exit` settles with its status.
+   * `{ shell }` runs a command line through /bin/sh -c (cmd.exe on Windows guests);
+   * `{ shell, powershell: true }` through PowerShell (Windows guests only).
+   */
+  exec(command: ExecCommand, options: ExecOptions = {}): ExecTask {
     return new ExecTask(this, command, options);
   }
 }
@@ -491,7 +498,7 @@ export class ExecTask extends EventEmitter {
   private readonly pendingControl: v1.StreamMessage.$Properties[] = [];
   private localEnded = false;
 
-  constructor(client: PortholeClient, command: string[] | { shell: string }, options: ExecOptions) {
+  constructor(client: PortholeClient, command: ExecCommand, options: ExecOptions) {
     super();
     let markStarted!: (pid: number) => void;
     let failStarted!: (e: unknown) => void;
@@ -531,6 +538,7 @@ export class ExecTask extends EventEmitter {
         exec: {
           argv: Array.isArray(command) ? command.map((a) => Buffer.from(a)) : [],
           shellCommand: Array.isArray(command) ? '' : command.shell,
+          shell: !Array.isArray(command) && command.powershell ? v1.ShellKind.SHELL_KIND_POWERSHELL : v1.ShellKind.SHELL_KIND_DEFAULT,
           env: options.env ?? {},
           clearEnv: options.clearEnv ?? false,
           cwd: options.cwd ? Buffer.from(options.cwd) : Buffer.alloc(0),

@@ -1,4 +1,4 @@
-export { connect, PortholeClient, ExecTask, Task, describeError, UnreachableError, ConnectOptions, InstallOptions, InstallSource, InstallResult, ReadResult, ExecOptions, ExitStatus } from './client';
+export { connect, PortholeClient, ExecTask, Task, describeError, UnreachableError, ConnectOptions, InstallOptions, InstallSource, InstallResult, ReadResult, ExecOptions, ExecCommand, ExitStatus } from './client';
 export { connectorForTarget, PORTHOLE_PORT_NAME } from './targets';
 export { Route, DEFAULT_BROKER_SOCKET, BROKER_SOCKET_ENV } from './route';
 export { BROKER_VERSION } from './version';

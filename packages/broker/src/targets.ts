@@ -1,4 +1,4 @@
-import { Connector, UnixSocketConnector, SerialConnector } from '@porthole/transport';
+import { Connector, UnixSocketConnector, SerialConnector, LoopbackTcpConnector, parseHostPort } from '@porthole/transport';
 import { connectXenstoreHost } from '@porthole/xenstore';
 import { LibvirtChannelConnector, parseLibvirtTarget, PORTHOLE_CHANNEL_NAME } from '@porthole/libvirt';
 
@@ -9,7 +9,8 @@ export class BadTargetError extends Error {}
 
 /**
  * A VM addressed by its channel: `unix:/path` (QEMU chardev socket),
- * `libvirt:DOMAIN` or `libvirt:URI/DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`.
+ * `libvirt:DOMAIN` or `libvirt:URI/DOMAIN`, `serial:/dev/ttyX[@BAUD]`, `xen:DOMID`, `tcp:127.0.0.1:PORT`
+ * (an agent listening on loopback, e.g. a Windows agent under Wine).
  */
 export function connectorForTarget(target: string): Connector {
   const colon = target.indexOf(':');
@@ -26,6 +27,11 @@ export function connectorForTarget(target: string): Connector {
       const [path, baud] = rest.split('@');
       return new SerialConnector(path, { baudRate: baud ? Number(baud) : undefined });
     }
+    case 'tcp': {
+      if (!rest) break;
+      const { host, port } = parseHostPort(rest);
+      return new LoopbackTcpConnector(host, port);
+    }
     case 'xen':
       // dom0's xenstored socket: $XENSTORED_PATH or /var/run/xenstored/socket.
       if (/^\d+$/.test(rest)) return connectXenstoreHost(Number(rest));
@@ -33,5 +39,5 @@ export function connectorForTarget(target: string): Connector {
     default:
       break;
   }
-  throw new BadTargetError(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX or xen:DOMID`);
+  throw new BadTargetError(`bad target ${JSON.stringify(target)}: use unix:/path/to/socket, libvirt:DOMAIN, serial:/dev/ttyX, xen:DOMID or tcp:127.0.0.1:PORT`);
 }

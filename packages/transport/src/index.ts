@@ -5,3 +5,5 @@ export * from './virtio-serial';
 export * from './serial';
 export * from './retry';
 export * from './memory';
+export * from './native-modules';
+export * from './windows-port';

@@ -1,6 +1,5 @@
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { Channel, ChannelBase, Connector } from './channel';
+import { requireBesideExecutable } from './native-modules';
 
 interface SerialPortLike {
   on(event: 'data', l: (b: Buffer) => void): unknown;
@@ -45,25 +44,13 @@ function keepPollInterest(poller: PollerLike | undefined): void {
 /**
  * Load serialport only when a serial channel is used: its native bindings are
  * optional (a single-executable agent on virtio-serial runs without them).
- * Looked up normally, then beside the executable (a single executable's own
- * require reaches only built-in modules), or at PORTHOLE_SERIALPORT_PATH.
  */
 function loadSerialPort(): new (o: { path: string; baudRate: number; autoOpen: boolean }) => SerialPortLike {
-  const attempts: Array<() => unknown> = [
-    () => createRequire(join(dirname(process.execPath), 'lib', 'index.js'))('serialport'),
-    () => require('serialport'),
-  ];
-  const explicit = process.env.PORTHOLE_SERIALPORT_PATH;
-  if (explicit) attempts.unshift(() => createRequire(join(explicit, 'index.js'))(explicit));
-  const errors: string[] = [];
-  for (const attempt of attempts) {
-    try {
-      return (attempt() as { SerialPort: never }).SerialPort;
-    } catch (err) {
-      errors.push((err as Error).message.split('\n')[0]);
-    }
+  try {
+    return requireBesideExecutable<{ SerialPort: never }>('serialport', 'PORTHOLE_SERIALPORT_PATH').SerialPort;
+  } catch (err) {
+    throw new Error(`serial channels need the serialport module and its native bindings: ${(err as Error).message}`);
   }
-  throw new Error(`serial channels need the serialport module and its native bindings: ${errors.join('; ')}`);
 }
 
 class SerialChannel extends ChannelBase {

@@ -66,6 +66,7 @@ export class SocketChannel extends ChannelBase {
 }
 
 function explainConnectError(path: string, err: NodeJS.ErrnoException): Error {
+  // path: a socket path, a named pipe or HOST:PORT
   const reason =
     err.code === 'ENOENT' ? `no such socket: ${path} (is the VM running with a Porthole channel?)`
     : err.code === 'ECONNREFUSED' ? `nothing is listening on ${path} (the VM may have stopped)`
@@ -80,18 +81,21 @@ export interface UnixSocketOptions {
   listen?: boolean;
 }
 
+/** Where a stream socket is: a Unix socket (or, on Windows, a named pipe \\.\pipe\NAME) or a TCP address. */
+export type SocketAddress = { path: string } | { host: string; port: number };
+
 /**
- * Opens channels over a Unix socket: connects to it (QEMU's chardev is the
+ * Opens channels over a stream socket: connects to it (QEMU's chardev is the
  * server) or, with `listen`, serves it and hands out each accepted connection.
  */
-export class UnixSocketConnector implements Connector {
-  readonly description: string;
+export class SocketConnector implements Connector {
   private server?: net.Server;
   private accepted: net.Socket[] = [];
   private waiting: Array<(s: net.Socket) => void> = [];
+  private readonly where: string;
 
-  constructor(readonly path: string, private readonly options: UnixSocketOptions = {}) {
-    this.description = `unix:${path}`;
+  constructor(readonly address: SocketAddress, readonly description: string, private readonly options: UnixSocketOptions = {}) {
+    this.where = 'path' in address ? address.path : `${address.host}:${address.port}`;
   }
 
   connect(signal?: AbortSignal): Promise<Channel> {
@@ -101,7 +105,7 @@ export class UnixSocketConnector implements Connector {
   private dial(signal?: AbortSignal): Promise<Channel> {
     return new Promise((resolve, reject) => {
       const reader = new SlabReader();
-      const socket = net.connect({ path: this.path, onread: reader.onread });
+      const socket = net.connect({ ...this.address, onread: reader.onread });
       const onAbort = () => {
         socket.destroy();
         reject(signal?.reason ?? new Error('aborted'));
@@ -114,7 +118,7 @@ export class UnixSocketConnector implements Connector {
       });
       socket.once('error', (err: NodeJS.ErrnoException) => {
         signal?.removeEventListener('abort', onAbort);
-        reject(explainConnectError(this.path, err));
+        reject(explainConnectError(this.where, err));
       });
     });
   }
@@ -140,7 +144,8 @@ export class UnixSocketConnector implements Connector {
   private ensureServer(): Promise<void> {
     if (this.server) return Promise.resolve();
     // A stale socket file from a previous run would make listen() fail with EADDRINUSE.
-    if (existsSync(this.path) && statSync(this.path).isSocket()) unlinkSync(this.path);
+    const path = 'path' in this.address ? this.address.path : undefined;
+    if (path && existsSync(path) && statSync(path).isSocket()) unlinkSync(path);
     const server = net.createServer((s) => {
       const waiter = this.waiting.shift();
       if (waiter) waiter(s);
@@ -148,8 +153,8 @@ export class UnixSocketConnector implements Connector {
     });
     this.server = server;
     return new Promise((resolve, reject) => {
-      server.once('error', (err) => reject(new Error(`cannot listen on ${this.path}: ${err.message}`, { cause: err })));
-      server.listen(this.path, () => resolve());
+      server.once('error', (err) => reject(new Error(`cannot listen on ${this.where}: ${err.message}`, { cause: err })));
+      server.listen(this.address, () => resolve());
     });
   }
 
@@ -160,4 +165,35 @@ export class UnixSocketConnector implements Connector {
     for (const s of this.accepted) s.destroy();
     this.accepted = [];
   }
+}
+
+/** A Unix socket (on Windows, a named pipe path works the same way). */
+export class UnixSocketConnector extends SocketConnector {
+  constructor(readonly path: string, options: UnixSocketOptions = {}) {
+    super({ path }, `unix:${path}`, options);
+  }
+}
+
+/**
+ * A TCP socket on a loopback address only: a channel is a way into the VM, so it
+ * must never be reachable from a network (a Windows test rig under Wine uses it
+ * where the VM would use virtio-serial).
+ */
+export class LoopbackTcpConnector extends SocketConnector {
+  constructor(host: string, port: number, options: UnixSocketOptions = {}) {
+    if (!isLoopback(host)) throw new Error(`tcp channels are for loopback addresses only (127.0.0.0/8, ::1, localhost), not ${host}`);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`bad TCP port ${port}`);
+    super({ host, port }, `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`, options);
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || net.isIPv4(host) && host.startsWith('127.');
+}
+
+/** `HOST:PORT` or `[V6]:PORT`, as a tcp channel or target gives it. */
+export function parseHostPort(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(spec);
+  if (!m) throw new Error(`expected HOST:PORT, got ${JSON.stringify(spec)}`);
+  return { host: m[1] ?? m[2], port: Number(m[3]) };
 }

@@ -3,6 +3,7 @@ import { registerBootIsoCommand } from '@porthole/bootiso';
 import { registerImageCommands } from '@porthole/images';
 import { registerPayloadCommands } from '@porthole/media';
 import { createWriteStream, readFileSync } from 'node:fs';
+import { finished } from 'node:stream/promises';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError, errorCodeName } from '@porthole/protocol';
 import { withLibvirtUri } from '@porthole/libvirt';
@@ -228,6 +229,9 @@ Examples:
       });
       try {
         const exit = await task.exit;
+        // The output may still sit in the pipes to our stdout/stderr (they were slower than the guest):
+        // exit only once all of it was handed on and written.
+        await Promise.all([finished(task.stdout), finished(task.stderr)]);
         await new Promise((r) => process.stdout.write('', r));
         if (program.opts<Globals>().json) process.stderr.write(JSON.stringify({ ok: true, ...exit }) + '\n');
         c.close();

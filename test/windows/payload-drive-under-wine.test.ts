@@ -1,5 +1,6 @@
 // Payload media on Windows under Wine: the broker's payload ISO in a CD drive letter, found by
 // porthole-agent.exe by its volume label (GetDriveTypeW, GetVolumeInformationW) and applied.
+// The CD is in the drive when the agent starts: Wine cannot insert one later (see below).
 // Wine cannot read an ISO image itself: the image's files are extracted into a directory that
 // Wine serves as drive P: (a CD-ROM drive by HKLM\Software\Wine\Drives), with the image's own
 // volume id in .windows-label, where Wine reads a Unix directory's label from.
@@ -47,12 +48,40 @@ describe('Windows agent under Wine: payload CD found by volume label on a drive 
   let vm: PortholeClient;
   const events: v1.PayloadEvent[] = [];
 
+  let label: string;
+  let built: Awaited<ReturnType<typeof buildIsoPayload>>;
+  const content = randomBytes(300 * 1024 + 5);
+
   before(async () => {
     w = await wine();
     const exe = installAgentFiles(w);
     const dir = w.linuxPath('C:\\pl-test');
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'agent.conf'), CONFIG);
+    const iso = join(w.prefix, 'payload.iso');
+    built = await buildIsoPayload({
+      id: 'wine-cd',
+      entries: [{ guestPath: 'C:\\pl-test\\out\\payload.bin', content: { data: content } }],
+      commands: [['cmd.exe', '/c', 'echo ran> C:\\pl-test\\out\\command.txt']],
+    }, iso);
+    label = isoVolumeId(iso);
+
+    // Another CD in Q: with a manifest but no Porthole label: nothing is applied from it.
+    const [cd, other] = [join(w.prefix, 'cd-p'), join(w.prefix, 'cd-q')];
+    mkdirSync(other);
+    writeFileSync(join(other, '.windows-label'), 'INSTALL_CD');
+    writeFileSync(join(other, 'porthole-payload.json'), '{}');
+    mkdirSync(cd);
+    execFileSync('xorriso', ['-osirrox', 'on', '-indev', iso, '-extract', '/', cd], { stdio: 'ignore' });
+    writeFileSync(join(cd, '.windows-label'), label);
+    for (const drive of ['p:', 'q:']) await w.run(['reg', 'add', 'HKLM\\Software\\Wine\\Drives', '/v', drive, '/d', 'cdrom', '/f']);
+    symlinkSync(other, join(w.prefix, 'dosdevices', 'q:'));
+    symlinkSync(cd, join(w.prefix, 'dosdevices', 'p:'));
+    // Wine's mount manager learns of drives when it starts (or from udisks hot-plug, which
+    // is not here): this prefix's Wine is restarted, so the CDs are in their drives at boot.
+    execFileSync('wineserver', ['-k'], { env: w.env, stdio: 'ignore', timeout: 20_000 });
+    execFileSync('wineserver', ['-w'], { env: w.env, stdio: 'ignore', timeout: 20_000 });
+
     const port = await freePort();
     agent = startWindowsProgram(w, [exe, '--channel', `tcp-listen:127.0.0.1:${port}`, '--config', 'C:\\pl-test\\agent.conf'], join(w.prefix, 'payload-agent.out'));
     vm = await connect(`tcp:127.0.0.1:${port}`, { timeoutMs: 120_000 });
@@ -65,30 +94,9 @@ describe('Windows agent under Wine: payload CD found by volume label on a drive 
     agent?.kill();
   });
 
-  it('applies the payload ISO put into drive P: while it runs, and leaves other labels alone', async () => {
-    const content = randomBytes(300 * 1024 + 5);
-    const iso = join(w.prefix, 'payload.iso');
-    const built = await buildIsoPayload({
-      id: 'wine-cd',
-      entries: [{ guestPath: 'C:\\pl-test\\out\\payload.bin', content: { data: content } }],
-      commands: [['cmd.exe', '/c', 'echo ran> C:\\pl-test\\out\\command.txt']],
-    }, iso);
-    const label = isoVolumeId(iso);
+  it('applies the payload ISO in drive P:, found by its volume label, and leaves other labels alone', async () => {
     assert.equal(label, built.label);
     assert.match(label, /^PORTHOLE_/);
-
-    // Another (foreign) CD in Q: first: not a Porthole label, so nothing is applied from it.
-    const [cd, other] = [join(w.prefix, 'cd-p'), join(w.prefix, 'cd-q')];
-    mkdirSync(other);
-    writeFileSync(join(other, '.windows-label'), 'INSTALL_CD');
-    writeFileSync(join(other, 'porthole-payload.json'), '{}');
-    mkdirSync(cd);
-    execFileSync('xorriso', ['-osirrox', 'on', '-indev', iso, '-extract', '/', cd], { stdio: 'ignore' });
-    writeFileSync(join(cd, '.windows-label'), label);
-    for (const drive of ['p:', 'q:']) await w.run(['reg', 'add', 'HKLM\\Software\\Wine\\Drives', '/v', drive, '/d', 'cdrom', '/f']);
-    symlinkSync(other, join(w.prefix, 'dosdevices', 'q:'));
-    symlinkSync(cd, join(w.prefix, 'dosdevices', 'p:'));
-
     const out = w.linuxPath('C:\\pl-test\\out\\payload.bin');
     for (const until = Date.now() + 60_000; !events.some((e) => e.state === v1.PayloadState.PAYLOAD_APPLIED); await sleep(500)) {
       if (Date.now() > until) throw new Error(`no payload applied within 60 s; events: ${JSON.stringify(events)}`);

@@ -56,7 +56,8 @@ describe('Windows agent under Wine on a COM port (serial:COM7, a pty to Linux)',
 
   after(async () => {
     vm?.close();
-    agent?.kill();
+    // Gone before the next test (the MSI's uninstall cannot remove an executable still running).
+    if (agent && agent.exitCode === null && agent.kill()) await once(agent, 'exit');
     if (socat && socat.exitCode === null) {
       socat.kill();
       await once(socat, 'exit');

@@ -8,6 +8,7 @@ import { strict as assert } from 'node:assert';
 import { ChildProcess, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, symlinkSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, PortholeClient } from '@porthole/broker';
@@ -89,9 +90,10 @@ describe('Windows agent under Wine: payload CD found by volume label on a drive 
     await vm.ready();
   });
 
-  after(() => {
+  after(async () => {
     vm?.close();
-    agent?.kill();
+    // Gone before the next test (the MSI's uninstall cannot remove an executable still running).
+    if (agent && agent.exitCode === null && agent.kill()) await once(agent, 'exit');
   });
 
   it('applies the payload ISO in drive P:, found by its volume label, and leaves other labels alone', async () => {

@@ -1,7 +1,8 @@
 // A single executable from a CommonJS bundle with Node's Single Executable Applications:
 // SEA preparation blob -> a copy of this node binary with the blob injected by postject.
-// Used by the agent's and the broker's sea.mjs.
+// Used by the agent's sea.mjs (Linux) and sea-windows.mjs, and the broker's sea.mjs.
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -13,12 +14,12 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 // The sentinel Node looks for to know a blob was injected (fixed for Node >= 18.16).
 const FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 
-function fail(message) {
+export function fail(message) {
   console.error(`sea: ${message}`);
   process.exit(1);
 }
 
-function run(cmd, args, options = {}) {
+export function run(cmd, args, options = {}) {
   try {
     return execFileSync(cmd, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...options });
   } catch (err) {
@@ -32,9 +33,14 @@ function run(cmd, args, options = {}) {
  * code loads beside the executable itself) and `quoted` (require() calls that only appear inside
  * generated-code strings). `node` is the Node binary the executable is a copy of (default: this
  * one); `command(file, args)` says how this host runs a program for that binary's CPU (another
- * CPU's under qemu-user), for writing the blob with that very node and for the smoke test.
+ * CPU's under qemu-user), for writing the blob and for the smoke test; null where this host cannot
+ * run it (Windows): then `blobWriter` writes the blob, a Node for this host of `node`'s very
+ * version (a blob's format is its Node version's), and there is no smoke test here. `prepare(file)`
+ * edits the copy of `node` before the blob goes in.
  */
-export function buildSingleExecutable({ bundle, out, fromDisk = [], quoted = [], node = process.execPath, command = (file, args) => [file, args] }) {
+export function buildSingleExecutable({
+  bundle, out, fromDisk = [], quoted = [], node = process.execPath, command = (file, args) => [file, args], blobWriter, prepare,
+}) {
   if (!existsSync(bundle)) fail(`bundle ${bundle} not found`);
   const builtins = new Set([...builtinModules, ...builtinModules.map((m) => `node:${m}`)]);
   const required = new Set([...readFileSync(bundle, 'utf8').matchAll(/\brequire\("([^"]+)"\)/g)].map((m) => m[1]));
@@ -53,19 +59,23 @@ export function buildSingleExecutable({ bundle, out, fromDisk = [], quoted = [],
       // (about 160-250 ms either way, see installers/README.md): left off.
       useCodeCache: false,
     }, null, 2));
-    // Written by the node the executable is a copy of: the blob's format is that Node version's.
-    run(...command(node, ['--experimental-sea-config', config]));
+    // Written by the node the executable is a copy of, or its twin: the blob's format is that Node version's.
+    const writer = command ? command(node, []) : [blobWriter, []];
+    if (!writer[0]) fail(`no Node to write the blob for ${node}`);
+    run(writer[0], [...writer[1], '--experimental-sea-config', config]);
 
     const target = resolve(out);
     mkdirSync(dirname(target), { recursive: true });
     rmSync(target, { force: true });
     copyFileSync(node, target);
     chmodSync(target, 0o755);
+    prepare?.(target);
     run(join(root, 'node_modules', '.bin', 'postject'), [target, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', FUSE]);
 
     // Smoke test from an empty directory, so nothing on disk can stand in for a missing module.
-    const version = run(...command(target, ['--version']), { cwd: work }).trim();
-    console.log(`sea: ${target} (${(statSync(target).size / 2 ** 20).toFixed(1)} MiB): ${version}`);
+    const version = command ? run(...command(target, ['--version']), { cwd: work }).trim() : 'not run on this host';
+    const sha256 = createHash('sha256').update(readFileSync(target)).digest('hex');
+    console.log(`sea: ${target} (${(statSync(target).size / 2 ** 20).toFixed(1)} MiB, sha256 ${sha256}): ${version}`);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

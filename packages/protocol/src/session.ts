@@ -91,6 +91,8 @@ export class Session extends EventEmitter {
   private nextStreamId: number;
   private readonly window: number;
   private readonly decoder?: FrameDecoder;
+  /** Frames carry a payload CRC32C (see onHello). */
+  private payloadCrc = true;
   /** The peer controls what is warned about: repeats are limited. */
   private readonly log: RepeatLimitedLogger;
   private closedError?: Error;
@@ -125,6 +127,7 @@ export class Session extends EventEmitter {
         maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
         frameTimeoutMs: options.frameTimeoutMs,
         onGarbage: (reason) => this.log.debug('skipping bytes on the channel', { reason, channel: channel.description }),
+        requirePayloadCrc: !channel.reliable,
       });
     }
     this.wire = {
@@ -283,6 +286,7 @@ export class Session extends EventEmitter {
       maxFrameSize: this.options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
       streamWindow: this.window,
       reply,
+      payloadCrcOptional: this.channel.kind === 'bytes' && this.channel.reliable,
     };
     void this.wire.sendEnvelope({ hello }).written.catch(() => undefined);
   }
@@ -325,8 +329,9 @@ export class Session extends EventEmitter {
   private writeFrame(parts: Buffer[]): boolean {
     if (this.channelFull) this.growBacklog(parts);
     if (this.channel.kind === 'packets') return this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
-    if (this.channel.writeParts) return this.channel.writeParts([frameHeader(parts), ...parts]);
-    return this.channel.write(Buffer.concat([frameHeader(parts), ...parts]));
+    const header = frameHeader(parts, this.payloadCrc);
+    if (this.channel.writeParts) return this.channel.writeParts([header, ...parts]);
+    return this.channel.write(Buffer.concat([header, ...parts]));
   }
 
   /** A frame goes to a channel that asked us to wait: past the bound, the peer is not read until it drains. */
@@ -361,6 +366,8 @@ export class Session extends EventEmitter {
 
   private readonly onDiscontinuity = (): void => {
     this.decoder?.reset();
+    // The next peer on this channel may not take unchecked frames: checked until its hello says so.
+    this.payloadCrc = true;
   };
 
   private readonly onClose = (error?: Error): void => {
@@ -481,6 +488,9 @@ export class Session extends EventEmitter {
       this.emit('reset', err);
     }
     this.peerHello = hello;
+    // Both sides' channels cannot corrupt (each hello says so of its own): CRC32C of every payload is
+    // CPU time with nothing to find. A peer that does not know the field keeps getting checked frames.
+    this.payloadCrc = !(this.channel.kind === 'bytes' && this.channel.reliable && hello.payloadCrcOptional);
     if (!hello.reply) this.sendHello(true);
     this.lastReceived = Date.now();
     for (const w of this.readyWaiters.splice(0)) w.resolve(hello);

@@ -37,6 +37,12 @@ export interface Channel {
   readonly description: string;
   /** Largest packet a `packets` channel carries; Infinity for byte channels. */
   readonly maxPacketSize: number;
+  /**
+   * The channel cannot change, drop or insert bytes (a kernel or hypervisor buffer: socket,
+   * virtio-serial port), unlike a serial line. The protocol may then leave out its per-frame payload
+   * checksum; its header check and the end-to-end hashes stay.
+   */
+  readonly reliable: boolean;
   /** Queue data; false means "wait for 'drain' before writing more". */
   write(data: Buffer): boolean;
   /** Optional: queue several buffers as one write without concatenating them (byte channels). */
@@ -72,6 +78,7 @@ export abstract class ChannelBase extends EventEmitter implements Channel {
   abstract readonly kind: 'bytes' | 'packets';
   abstract readonly description: string;
   readonly maxPacketSize: number = Infinity;
+  readonly reliable: boolean = true;
   private isClosed = false;
 
   get closed(): boolean {

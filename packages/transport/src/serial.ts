@@ -55,6 +55,8 @@ function loadSerialPort(): new (o: { path: string; baudRate: number; autoOpen: b
 
 class SerialChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
+  /** A line can lose or garble bytes (noise, a wrong baud rate, another writer). */
+  override readonly reliable = false;
 
   constructor(private readonly port: SerialPortLike, readonly description: string) {
     super();

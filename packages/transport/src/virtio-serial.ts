@@ -1,4 +1,4 @@
-import { closeSync, openSync, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
+import { closeSync, openSync, readSync, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
 import { Socket, SocketConstructorOpts } from 'node:net';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
@@ -57,15 +57,18 @@ function pipeHandle(fd: number): PipeHandle {
   return handle;
 }
 
+/** A direct read is tried while this much room is left (the driver's reads are at most 4 KiB). */
+const BURST_READ_MIN = 4096;
+
 /** Frames up to this size are written as one buffer (one copy is cheaper than another write). */
 const JOIN_BELOW = 64 * 1024;
 
 /**
  * The guest side of a virtio-serial port. It is a character device, not a
- * TTY: it is opened with fs and polled by the event loop like a pipe, so a
- * read or a write is one system call on the main thread (the driver hands
- * out 4 KiB per read, and a thread-pool round trip per read costs ~0.4 ms
- * under TCG). While no host is connected the port reads EOF: the channel
+ * TTY: it is opened with fs and polled by the event loop like a pipe; once
+ * it is readable, the rest of the burst is read directly (see readBurst), so
+ * JavaScript runs once per burst, not per 4 KiB (a thread-pool round trip
+ * per read costs ~0.4 ms under TCG). While no host is connected the port reads EOF: the channel
  * emits 'discontinuity', closes the port and reopens it after a pause, so it
  * neither spins nor ends; what is written meanwhile waits for the reopened port.
  */
@@ -81,6 +84,8 @@ export class VirtioSerialChannel extends ChannelBase {
   private readonly reader = new SlabReader();
   /** Reading is paused (kept across a reopen of the port). */
   private paused = false;
+  /** The open port's descriptor (non-blocking), read directly for the rest of a burst. */
+  private fd = -1;
 
   private constructor(readonly path: string) {
     super();
@@ -89,6 +94,28 @@ export class VirtioSerialChannel extends ChannelBase {
       this.idle = 0;
       this.emit('data', chunk);
     };
+    this.reader.more = (into) => this.readBurst(into);
+  }
+
+  /**
+   * After the event loop's read, the rest of what the port holds, by direct reads until it would block:
+   * the driver hands out at most 4 KiB per read, and one event-loop round trip plus a 'data' event per
+   * 4 KiB held the port to a sixth of its speed (docs/BENCHMARKS.md). EOF and errors are left to the
+   * event loop's next read, which sees them again.
+   */
+  private readBurst(into: Buffer): number {
+    let got = 0;
+    while (into.length - got >= BURST_READ_MIN) {
+      let n: number;
+      try {
+        n = readSync(this.fd, into, got, into.length - got, null);
+      } catch {
+        break; // EAGAIN: drained
+      }
+      if (n === 0) break;
+      got += n;
+    }
+    return got;
   }
 
   static open(path: string): VirtioSerialChannel {
@@ -107,6 +134,7 @@ export class VirtioSerialChannel extends ChannelBase {
       closeSync(fd);
       throw new Error(`${this.description}: ${(e as Error).message}`);
     }
+    this.fd = fd;
     // Reads land one after another in a slab: a frame that came in many 4 KiB reads is one view, not a copy.
     const socket = new Socket({
       handle, readable: true, writable: true, allowHalfOpen: true, writableHighWaterMark: HIGH_WATER_MARK, onread: this.reader.onread,

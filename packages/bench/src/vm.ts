@@ -353,26 +353,24 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   const trueDown = best(downBlocking, downC);
   const row = (direction: string, method: string, r: { raw: Run; sha: Run; qga: Run }, x: Run) =>
     [direction, method, x.mibs, x.ms / 1000, x.mibs / r.raw.mibs, x.mibs / r.sha.mibs, x.mibs / r.qga.mibs, x.cpuPerGib];
-  const up = { raw: trueUp, sha: upSha, qga: upQga };
-  const down = { raw: trueDown, sha: downSha, qga: downQga };
-  const cRow = (direction: string, r: typeof up, x?: Run) => (x ? [row(direction, 'raw port, C read()/write() loop, 1 MiB buffer', r, x)] : []);
+  type Runs = { raw: Run; blocking: Run; c?: Run; sha: Run; eventLoop: Run; ph: Run; qga: Run };
+  const up: Runs = { raw: trueUp, blocking: upBlocking, c: upC, sha: upSha, eventLoop: upEventLoop, ph: upPh, qga: upQga };
+  const down: Runs = { raw: trueDown, blocking: downBlocking, c: downC, sha: downSha, eventLoop: downEventLoop, ph: downPh, qga: downQga };
+  const direction = (name: string, r: Runs, words: { sync: string; loop: string; ph: string; qga: string }) => [
+    row(name, `raw port, Node blocking ${words.sync} loop, 1 MiB buffer`, r, r.blocking),
+    ...(r.c ? [row(name, 'raw port, C read()/write() loop, 1 MiB buffer', r, r.c)] : []),
+    row(name, 'raw port + sha256 in the guest (blocking loop)', r, r.sha),
+    row(name, `raw port, Node event-loop ${words.loop} (for comparison)`, r, r.eventLoop),
+    row(name, `Porthole ${words.ph}`, r, r.ph),
+    row(name, `qemu-guest-agent ${words.qga}`, r, r.qga),
+  ];
   const med = (v: number[]) => percentile(v, 50);
   const throughput: BenchTable = {
     title: `VM file transfer, ${bytes / MiB} MiB, one QEMU (TCG) guest`,
     columns: ['direction', 'method', 'MiB/s', 'seconds', 'ratio to true raw', 'ratio to true raw + sha256', 'ratio to qga', 'guest CPU s per GiB'],
     rows: [
-      row('host → guest', 'raw port, Node blocking readSync loop, 1 MiB buffer', up, upBlocking),
-      ...cRow('host → guest', up, upC),
-      row('host → guest', 'raw port + sha256 in the guest (blocking loop)', up, upSha),
-      row('host → guest', 'raw port, Node event-loop reader (for comparison)', up, upEventLoop),
-      row('host → guest', 'Porthole installFile', up, upPh),
-      row('host → guest', 'qemu-guest-agent guest-file-write', up, upQga),
-      row('guest → host', 'raw port, Node blocking writeSync loop, 1 MiB buffer', down, downBlocking),
-      ...cRow('guest → host', down, downC),
-      row('guest → host', 'raw port + sha256 in the guest (blocking loop)', down, downSha),
-      row('guest → host', 'raw port, Node event-loop writer (for comparison)', down, downEventLoop),
-      row('guest → host', 'Porthole readFile', down, downPh),
-      row('guest → host', 'qemu-guest-agent guest-file-read', down, downQga),
+      ...direction('host → guest', up, { sync: 'readSync', loop: 'reader', ph: 'installFile', qga: 'guest-file-write' }),
+      ...direction('guest → host', down, { sync: 'writeSync', loop: 'writer', ph: 'readFile', qga: 'guest-file-read' }),
       ['guest → host', `Porthole exec stdout of head -c ${stdoutBytes / MiB} MiB of /dev/zero`, execStdout.mibs, execStdout.ms / 1000, execStdout.mibs / trueDown.mibs, execStdout.mibs / downSha.mibs, execStdout.mibs / downQga.mibs, execStdout.cpuPerGib],
     ],
     notes: [

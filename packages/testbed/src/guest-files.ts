@@ -162,7 +162,7 @@ open();
 /**
  * RAW_TOOL's protocol served the plainest way Node has: blocking reads of up to 1 MiB straight into one
  * buffer, blocking 1 MiB writes, nothing between the port and the loop. 'H' and 'G' hash every byte with
- * sha256 in the same loop (no CRC32C: the floor for a protocol that checks the whole with sha256).
+ * sha256 in the same loop, 1 MiB at a time (no CRC32C: the floor for a protocol that checks the whole with sha256).
  * A read of 0 bytes means no host is connected: close, pause, reopen.
  */
 export const RAW_BLOCKING_TOOL = `'use strict';
@@ -187,11 +187,17 @@ for (;;) {
     let left = Number(head.readBigUInt64BE(1));
     const hash = kind === 'H' || kind === 'G' ? crypto.createHash('sha256') : undefined;
     if (kind === 'U' || kind === 'H') {
+      // Reads return 4 KiB each under TCG: fill the buffer and hash it whole, not per read.
+      let fill = 0;
       while (left > 0) {
-        const r = fs.readSync(fd, buf, 0, Math.min(buf.length, left), null);
+        const r = fs.readSync(fd, buf, fill, Math.min(buf.length - fill, left), null);
         if (r === 0) break;
-        if (hash) hash.update(buf.subarray(0, r));
+        fill += r;
         left -= r;
+        if (fill === buf.length || left === 0) {
+          if (hash) hash.update(buf.subarray(0, fill));
+          fill = 0;
+        }
       }
       if (hash) hash.digest();
       fs.writeSync(fd, 'K');

@@ -42,8 +42,9 @@ export const SECTIONS: BenchSection[] = [
       fileMib: size('PORTHOLE_BENCH_VM_MIB', 64, 8),
       execRuns: size('PORTHOLE_BENCH_EXEC_RUNS', 30, 5),
       firstLineRuns: size('PORTHOLE_BENCH_FIRST_LINE_RUNS', 3, 1),
+      execStdoutMib: size('PORTHOLE_BENCH_EXEC_STDOUT_MIB', 100, 8),
     }),
-    run: (s) => benchVm({ fileBytes: s.fileMib * MiB, execRuns: s.execRuns, firstLineRuns: s.firstLineRuns }, log),
+    run: (s) => benchVm({ fileBytes: s.fileMib * MiB, execRuns: s.execRuns, firstLineRuns: s.firstLineRuns, execStdoutBytes: s.execStdoutMib * MiB }, log),
   },
   {
     name: 'images',

@@ -30,7 +30,8 @@ for p in /sys/class/virtio-ports/*; do [ -e "$p/name" ] && ln -sf ../$(basename 
 echo "porthole-testbed: init reached, ports: $(ls /dev/virtio-ports | tr '\\n' ' ')"
 [ -x /etc/testbed/boot.sh ] && /etc/testbed/boot.sh 2>&1 | sed 's/^/[boot] /'
 for raw in /dev/virtio-ports/org.porthole.raw.*; do
-  if [ -e "$raw" ]; then /usr/bin/node /opt/testbed/raw.js "$raw" & fi
+  tool=$(cat /etc/testbed/raw-tool.\${raw##*.} 2>/dev/null || echo /usr/bin/node /opt/testbed/raw.js)
+  if [ -e "$raw" ]; then $tool "$raw" & fi
 done
 if [ -e /dev/virtio-ports/${QGA_PORT_NAME} ]; then
   mkdir -p /run/qga; /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/${QGA_PORT_NAME} -t /run/qga -f /run/qga/pid 2>&1 | sed 's/^/[qga] /' &
@@ -63,6 +64,20 @@ done
 sync
 exec $action
 `;
+
+/**
+ * The programs that can serve a raw port (BootOptions.rawTools): the same protocol (RAW_TOOL's), read
+ * and written three ways, so a benchmark can show what the port moves and what an event loop costs.
+ */
+export const RAW_TOOL_COMMANDS = {
+  /** RAW_TOOL: Node, the port polled from the event loop as the agent polls its own. */
+  'event-loop': '/usr/bin/node /opt/testbed/raw.js',
+  /** RAW_BLOCKING_TOOL: Node, blocking readSync/writeSync loops with 1 MiB buffers. */
+  blocking: '/usr/bin/node /opt/testbed/raw-blocking.js',
+  /** RAW_C_SOURCE compiled static: read()/write() loops with 1 MiB buffers (plain 'U'/'D' only). */
+  c: '/opt/testbed/raw-c',
+} as const;
+export type RawTool = keyof typeof RAW_TOOL_COMMANDS;
 
 /**
  * Raw virtio-serial throughput tool, run by node in the guest on each raw port.
@@ -142,4 +157,119 @@ function onData(chunk) {
   }
 }
 open();
+`;
+
+/**
+ * RAW_TOOL's protocol served the plainest way Node has: blocking reads of up to 1 MiB straight into one
+ * buffer, blocking 1 MiB writes, nothing between the port and the loop. 'H' and 'G' hash every byte with
+ * sha256 in the same loop, 1 MiB at a time (no CRC32C: the floor for a protocol that checks the whole with sha256).
+ * A read of 0 bytes means no host is connected: close, pause, reopen.
+ */
+export const RAW_BLOCKING_TOOL = `'use strict';
+const fs = require('fs');
+const crypto = require('crypto');
+const buf = Buffer.alloc(1 << 20);
+const zeros = Buffer.alloc(1 << 20);
+const head = Buffer.alloc(9);
+const pause = new Int32Array(new SharedArrayBuffer(4));
+function readFull(fd, b, n) {
+  for (let got = 0; got < n;) {
+    const r = fs.readSync(fd, b, got, n - got, null);
+    if (r === 0) return false;
+    got += r;
+  }
+  return true;
+}
+for (;;) {
+  const fd = fs.openSync(process.argv[2], 'r+');
+  while (readFull(fd, head, 9)) {
+    const kind = String.fromCharCode(head[0]);
+    let left = Number(head.readBigUInt64BE(1));
+    const hash = kind === 'H' || kind === 'G' ? crypto.createHash('sha256') : undefined;
+    if (kind === 'U' || kind === 'H') {
+      // Reads return 4 KiB each under TCG: fill the buffer and hash it whole, not per read.
+      let fill = 0;
+      while (left > 0) {
+        const r = fs.readSync(fd, buf, fill, Math.min(buf.length - fill, left), null);
+        if (r === 0) break;
+        fill += r;
+        left -= r;
+        if (fill === buf.length || left === 0) {
+          if (hash) hash.update(buf.subarray(0, fill));
+          fill = 0;
+        }
+      }
+      if (hash) hash.digest();
+      fs.writeSync(fd, 'K');
+    } else if (kind === 'D' || kind === 'G') {
+      while (left > 0) {
+        const n = Math.min(zeros.length, left);
+        if (hash) hash.update(zeros.subarray(0, n));
+        for (let off = 0; off < n;) off += fs.writeSync(fd, zeros, off, n - off);
+        left -= n;
+      }
+      if (hash) hash.digest();
+    }
+  }
+  fs.closeSync(fd);
+  Atomics.wait(pause, 0, 0, 20);
+}
+`;
+
+/** RAW_BLOCKING_TOOL's plain 'U' and 'D' in C: the port's limit with no runtime at all in the guest. */
+export const RAW_C_SOURCE = `#include <fcntl.h>
+#include <stdint.h>
+#include <unistd.h>
+
+static char buf[1 << 20];
+static const char zeros[1 << 20];
+
+static int read_full(int fd, unsigned char *p, size_t n) {
+  while (n) {
+    ssize_t r = read(fd, p, n);
+    if (r <= 0) return 0;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 1;
+}
+
+static int write_full(int fd, const char *p, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w <= 0) return 0;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) return 2;
+  for (;;) {
+    int fd = open(argv[1], O_RDWR);
+    if (fd < 0) return 1;
+    unsigned char head[9];
+    while (read_full(fd, head, 9)) {
+      uint64_t left = 0;
+      for (int i = 1; i < 9; i++) left = left << 8 | head[i];
+      if (head[0] == 'U') {
+        while (left) {
+          ssize_t r = read(fd, buf, left < sizeof buf ? left : sizeof buf);
+          if (r <= 0) break;
+          left -= (uint64_t)r;
+        }
+        if (!write_full(fd, "K", 1)) break;
+      } else if (head[0] == 'D') {
+        while (left) {
+          size_t n = left < sizeof zeros ? left : sizeof zeros;
+          if (!write_full(fd, zeros, n)) break;
+          left -= n;
+        }
+      }
+    }
+    close(fd);
+    usleep(20000); /* no host connected: pause, reopen */
+  }
+}
 `;

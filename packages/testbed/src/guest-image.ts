@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { INIT_SCRIPT, RAW_TOOL, GUEST_SPAWN_HELPER, SHUTDOWN_SCRIPT } from './guest-files';
+import { INIT_SCRIPT, RAW_TOOL, RAW_BLOCKING_TOOL, RAW_C_SOURCE, RAW_TOOL_COMMANDS, RawTool, GUEST_SPAWN_HELPER, SHUTDOWN_SCRIPT } from './guest-files';
 import { GuestArch, guestPlatform, modulePath } from './guest-arch';
 
 /** Where prepared guests are cached (git-ignored). */
@@ -29,12 +29,21 @@ export function packCpio(dir: string, out: string): void {
 
 function fingerprint(paths: string[], modules: string[]): string {
   const h = createHash('sha256');
-  h.update(INIT_SCRIPT).update(RAW_TOOL).update(SHUTDOWN_SCRIPT).update(modules.join(','));
+  h.update(INIT_SCRIPT).update(RAW_TOOL).update(RAW_BLOCKING_TOOL).update(RAW_C_SOURCE).update(SHUTDOWN_SCRIPT).update(modules.join(','));
   for (const p of paths) {
     const st = statSync(p);
     h.update(`${p}:${st.size}:${st.mtimeMs}`);
   }
   return h.digest('hex').slice(0, 16);
+}
+
+/** The C raw-port tool, static (the x86-64 guest runs the host's programs); left out, with a message, where gcc is missing. */
+function compileRawC(out: string, log: (m: string) => void): void {
+  try {
+    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-static', '-s', '-o', out, '-x', 'c', '-'], { input: RAW_C_SOURCE, stdio: ['pipe', 'ignore', 'pipe'] });
+  } catch (err) {
+    log(`the C raw-port tool did not compile (${(err as Error).message.split('\n')[0]}): install gcc and libc6-dev; raw ports asking for it stay unserved`);
+  }
 }
 
 /**
@@ -68,6 +77,8 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined, arc
     writeFileSync(join(root, 'etc/testbed/modules'), modules.filter((m) => m.path.endsWith('.ko')).map((m) => m.name).join('\n') + '\n');
     for (const p of programs) copyInto(root, p.from, p.to);
     writeFileSync(join(root, 'opt/testbed/raw.js'), RAW_TOOL);
+    writeFileSync(join(root, 'opt/testbed/raw-blocking.js'), RAW_BLOCKING_TOOL);
+    if (arch === 'x64') compileRawC(join(root, 'opt/testbed/raw-c'), log);
     writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n');
     writeFileSync(join(root, 'etc/group'), 'root:x:0:\ndaemon:x:1:\nusers:x:100:tester\nnogroup:x:65534:\ntester:x:1000:\n');
     mkdirSync(join(root, 'home/tester'), { recursive: true });
@@ -100,6 +111,8 @@ export interface GuestOptions {
   /** Shell run at boot before the agent starts (output on the console, prefixed [boot]). */
   bootScript?: string;
   files?: Array<{ path: string; content: string | Buffer; mode?: number }>;
+  /** The program serving each raw port (BootOptions.rawPorts), by port number; unlisted ports get 'event-loop'. */
+  rawTools?: RawTool[];
 }
 
 /** The per-boot part, as a second cpio archive the kernel unpacks over the base. */
@@ -137,6 +150,7 @@ export function buildOverlay(options: GuestOptions, out: string): void {
     if (options.agentLog) put('/etc/testbed/agent-log', `${options.agentLog}\n`);
     if (options.bootScript) put('/etc/testbed/boot.sh', `#!/bin/sh\n${options.bootScript}\n`, 0o755);
     for (const f of options.files ?? []) put(f.path, f.content, f.mode ?? 0o644);
+    (options.rawTools ?? []).forEach((tool, n) => put(`/etc/testbed/raw-tool.${n}`, `${RAW_TOOL_COMMANDS[tool]}\n`));
     packCpio(root, out);
   } finally {
     rmSync(root, { recursive: true, force: true });

@@ -13,7 +13,7 @@ export { GUEST_KERNEL_CMDLINE } from './guest-arch';
 export interface BootOptions extends GuestOptions {
   memoryMb?: number;
   cpus?: number;
-  /** Extra virtio-serial ports for raw throughput measurements. */
+  /** Extra virtio-serial ports for raw throughput measurements (at least one per entry of rawTools). */
   rawPorts?: number;
   /** A port for qemu-guest-agent (Debian's qemu-ga runs in the guest on it). */
   qemuGuestAgent?: boolean;
@@ -99,7 +99,8 @@ export async function bootVm(options: BootOptions = {}): Promise<Vm> {
   }
   const platform = guestPlatform(options.arch ?? 'x64', CACHE_DIR);
   const missing: string[] = [];
-  if (options.rawPorts && !platform.hasNode) missing.push('node for the raw-port tool');
+  const rawPorts = Math.max(options.rawPorts ?? 0, options.rawTools?.length ?? 0);
+  if (rawPorts && !platform.hasNode) missing.push('node for the raw-port tool');
   if (options.qemuGuestAgent && !platform.hasQemuGuestAgent) missing.push('qemu-guest-agent');
   if (options.floppy && !platform.floppyDrive) missing.push('floppy drive');
   if (missing.length) throw new Error(`bootVm: the ${platform.arch} guest has no ${missing.join(', no ')}`);
@@ -125,7 +126,7 @@ export async function bootVm(options: BootOptions = {}): Promise<Vm> {
     '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   ];
   const rawSockets: string[] = [];
-  for (let i = 0; i < (options.rawPorts ?? 0); i++) {
+  for (let i = 0; i < rawPorts; i++) {
     const path = join(dir, `raw${i}.sock`);
     rawSockets.push(path);
     args.push('-chardev', `socket,id=raw${i},path=${path},server=on,wait=off`, '-device', `virtserialport,bus=vser0.0,chardev=raw${i},name=${rawPortName(i)}`);

@@ -1,7 +1,8 @@
 // `npm run bench`: runs the benchmark sections, prints their tables and writes
 // them to bench-results/ (latest.md, latest.json and a dated copy of the JSON).
-// `-- --only channel,vm` picks sections; `-- --readme` also puts the tables in
-// README.md between the BENCH markers. Sizes come from PORTHOLE_BENCH_* (sections.ts).
+// `-- --only channel,vm` picks sections; `-- --docs` also puts each section's tables in
+// docs/BENCHMARKS.md between that section's markers, leaving the other sections' tables as they
+// were. Sizes come from PORTHOLE_BENCH_* (sections.ts).
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as os from 'node:os';
@@ -10,20 +11,24 @@ import { SECTIONS } from './sections';
 import { cpuTicks, stealShare } from './cpu-steal';
 
 const REPO = join(__dirname, '..', '..', '..');
-const README_START = '<!-- BENCH:START -->';
-const README_END = '<!-- BENCH:END -->';
+const DOCS = join(REPO, 'docs', 'BENCHMARKS.md');
 
 /** The test bed always runs TCG (KVM hangs on these hosts); say whether KVM was even there. */
 const kvm = () => (existsSync('/dev/kvm') ? '/dev/kvm present, unused' : 'no /dev/kvm');
 
-/** Replace what is between the markers; the rest of the README stays byte for byte. */
-function updateReadme(block: string): void {
-  const path = join(REPO, 'README.md');
-  const text = readFileSync(path, 'utf8');
-  const start = text.indexOf(README_START);
-  const end = text.indexOf(README_END);
-  if (start < 0 || end < start) throw new Error(`README.md has no ${README_START} … ${README_END} markers: add them under "## Benchmarks"`);
-  writeFileSync(path, `${text.slice(0, start + README_START.length)}\n${block}\n${text.slice(end)}`);
+/**
+ * Replace what is between a section's markers in docs/BENCHMARKS.md (appended at the end the first
+ * time); the rest of the file stays byte for byte.
+ */
+function updateDocs(section: string, block: string): void {
+  const start = `<!-- BENCH:${section}:START -->`;
+  const end = `<!-- BENCH:${section}:END -->`;
+  const text = readFileSync(DOCS, 'utf8');
+  const a = text.indexOf(start);
+  const b = text.indexOf(end);
+  writeFileSync(DOCS, a >= 0 && b > a
+    ? `${text.slice(0, a + start.length)}\n${block}\n${text.slice(b)}`
+    : `${text.trimEnd()}\n\n${start}\n${block}\n${end}\n`);
 }
 
 async function main(): Promise<void> {
@@ -41,6 +46,7 @@ async function main(): Promise<void> {
   const header = `Porthole benchmarks, ${date.slice(0, 10)} on ${machine}`;
   console.log(`${header}\nsizes: ${sizeText}\n`);
   const tables: BenchTable[] = [];
+  const tableSection = new Map<BenchTable, string>();
   for (const section of sections) {
     process.stderr.write(`running ${section.name}...\n`);
     try {
@@ -51,6 +57,7 @@ async function main(): Promise<void> {
         // Figures from a host that was busy elsewhere are low; say how busy, so runs can be compared.
         if (steal !== undefined) t.notes = [...(t.notes ?? []), `CPU steal while this section ran: ${(steal * 100).toFixed(1)} % of the machine's CPU time went to other guests of the hypervisor (/proc/stat)`];
         tables.push(t);
+        tableSection.set(t, section.name);
         console.log(renderTable(t) + '\n');
       }
     } catch (err) {
@@ -69,15 +76,17 @@ async function main(): Promise<void> {
   writeFileSync(join(dir, 'latest.json'), json);
   writeFileSync(join(dir, `${date.replace(/[:.]/g, '-')}.json`), json);
   console.log(`written to ${join(dir, 'latest.md')} and latest.json`);
-  if (process.argv.includes('--readme')) {
-    if (process.exitCode) throw new Error('a section failed: README.md left as it was');
-    updateReadme([
-      `Measured ${date.slice(0, 10)} on ${machine}.`,
-      `Sizes: ${sizeText}. Reproduce: \`${command}\` (prints these tables, writes \`bench-results/\`; \`-- --readme\` rewrites this section; \`PORTHOLE_BENCH_QUICK=1\` or the \`PORTHOLE_BENCH_*\` sizes in packages/bench/src/sections.ts for a quicker run).`,
-      '',
-      tables.map((t) => renderTable(t).replace(/^### /, '#### ')).join('\n\n'),
-    ].join('\n'));
-    console.log('README.md benchmark section updated');
+  if (process.argv.includes('--docs')) {
+    if (process.exitCode) throw new Error('a section failed: docs/BENCHMARKS.md left as it was');
+    for (const section of sections) {
+      const sectionSizes = Object.entries(sizes[section.name]).map(([k, v]) => `${k}=${v}`).join(' ');
+      updateDocs(section.name, [
+        `Measured ${date.slice(0, 10)} on ${machine}. Sizes: ${sectionSizes || 'fixed'}. Reproduce: \`npm run bench -- --only ${section.name}\` (\`-- --docs\` rewrites this block).`,
+        '',
+        tables.filter((t) => tableSection.get(t) === section.name).map((t) => renderTable(t).replace(/^### /, '#### ')).join('\n\n'),
+      ].join('\n'));
+    }
+    console.log(`docs/BENCHMARKS.md: tables of ${sections.map((s) => s.name).join(', ')} updated`);
   }
 }
 

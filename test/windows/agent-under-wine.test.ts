@@ -4,7 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, PortholeClient } from '@porthole/broker';
@@ -47,7 +47,9 @@ describe('Windows agent under Wine (porthole-agent.exe, tcp channel)', function 
 
   before(async () => {
     w = await wine();
-    const exe = installAgentFiles(w);
+    // Installed as in packages/agent/dist/, beside the Linux porthole-spawn a Windows agent must not use.
+    const exe = installAgentFiles(w, 'C:\\porthole-dist');
+    copyFileSync(join(__dirname, '..', '..', 'packages/agent/dist/porthole-spawn'), w.linuxPath('C:\\porthole-dist\\porthole-spawn'));
     mkdirSync(w.linuxPath('C:\\porthole-test'), { recursive: true });
     mkdirSync(w.linuxPath('C:\\data'), { recursive: true });
     configFile = w.linuxPath('C:\\porthole-test\\agent.conf');
@@ -67,6 +69,12 @@ describe('Windows agent under Wine (porthole-agent.exe, tcp channel)', function 
     const info = await vm.info();
     assert.equal(info.hello?.os, 'win32');
     assert.equal(info.hello?.arch, 'x64');
+  });
+
+  it("starts commands with Node's child_process, never with the Linux porthole-spawn beside it", () => {
+    const log = readFileSync(w.linuxPath('C:\\porthole-test\\agent.log'), 'utf8');
+    assert.match(log, /"message":"commands start through Node's child_process"/);
+    assert.doesNotMatch(log, /porthole-spawn/);
   });
 
   it('injects a file atomically and reads it back with the same sha256, under a prefix matched without regard to case', async () => {

@@ -4,7 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, PortholeClient } from '@porthole/broker';
@@ -44,16 +44,22 @@ describe('Windows agent under Wine (porthole-agent.exe, tcp channel)', function 
   let agent: ChildProcess;
   let vm: PortholeClient;
   let configFile: string;
+  let agentOut: string;
 
   before(async () => {
     w = await wine();
-    const exe = installAgentFiles(w);
+    agentOut = join(w.prefix, 'agent.out');
+    // Installed as in packages/agent/dist/, beside the Linux porthole-spawn a Windows agent must not use.
+    const exe = installAgentFiles(w, 'C:\\porthole-dist');
+    copyFileSync(join(__dirname, '..', '..', 'packages/agent/dist/porthole-spawn'), w.linuxPath('C:\\porthole-dist\\porthole-spawn'));
     mkdirSync(w.linuxPath('C:\\porthole-test'), { recursive: true });
     mkdirSync(w.linuxPath('C:\\data'), { recursive: true });
     configFile = w.linuxPath('C:\\porthole-test\\agent.conf');
     writeFileSync(configFile, CONFIG(true));
     const port = await freePort();
-    agent = startWindowsProgram(w, [exe, '--channel', `tcp-listen:127.0.0.1:${port}`, '--config', 'C:\\porthole-test\\agent.conf'], join(w.prefix, 'agent.out'));
+    // Wine's ReportEventW keeps no event log: it prints each event's strings on its "eventlog" debug channel.
+    agent = startWindowsProgram({ ...w, env: { ...w.env, WINEDEBUG: '+eventlog' } },
+      [exe, '--channel', `tcp-listen:127.0.0.1:${port}`, '--config', 'C:\\porthole-test\\agent.conf'], agentOut);
     vm = await connect(`tcp:127.0.0.1:${port}`, { timeoutMs: 120_000 });
     await vm.ready();
   });
@@ -67,6 +73,12 @@ describe('Windows agent under Wine (porthole-agent.exe, tcp channel)', function 
     const info = await vm.info();
     assert.equal(info.hello?.os, 'win32');
     assert.equal(info.hello?.arch, 'x64');
+  });
+
+  it("starts commands with Node's child_process, never with the Linux porthole-spawn beside it", () => {
+    const log = readFileSync(w.linuxPath('C:\\porthole-test\\agent.log'), 'utf8');
+    assert.match(log, /"message":"commands start through Node's child_process"/);
+    assert.doesNotMatch(log, /porthole-spawn/);
   });
 
   it('injects a file atomically and reads it back with the same sha256, under a prefix matched without regard to case', async () => {
@@ -162,5 +174,17 @@ describe('Windows agent under Wine (porthole-agent.exe, tcp channel)', function 
     assert.match(last?.rule ?? '', /exec\.enabled = false/);
     const log = readFileSync(w.linuxPath('C:\\porthole-test\\agent.log'), 'utf8');
     assert.match(log, /config reloaded/);
+  });
+
+  it('writes its start and its errors, not its other lines, to the Windows event log', async () => {
+    // Events as Wine's eventlog channel prints them: information as trace, errors as err.
+    const events = () => readFileSync(agentOut, 'utf8').split('\n').filter((l) => /:eventlog:ReportEventW /.test(l));
+    assert.ok(events().some((l) => /^[0-9a-f]+:trace:eventlog:.*\\"message\\":\\"starting\\"/.test(l)), events().join('\n'));
+    writeFileSync(configFile, '[exec]\nenabled = "not a boolean"\n');
+    for (const until = Date.now() + 30_000; !events().some((l) => /:err:eventlog:.*config reload failed/.test(l)); await sleep(500)) {
+      if (Date.now() > until) throw new Error(`no error event for the failed reload: ${events().join('\n')}`);
+    }
+    assert.equal(events().filter((l) => /config reloaded|channel open/.test(l)).length, 0, events().join('\n'));
+    writeFileSync(configFile, CONFIG(false));
   });
 });

@@ -12,7 +12,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, PortholeClient } from '@porthole/broker';
 import { installAgentFiles, startWindowsProgram, wine, Wine } from './wine';
 
-const root = join(__dirname, '..', '..');
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 const CONFIG = `
@@ -46,9 +45,9 @@ describe('Windows agent under Wine on a COM port (serial:COM7, a pty to Linux)',
     }
     // Wine opens COMn through dosdevices/comn; the link must name the pty itself.
     symlinkSync(realpathSync(guest), join(w.prefix, 'dosdevices', 'com7'));
-    // serialport and its native Windows binding (prebuilds/win32-x64) from this checkout, through Wine's Z: drive.
-    const serialport = `Z:${join(root, 'node_modules', 'serialport').replace(/\//g, '\\')}`;
-    agent = startWindowsProgram({ ...w, env: { ...w.env, PORTHOLE_SERIALPORT_PATH: serialport } },
+    // serialport and its Windows binding come from node_modules beside the executable, as the MSI
+    // installs them (msi-under-wine.test.ts checks the MSI's files are this layout), not from $PORTHOLE_SERIALPORT_PATH.
+    agent = startWindowsProgram({ ...w, env: { ...w.env, PORTHOLE_SERIALPORT_PATH: '' } },
       [exe, '--channel', 'serial:COM7@115200', '--config', 'C:\\com-test\\agent.conf'], join(w.prefix, 'com-agent.out'));
     vm = await connect(`serial:${host}@115200`, { timeoutMs: 120_000 });
     await vm.ready();

@@ -5,8 +5,8 @@
 // stopped, and removed with the package while the owner's config stays.
 import { strict as assert } from 'node:assert';
 import { ChildProcess, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect } from '@porthole/broker';
 import { agentExe, freePort, startWindowsProgram, wine, Wine } from './wine';
@@ -17,6 +17,16 @@ const KEY = 'HKLM\\System\\CurrentControlSet\\Services\\PortholeAgent';
 // Windows gives services C:\ProgramData). The agent follows %ProgramData%, so under Wine the
 // owner's config and the log live here; the log's "starting" line names the config it read.
 const SERVICE_DATA = 'C:\\users\\Public\\Porthole';
+
+const INSTALL_DIR = 'C:\\Program Files\\Porthole';
+
+/** Every file below `dir`, relative, sorted. */
+function files(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => relative(dir, join(e.parentPath, e.name)))
+    .sort();
+}
 
 async function logLine(w: Wine, pattern: RegExp, after = 0): Promise<string> {
   const log = w.linuxPath(`${SERVICE_DATA}\\agent.log`);
@@ -47,10 +57,19 @@ describe('Windows MSI under Wine (msiexec, the PortholeAgent service)', function
     const ownerConfig = '[exec]\nenabled = false\n';
     writeFileSync(conf, ownerConfig);
 
+    // Other tests lay the agent's files out here: gone, so what is found was installed by msiexec.
+    rmSync(w.linuxPath(INSTALL_DIR), { recursive: true, force: true });
     await w.run(['msiexec', '/i', msi, '/qn'], 300_000);
-    assert.ok(existsSync(w.linuxPath('C:\\Program Files\\Porthole\\porthole-agent.exe')));
-    assert.ok(existsSync(w.linuxPath('C:\\Program Files\\Porthole\\agent.conf.example')));
-    assert.ok(existsSync(w.linuxPath('C:\\Program Files\\Porthole\\node_modules\\koffi\\build\\koffi\\win32_x64\\koffi.node')));
+    // Exactly the files the other tests run the agent from (build-msi.mjs --layout), byte for byte:
+    // koffi, and serialport with its Windows binding, which com-port-under-wine.test.ts opens COM7 with.
+    const layout = join(w.prefix, 'msi-layout');
+    execFileSync(process.execPath, [join(root, 'installers/windows/build-msi.mjs'), '--layout', layout, '--exe', agentExe()], { stdio: 'inherit' });
+    const installed = w.linuxPath(INSTALL_DIR);
+    assert.deepEqual(files(installed), files(layout));
+    assert.ok(files(installed).includes('node_modules/@serialport/bindings-cpp/prebuilds/win32-x64/@serialport+bindings-cpp.node'));
+    assert.ok(files(installed).includes('node_modules/koffi/build/koffi/win32_x64/koffi.node'));
+    for (const f of files(layout)) assert.ok(readFileSync(join(installed, f)).equals(readFileSync(join(layout, f))), f);
+    rmSync(layout, { recursive: true, force: true });
     const reg = (await w.run(['reg', 'query', KEY])).stdout;
     assert.match(reg, /Start\s+REG_DWORD\s+0x2/i); // automatic
     assert.match(reg, /ObjectName\s+REG_SZ\s+LocalSystem/i);
@@ -88,7 +107,7 @@ describe('Windows MSI under Wine (msiexec, the PortholeAgent service)', function
     await logLine(w, /^(?=.*"message":"stopping")(?=.*"by":"service control manager")/, logSize);
 
     await w.run(['msiexec', '/x', msi, '/qn'], 300_000);
-    assert.equal(existsSync(w.linuxPath('C:\\Program Files\\Porthole\\porthole-agent.exe')), false);
+    assert.deepEqual(existsSync(w.linuxPath(INSTALL_DIR)) ? files(w.linuxPath(INSTALL_DIR)) : [], []);
     const after = await w.run(['reg', 'query', KEY]).then(() => 'present', () => 'gone');
     assert.equal(after, 'gone');
     assert.equal(readFileSync(conf, 'utf8'), ownerConfig);

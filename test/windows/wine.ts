@@ -4,7 +4,7 @@
 // prefix's own wineserver is stopped at the end (it serves this prefix only).
 import { execFileSync, spawn, ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -75,15 +75,9 @@ export function wine(): Promise<Wine> {
   return shared;
 }
 
-/** The agent's files in C:\Program Files\Porthole as the MSI lays them out (koffi beside the executable). */
+/** The agent's files in C:\Program Files\Porthole as the MSI installs them (build-msi.mjs --layout): koffi and serialport beside the executable. */
 export function installAgentFiles(w: Wine, dir = 'C:\\Program Files\\Porthole'): string {
-  const target = w.linuxPath(dir);
-  const koffi = join(root, 'node_modules/koffi');
-  for (const rel of ['package.json', 'index.js', 'build/koffi/win32_x64/koffi.node']) {
-    mkdirSync(join(target, 'node_modules/koffi', rel, '..'), { recursive: true });
-    copyFileSync(join(koffi, rel), join(target, 'node_modules/koffi', rel));
-  }
-  copyFileSync(agentExe(), join(target, 'porthole-agent.exe'));
+  execFileSync(process.execPath, [join(root, 'installers/windows/build-msi.mjs'), '--layout', w.linuxPath(dir), '--exe', agentExe()], { stdio: 'inherit' });
   return `${dir}\\porthole-agent.exe`;
 }
 

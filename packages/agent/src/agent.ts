@@ -9,7 +9,7 @@ import { shellArgv } from './shell';
 import { AuditLogger } from './audit';
 import { TransferStore, writeFileAtomic, transferStatus, chunksFromStream, readFileToStream, FileContext } from './files';
 import { runExec } from './exec';
-import { createSpawner, defaultSpawnHelperPath, Spawner } from './spawner';
+import { createSpawner, defaultSpawnHelperPath, NodeSpawner, Spawner } from './spawner';
 import { showPath } from './paths';
 import { AGENT_VERSION } from './version';
 
@@ -58,7 +58,10 @@ export class Agent {
     this.users = process.platform === 'win32' ? new WindowsAccounts() : new UserDb(options.etcDir);
     const t = options.config.transfers;
     this.transfers = new TransferStore(t.stateDir, t.abandonAfterSeconds * 1000, t.maxUnfinished || Infinity);
-    this.spawner = createSpawner(options.config.exec.spawnHelper, options.spawnHelper ?? defaultSpawnHelperPath(), options.log);
+    // porthole-spawn is a Linux helper: Windows starts commands with Node's child_process, even beside a Linux build's helper.
+    this.spawner = process.platform === 'win32'
+      ? new NodeSpawner()
+      : createSpawner(options.config.exec.spawnHelper, options.spawnHelper ?? defaultSpawnHelperPath(), options.log);
   }
 
   get log(): AuditLogger {

@@ -1,4 +1,5 @@
 import * as winston from 'winston';
+import { eventLogStream } from './windows/event-log';
 
 export type AuditLogger = winston.Logger;
 
@@ -8,7 +9,7 @@ export type AuditLogger = winston.Logger;
  * stderr is captured by journald under systemd; a file can be added.
  */
 export function createAuditLogger(
-  options: { file?: string; level?: string; silent?: boolean; stream?: NodeJS.WritableStream } = {},
+  options: { file?: string; level?: string; silent?: boolean; stream?: NodeJS.WritableStream; windowsEventLog?: boolean } = {},
 ): AuditLogger {
   const transports: winston.transport[] = [
     new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'debug'], silent: options.silent }),
@@ -16,10 +17,20 @@ export function createAuditLogger(
   if (options.file) transports.push(new winston.transports.File({ filename: options.file }));
   // An embedding program (or a test) can collect the lines itself.
   if (options.stream) transports.push(new winston.transports.Stream({ stream: options.stream }));
-  return winston.createLogger({
+  let eventLogError: string | undefined;
+  if (options.windowsEventLog) {
+    try {
+      transports.push(new winston.transports.Stream({ stream: eventLogStream() }));
+    } catch (err) {
+      eventLogError = (err as Error).message;
+    }
+  }
+  const logger = winston.createLogger({
     level: options.level ?? 'info',
     format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
     defaultMeta: { service: 'porthole-agent' },
     transports,
   });
+  if (eventLogError) logger.warn('not writing to the Windows event log', { error: eventLogError });
+  return logger;
 }

@@ -36,7 +36,7 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
   const loaded = loadConfig(configPath);
   const level = options.logLevel ?? loaded.config.log.level;
   if (!LOG_LEVELS.includes(level)) throw new Error(`bad log level ${JSON.stringify(level)}: use ${LOG_LEVELS.join(', ')}`);
-  const log = options.log ?? createAuditLogger({ file: options.logFile ?? (loaded.config.log.file || undefined), level });
+  const log = options.log ?? createAuditLogger({ file: options.logFile ?? (loaded.config.log.file || undefined), level, windowsEventLog: process.platform === 'win32' });
   const agent = new Agent({ connector: connectorFor(channel), config: loaded.config, log });
   log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found, crc32c: crc32cIsNative ? 'native' : 'portable' });
   // Xen hosts may also send Nova-style requests through xenstore.

@@ -109,12 +109,13 @@ class HelperOutput extends Readable {
 
   /** ack: ask for the next chunk; onClose: no more will come, by its end or by the reader leaving (dropped). */
   constructor(private readonly ack: () => void, private readonly onClose: (dropped: boolean) => void) {
-    super();
+    // One record (up to 128 KiB) may wait here while the last one is sent on: the helper reads the next meanwhile.
+    super({ highWaterMark: 128 * 1024 });
   }
 
   deliver(data: Buffer): void {
-    this.owed = true;
-    this.push(data);
+    if (this.push(data)) this.ack();
+    else this.owed = true;
   }
 
   finish(): void {

@@ -21,6 +21,17 @@ describe('zero-copy chunk encoding', () => {
     }
   });
 
+  it('encodes a command\'s output the same way, for both outputs', () => {
+    for (const fd of [v1.OutputStream.OUTPUT_STDOUT, v1.OutputStream.OUTPUT_STDERR]) {
+      for (const size of [4096, 128 * 1024]) {
+        const message = { execOutput: { fd, data: randomBytes(size) } };
+        const parts = encodeStreamMessage(7, message);
+        assert.equal(parts.length, 2, 'the data is sent as it is, not copied');
+        assert.ok(Buffer.concat(parts).equals(Buffer.from(v1.Envelope.encode({ streamId: 7, message }).finish())), `fd ${fd} size ${size}`);
+      }
+    }
+  });
+
   it('falls back to the generic encoder for other messages', () => {
     const message = { execExit: { exited: true, code: 3 } };
     assert.ok(Buffer.concat(encodeStreamMessage(5, message)).equals(Buffer.from(v1.Envelope.encode({ streamId: 5, message }).finish())));

@@ -24,8 +24,9 @@
  *   'P' u32 pid: started          'F' u32 errno: not started (nothing follows)
  *   'O' u8 fd + bytes: output     'E' u8 fd: that output ended
  *   'W' stdin bytes written       'X' i32 exit code (-1 if killed), u32 signal
- * Each output has one 'O' in flight: a command whose output the agent does not
- * take is held by its full pipe, not buffered here. The helper ends when its
+ * Each output has one 'O' in flight, of everything its pipe held (up to
+ * OUTPUT_CHUNK): a command whose output the agent does not take is held by its
+ * full pipe, not buffered here. The helper ends when its
  * stdin ends; the commands keep running.
  */
 #define _GNU_SOURCE
@@ -47,7 +48,11 @@
 #define PROTOCOL 1
 /* argv + environment are limited by the kernel to a few MiB anyway. */
 #define MAX_RECORD (16u << 20)
-#define OUTPUT_CHUNK 65536
+/* Bytes per 'O' record: one record per protocol message the agent sends (its CHUNK_SIZE). */
+#define OUTPUT_CHUNK (128 * 1024)
+/* Kernel buffer of each output pipe and of the helper's own stdout: a command writing in small
+ * pieces (head, cat: 8 KiB) goes on while a record is in flight, and the next read takes all of it. */
+#define PIPE_BYTES (1024 * 1024)
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct command {
@@ -234,7 +239,7 @@ static int start(uint32_t id, char **f, int nf) {
   }
   for (int i = 1; i <= 2 && !err; i++) {
     if (pipe2(p, O_CLOEXEC)) err = errno;
-    else fds[i] = p[0], fds[i + 3] = p[1];
+    else fds[i] = p[0], fds[i + 3] = p[1], (void)fcntl(p[0], F_SETPIPE_SZ, PIPE_BYTES); /* best effort: the default also works */
   }
   pid_t pid = -1;
   if (!err) {
@@ -286,21 +291,29 @@ static void write_stdin(struct command *c) {
   if (c->close_in) close_stdin(c);
 }
 
-/* One read of an output; 1 when it ended the command's last output and c was freed. */
+/* Reads what an output's pipe holds (up to OUTPUT_CHUNK) into one record; 1 when it ended the
+ * command's last output and c was freed. */
 static int read_output(struct command *c, int fd) {
   static char buf[OUTPUT_CHUNK + 1];
-  ssize_t r = read(c->out[fd], buf + 1, OUTPUT_CHUNK);
-  if (r < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
-  if (r <= 0) {
-    close_fd(&c->out[fd]);
-    char which = fd;
-    send_record('E', c->id, &which, 1);
-    return forget_if_done(c);
+  size_t got = 0;
+  ssize_t r = 0;
+  while (got < OUTPUT_CHUNK) {
+    r = read(c->out[fd], buf + 1 + got, OUTPUT_CHUNK - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += r;
   }
-  buf[0] = fd;
-  c->waiting[fd] = 1;
-  send_record('O', c->id, buf, r + 1);
-  return 0;
+  if (got) { /* an end or error after data is read again at the next poll */
+    buf[0] = fd;
+    c->waiting[fd] = 1;
+    send_record('O', c->id, buf, got + 1);
+    return 0;
+  }
+  if (r < 0 && errno == EAGAIN) return 0;
+  close_fd(&c->out[fd]);
+  char which = fd;
+  send_record('E', c->id, &which, 1);
+  return forget_if_done(c);
 }
 
 static void reap(int sfd) {
@@ -399,6 +412,7 @@ int main(int argc, char **argv) {
   }
   /* A write to a gone agent or command fails with EPIPE instead of killing the helper. */
   signal(SIGPIPE, SIG_IGN);
+  (void)fcntl(1, F_SETPIPE_SZ, PIPE_BYTES);
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

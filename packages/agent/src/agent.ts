@@ -12,6 +12,7 @@ import { runExec } from './exec';
 import { createSpawner, defaultSpawnHelperPath, NodeSpawner, Spawner } from './spawner';
 import { showPath } from './paths';
 import { AGENT_VERSION } from './version';
+import { IdleTrimmer } from './idle-trim';
 
 /** What one host holds on its connection, counted against the owner's [session] limits. */
 interface HostHold {
@@ -39,6 +40,7 @@ export class Agent {
   private readonly users: UserDb;
   private readonly transfers: TransferStore;
   private readonly running = { count: 0 };
+  private readonly idle = new IdleTrimmer();
   /** Chosen at start: exec.spawn_helper and whether the helper is installed. */
   private readonly spawner: Spawner;
   private session?: Session;
@@ -128,6 +130,7 @@ export class Agent {
     this.stopped = true;
     this.stopping.abort(new Error('agent stopped'));
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.idle.stop();
     this.session?.close();
     this.spawner.close();
   }
@@ -161,9 +164,13 @@ export class Agent {
           stream.reset(e);
           return;
         }
+        this.idle.begin();
         const served = this.serve(stream, hold);
         hold.requests.add(served);
-        void served.finally(() => hold.requests.delete(served));
+        void served.finally(() => {
+          hold.requests.delete(served);
+          this.idle.end();
+        });
       },
       logger: this.options.log,
     });

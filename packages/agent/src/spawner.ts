@@ -109,12 +109,13 @@ class HelperOutput extends Readable {
 
   /** ack: ask for the next chunk; onClose: no more will come, by its end or by the reader leaving (dropped). */
   constructor(private readonly ack: () => void, private readonly onClose: (dropped: boolean) => void) {
-    super();
+    // One record (up to 128 KiB) may wait here while the last one is sent on: the helper reads the next meanwhile.
+    super({ highWaterMark: 128 * 1024 });
   }
 
   deliver(data: Buffer): void {
-    this.owed = true;
-    this.push(data);
+    if (this.push(data)) this.ack();
+    else this.owed = true;
   }
 
   finish(): void {
@@ -159,7 +160,8 @@ class HelperProcess {
   private readonly child: ChildProcess;
   private readonly commands = new Map<number, HelperCommand>();
   private nextId = 1;
-  private received = Buffer.alloc(0);
+  private receivedParts: Buffer[] = [];
+  private receivedBytes = 0;
   private ended?: Error;
   private greeting!: Waiter<void>;
   private readonly greetingTimer: NodeJS.Timeout;
@@ -237,14 +239,24 @@ class HelperProcess {
   }
 
   private receive(data: Buffer): void {
-    let buf = this.received.length ? Buffer.concat([this.received, data]) : data;
+    // A record (up to 128 KiB of output) comes in several reads of the pipe: its pieces are joined once, when it is whole.
+    this.receivedParts.push(data);
+    this.receivedBytes += data.length;
+    if (this.receivedBytes < 4) return;
+    if (this.receivedParts.length > 1) {
+      const first = this.receivedParts[0].length >= 4 ? this.receivedParts[0] : Buffer.concat(this.receivedParts);
+      if (this.receivedBytes < 4 + first.readUInt32LE(0)) return;
+    }
+    let buf = this.receivedParts.length === 1 ? data : Buffer.concat(this.receivedParts, this.receivedBytes);
     while (buf.length >= 4) {
       const length = buf.readUInt32LE(0);
       if (buf.length < 4 + length) break;
       this.record(buf.toString('latin1', 4, 5), buf.readUInt32LE(5), buf.subarray(9, 4 + length));
       buf = buf.subarray(4 + length);
     }
-    this.received = buf.length ? Buffer.from(buf) : Buffer.alloc(0); // a copy: a partial record must not pin the whole read
+    // A copy: a partial record must not pin the whole read.
+    this.receivedParts = buf.length ? [Buffer.from(buf)] : [];
+    this.receivedBytes = buf.length;
     this.idle();
   }
 

@@ -1,5 +1,5 @@
-// Zero-copy encoding of the hot message: an Envelope carrying one content
-// Chunk. protobufjs copies the data into its writer and framing would copy it
+// Zero-copy encoding of the hot messages: an Envelope carrying one content
+// Chunk or one piece of a command's output. protobufjs copies the data into its writer and framing would copy it
 // again; here the data buffer is sent as it is, after a small prefix with the
 // same bytes protobufjs would have produced (the reader decodes it normally).
 import { v1 } from './messages';
@@ -25,19 +25,28 @@ function writeVarint(buf: Buffer, pos: number, n: number): number {
   return pos;
 }
 
+/**
+ * The bulk bodies, each { 1: varint (omitted when 0), 2: bytes data }: a content Chunk (offset) and
+ * a command's output (fd), with their StreamMessage field tags.
+ */
+const BULK_BODIES = [
+  { key: 'chunk', tag: 0x0a, head: (m: v1.StreamMessage.$Properties) => Number(m.chunk?.offset ?? 0), data: (m: v1.StreamMessage.$Properties) => m.chunk?.data }, // field 1
+  { key: 'execOutput', tag: 0x3a, head: (m: v1.StreamMessage.$Properties) => m.execOutput?.fd ?? 0, data: (m: v1.StreamMessage.$Properties) => m.execOutput?.data }, // field 7
+] as const;
+
 /** Encoded envelope as parts whose concatenation is the protobuf encoding. */
 export function encodeStreamMessage(streamId: number, message: v1.StreamMessage.$Properties): Buffer[] {
-  const chunk = message.chunk;
-  const data = chunk?.data;
-  const onlyChunk = chunk && Object.keys(message).every((k) => k === 'chunk' || (message as Record<string, unknown>)[k] == null);
-  if (!onlyChunk || !data || data.length < MIN_FAST_BYTES) {
+  const body = BULK_BODIES.find((b) => message[b.key]);
+  const data = body?.data(message);
+  const onlyBody = body && Object.keys(message).every((k) => k === body.key || (message as Record<string, unknown>)[k] == null);
+  if (!onlyBody || !data || data.length < MIN_FAST_BYTES) {
     const encoded = v1.Envelope.encode({ streamId, message }).finish();
     return [Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length)];
   }
-  const offset = Number(chunk.offset ?? 0);
-  // Chunk { 1: offset (varint), 2: data (bytes) }
-  const chunkLen = (offset ? 1 + varintLength(offset) : 0) + 1 + varintLength(data.length) + data.length;
-  // StreamMessage { 1: chunk }
+  const head = body.head(message);
+  // Chunk { 1: offset (varint), 2: data (bytes) }, ExecOutput { 1: fd (varint), 2: data (bytes) }
+  const chunkLen = (head ? 1 + varintLength(head) : 0) + 1 + varintLength(data.length) + data.length;
+  // StreamMessage { 1: chunk } or { 7: exec_output }
   const messageLen = 1 + varintLength(chunkLen) + chunkLen;
   const prefix = Buffer.allocUnsafe(48);
   let p = 0;
@@ -48,16 +57,16 @@ export function encodeStreamMessage(streamId: number, message: v1.StreamMessage.
   prefix[p++] = 0xb2; // Envelope.message = 22, length-delimited: tag 178 as varint
   prefix[p++] = 0x01;
   p = writeVarint(prefix, p, messageLen);
-  prefix[p++] = 0x0a; // StreamMessage.chunk = 1
+  prefix[p++] = body.tag;
   p = writeVarint(prefix, p, chunkLen);
-  if (offset) {
-    prefix[p++] = 0x08; // Chunk.offset = 1
-    p = writeVarint(prefix, p, offset);
+  if (head) {
+    prefix[p++] = 0x08; // field 1, varint
+    p = writeVarint(prefix, p, head);
   }
-  prefix[p++] = 0x12; // Chunk.data = 2
+  prefix[p++] = 0x12; // field 2 (data), length-delimited
   p = writeVarint(prefix, p, data.length);
-  const body = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
-  return [prefix.subarray(0, p), body];
+  const bytes = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
+  return [prefix.subarray(0, p), bytes];
 }
 
 /**

@@ -76,6 +76,11 @@ export class SlabPool {
     return slab;
   }
 
+  /** Forget the slabs kept for reuse (an idle process gives their memory back). */
+  trim(): void {
+    this.free.length = 0;
+  }
+
   /** @internal — called by a slab nobody holds any more. */
   recycle(slab: Slab): void {
     if (this.free.length < this.maxFree) this.free.push(slab);

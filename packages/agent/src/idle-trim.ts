@@ -1,0 +1,51 @@
+// Memory a burst of requests borrowed goes back once the agent is idle: the
+// read slabs kept for reuse, and the garbage V8 would otherwise keep until the
+// next burst (an idle agent allocates too little to trigger a collection, and
+// the buffers of a transfer or of a command's output live outside V8's heap,
+// freed only when their handles are collected).
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { readSlabs } from '@porthole/transport';
+
+/** No request in progress for this long: the agent is idle. */
+export const IDLE_TRIM_MS = 5000;
+
+let collect: (() => void) | undefined;
+
+/** A full collection. gc() is reachable only with --expose-gc, which a new context sees once set. */
+function collectGarbage(): void {
+  if (!collect) {
+    setFlagsFromString('--expose-gc');
+    collect = runInNewContext('gc') as () => void;
+  }
+  collect();
+}
+
+export class IdleTrimmer {
+  private busy = 0;
+  private timer?: NodeJS.Timeout;
+
+  /** A request started. */
+  begin(): void {
+    this.busy++;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** A request ended: the last one arms the trim. */
+  end(): void {
+    if (--this.busy > 0) return;
+    this.timer = setTimeout(() => this.trim(), IDLE_TRIM_MS);
+    this.timer.unref(); // never what keeps the agent running
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  private trim(): void {
+    this.timer = undefined;
+    readSlabs.trim();
+    collectGarbage();
+  }
+}

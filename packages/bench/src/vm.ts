@@ -7,7 +7,7 @@ import { connect, PortholeClient } from '@porthole/broker';
 import { CHUNK_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { bootVm, Vm, agentBundlePath, GUEST_SPAWN_HELPER } from '@porthole/testbed';
 import { guestProcessTimes } from './process-floor';
-import { QgaClient } from './qga';
+import { QgaClient } from '@porthole/qga';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
 import { measureUnderBulk } from './channel';
 

@@ -99,7 +99,7 @@ describe('qemu-guest-agent VMs (real QEMU, real qemu-ga)', function () {
       client.close();
     }
     const again = await porthole(['--json', 'agent', 'install', qga, '--qmp', vm!.qmpSocketPath, '--executable', agentExecutablePath()!]);
-    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.code, 0, again.stderr + again.stdout);
     assert.equal(JSON.parse(again.stdout).action, 'current');
     assert.equal(JSON.parse(again.stdout).hotplugged, false);
   });
@@ -109,7 +109,7 @@ describe('qemu-guest-agent VMs (real QEMU, real qemu-ga)', function () {
     const client = await connect(agentTarget, { broker: false, timeoutMs: 30000 });
     try {
       // Restart qemu-ga with guest-exec disabled, through Porthole's agent.
-      const restart = await run(client, { shell: 'kill $(cat /run/qga/pid); sleep 1; /usr/sbin/qemu-ga -d -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga -f /run/qga/pid -b guest-exec; sleep 1' });
+      const restart = await run(client, { shell: 'kill $(pidof qemu-ga); sleep 1; /usr/sbin/qemu-ga -d -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga -f /run/qga/pid -b guest-exec; sleep 1' });
       assert.equal(restart.code, 0, restart.stderr);
     } finally {
       client.close();
@@ -123,7 +123,7 @@ describe('qemu-guest-agent VMs (real QEMU, real qemu-ga)', function () {
     assert.ok(info.disabledCommands.includes('guest-exec'));
     assert.ok(!info.capabilities.includes('exec'));
     const install = await porthole(['agent', 'install', qga, '--qmp', vm!.qmpSocketPath, '--executable', agentExecutablePath()!]);
-    assert.equal(install.code, 4, install.stderr);
+    assert.equal(install.code, 4, install.stderr + install.stdout);
     assert.match(install.stderr, /guest-exec/);
     // Files still work (sha256 checked by reading back: no sha256sum without guest-exec).
     const put = await porthole(['--json', 'cp', '-', `${qga}:/tmp/blocked.txt`]);

@@ -10,6 +10,7 @@ import { guestProcessTimes } from './process-floor';
 import { QgaClient } from '@porthole/qga';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
 import { measureUnderBulk } from './channel';
+import { benchQgaBackend } from './qga-backend';
 
 export interface VmBenchSizes {
   /** Bytes of the file moved each way. */
@@ -164,7 +165,12 @@ export async function benchVm(sizes: VmBenchSizes, log: (m: string) => void = ()
     client = await connect(vm.target, { timeoutMs: 90000 });
     qga = await QgaClient.connect(vm.qgaSocketPath!);
     raw = await RawPort.connect(vm.rawSocketPaths[0]);
-    return await measure(sizes, client, qga, raw, log);
+    const tables = await measure(sizes, client, qga, raw, log);
+    // The qga back end needs the qga socket to itself (QEMU's chardev takes one client).
+    qga.close();
+    log('the broker\'s qemu-guest-agent back end beside Porthole\'s agent');
+    tables.push(await benchQgaBackend(client, vm.qgaSocketPath!, sizes.fileBytes, sizes.execRuns));
+    return tables;
   } catch (err) {
     throw new Error(`${(err as Error).message}\n${vm.consoleTail(30)}`);
   } finally {

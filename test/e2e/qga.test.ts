@@ -25,7 +25,7 @@ function porthole(args: string[], timeoutMs = 300_000): Promise<{ code: number; 
 }
 
 describe('qemu-guest-agent VMs (real QEMU, real qemu-ga)', function () {
-  this.timeout(900_000);
+  this.timeout(300_000);
   let vm: Vm | undefined;
   let tmp: string;
   let qga: string;

@@ -84,11 +84,15 @@ async function virtioSerialPorts(qmp: QmpExecutor): Promise<SerialPort[]> {
   return ports;
 }
 
-/** The Unix socket path of a chardev, from query-chardev ("unix:/path,server=on"). */
+/** The Unix socket path of a chardev, from query-chardev ("unix:/path,server=on", "disconnected:" first while no client is on it). */
+export function chardevSocketPath(filename: string | undefined): string | undefined {
+  const f = filename?.replace(/^disconnected:/, '');
+  return f?.startsWith('unix:') ? f.slice(5).split(',')[0] : undefined;
+}
+
 async function chardevSocket(qmp: QmpExecutor, label: string): Promise<string | undefined> {
   const list = (await qmp.execute('query-chardev')) as Array<{ label: string; filename: string }>;
-  const f = list.find((c) => c.label === label)?.filename;
-  return f?.startsWith('unix:') ? f.slice(5).split(',')[0] : undefined;
+  return chardevSocketPath(list.find((c) => c.label === label)?.filename);
 }
 
 function sha256(path: string): string {
@@ -185,7 +189,8 @@ export async function installAgent(options: AgentInstallOptions): Promise<AgentI
     const hasDpkg = (await qga.run(['/bin/sh', '-c', 'command -v dpkg'])).code === 0;
     const method: 'deb' | 'executable' = options.deb && (hasDpkg || !options.executable) ? 'deb' : 'executable';
     if (method === 'deb' && !hasDpkg) throw new PortholeError(E.ERROR_CODE_UNSUPPORTED, 'the guest has no dpkg for the .deb: give --executable');
-    const previousAgent = await PortholeClient.connect(portholeTarget, { broker: false, timeoutMs: 3000, reconnect: false })
+    // A port this run added has no agent yet: asking would only leave our hello queued in its socket.
+    const previousAgent = hotplugged ? undefined : await PortholeClient.connect(portholeTarget, { broker: false, timeoutMs: 3000, reconnect: false })
       .then((c) => { const v = c.hello?.softwareVersion; c.close(); return v; }, () => undefined);
     const installed = method === 'deb'
       ? (await qga.run(['/bin/sh', '-c', 'dpkg-query -W -f \'${Version}\' porthole-agent 2>/dev/null'])).stdout.toString()

@@ -6,4 +6,4 @@ export { startBrokerServer, BrokerServer, BrokerServerOptions } from './serve/se
 export { TaskJournal, TaskRecord, TaskStatus, OutputChunk } from './serve/journal';
 export { connectGuest, Guest } from './guest';
 export { QgaGuest, QgaExecTask, QgaExitStatus, qgaFailure, QGA_PORT_NAME } from './qga-guest';
-export { installAgent, AgentInstallOptions, AgentInstallResult, portholeChannelXml, attachChannelArgs } from './agent-install';
+export { installAgent, AgentInstallOptions, AgentInstallResult, portholeChannelXml, attachChannelArgs, chardevSocketPath } from './agent-install';

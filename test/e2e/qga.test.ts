@@ -2,12 +2,13 @@
 // a --block-rpcs refusal), then turned into a Porthole VM live with `porthole agent install` (port
 // hot-plugged over QMP, agent pushed through qemu-ga) — and the next exec streams through Porthole's agent.
 import { strict as assert } from 'node:assert';
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { bootVm, Vm, agentExecutablePath } from '@porthole/testbed';
+import { bootLibvirtVm, bootVm, LibvirtVm, Vm, agentExecutablePath, TESTBED_LIBVIRT_URI } from '@porthole/testbed';
+import { locateChannel, Virsh } from '@porthole/libvirt';
 import { connect, connectGuest, QgaGuest } from '@porthole/broker';
 import { liveOutput, run } from './helpers';
 
@@ -15,12 +16,20 @@ const repo = join(__dirname, '..', '..');
 const cli = join(repo, 'packages', 'broker', 'bin', 'porthole.js');
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-function porthole(args: string[], timeoutMs = 300_000): Promise<{ code: number; stdout: string; stderr: string }> {
+/** `porthole --direct ARGS` (the built CLI), killed after timeoutMs: a test waits boundedly. */
+function porthole(args: string[], opts: { timeoutMs?: number; onStdout?: () => void } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const timeoutMs = opts.timeoutMs ?? 300_000;
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, [cli, '--direct', ...args], { timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0, stdout, stderr });
+    const child = spawn(process.execPath, [cli, '--direct', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); opts.onStdout?.(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout, stderr: signal ? `${stderr}\n(porthole ${args.join(' ')}: killed by ${signal}, timeout ${timeoutMs} ms)` : stderr });
     });
-    child.stdin?.end();
   });
 }
 
@@ -128,5 +137,57 @@ describe('qemu-guest-agent VMs (real QEMU, real qemu-ga)', function () {
     // Files still work (sha256 checked by reading back: no sha256sum without guest-exec).
     const put = await porthole(['--json', 'cp', '-', `${qga}:/tmp/blocked.txt`]);
     assert.equal(put.code, 0, put.stderr);
+  });
+});
+
+describe('qemu-guest-agent libvirt domains (real libvirtd, real qemu-ga)', function () {
+  this.timeout(300_000);
+  let vm: LibvirtVm | undefined;
+
+  before(async () => {
+    // A domain as a stock image gives it: the qemu-guest-agent channel and no Porthole channel, no agent.
+    vm = await bootLibvirtVm({
+      transformXml: (xml) => xml.replace(/\s*<channel type='unix'>\s*<source mode='bind'\/>\s*<target type='virtio' name='org\.porthole\.agent\.0'\/>\s*<\/channel>/, ''),
+    });
+  });
+  after(async () => {
+    await vm?.shutdown();
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && vm) console.log(vm.consoleTail(40));
+  });
+
+  it('libvirt:DOMAIN falls back to qemu-guest-agent; agent install attaches the channel live, and then Porthole\'s agent answers and streams', async () => {
+    const target = vm!.target;
+    assert.ok(!(await vm!.domain('dumpxml')).includes('org.porthole.agent.0'));
+    const before = await porthole(['--json', 'info', target]);
+    assert.equal(before.code, 0, before.stderr);
+    assert.equal(JSON.parse(before.stdout).backend, 'qemu-guest-agent');
+    const bootId = (await porthole(['exec', target, '--', 'cat', '/proc/sys/kernel/random/boot_id'])).stdout;
+
+    const install = await porthole(['--json', 'agent', 'install', target, '--executable', agentExecutablePath()!]);
+    assert.equal(install.code, 0, install.stderr + install.stdout);
+    const r = JSON.parse(install.stdout);
+    assert.deepEqual([r.action, r.hotplugged, r.portholeTarget], ['installed', true, target]);
+    assert.match(await vm!.domain('dumpxml'), /<target type='virtio' name='org\.porthole\.agent\.0' state='connected'\/>/);
+
+    // Both agents now answer in this domain: Porthole's is preferred, and info says which one answered.
+    const after = await porthole(['--json', 'info', target]);
+    assert.equal(after.code, 0, after.stderr);
+    assert.equal(JSON.parse(after.stdout).backend, 'porthole');
+    assert.match(JSON.parse(after.stdout).agent ?? JSON.parse(after.stdout).softwareVersion, /^porthole-agent /);
+    let firstAt = 0;
+    const exec = await porthole(['exec', target, '--', 'sh', '-c', 'echo first; sleep 3; echo second; cat /proc/sys/kernel/random/boot_id'], { onStdout: () => { firstAt ||= Date.now(); } });
+    assert.equal(exec.code, 0, exec.stderr);
+    assert.equal(exec.stdout, `first\nsecond\n${bootId}`, 'same boot');
+    assert.ok(Date.now() - firstAt >= 2500, 'the first line arrived while the command still ran');
+    // qemu-guest-agent is still there, and still reachable explicitly.
+    const qgaPath = (await locateChannel(new Virsh({ uri: TESTBED_LIBVIRT_URI }), vm!.name, 'org.qemu.guest_agent.0')).channel.path;
+    const qga = await porthole(['--json', 'info', `qga:${qgaPath}`]);
+    assert.equal(JSON.parse(qga.stdout).backend, 'qemu-guest-agent', qga.stderr);
+
+    const again = await porthole(['--json', 'agent', 'install', target, '--executable', agentExecutablePath()!]);
+    assert.equal(again.code, 0, again.stderr + again.stdout);
+    assert.deepEqual([JSON.parse(again.stdout).action, JSON.parse(again.stdout).hotplugged], ['current', false]);
   });
 });

@@ -6,11 +6,13 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { gzipSync } from 'node:zlib';
 import { v1, PortholeError } from '@porthole/protocol';
 import { locateChannel, parseDomainXml, findChannel, parseLibvirtTarget, Virsh } from '@porthole/libvirt';
 import { connectQmpSocket, QmpExecutor } from '@porthole/media';
 import { PortholeClient } from './client';
 import { QGA_PORT_NAME, QgaGuest, qgaFailure } from './qga-guest';
+import { LibvirtQga } from './qga-libvirt';
 import { PORTHOLE_PORT_NAME } from './targets';
 
 const E = v1.ErrorCode;
@@ -134,7 +136,9 @@ export async function installAgent(options: AgentInstallOptions): Promise<AgentI
   const virsh = libvirt ? new Virsh({ uri: libvirt.uri }) : undefined;
   const qgaPath = libvirt ? (await locateChannel(virsh!, libvirt.domain, QGA_PORT_NAME)).channel.path : options.target.slice(4);
   say(`connecting to qemu-guest-agent (${qgaPath})`);
-  const qga = await QgaGuest.connect(options.target, qgaPath, 30_000);
+  const qga = libvirt
+    ? await QgaGuest.over(options.target, new LibvirtQga(virsh!, libvirt.domain), { via: 'direct', detail: `libvirt:${libvirt.domain} through virsh qemu-agent-command` })
+    : await QgaGuest.connect(options.target, qgaPath, 30_000);
   try {
     const blocked = INSTALL_NEEDS.filter((c) => !qga.enabled(c));
     if (blocked.length) {
@@ -202,14 +206,21 @@ export async function installAgent(options: AgentInstallOptions): Promise<AgentI
     }
 
     // 3. Push and install.
+    // Compressed when the guest can unpack it: every byte crosses qemu-ga as base64 JSON (and through libvirt, a virsh run per 64 KiB).
+    const hasGzip = (await qga.run(['/bin/sh', '-c', 'command -v gzip'])).code === 0;
     const push = async (local: string, remote: string, mode: number) => {
-      say(`copying ${local} to ${remote} through qemu-guest-agent`);
+      const packed = hasGzip ? gzipSync(readFileSync(local), { level: 1 }) : undefined;
+      say(`copying ${local} to ${remote} through qemu-guest-agent${packed ? ` (gzip, ${packed.length >> 20} MiB)` : ''}`);
       let shown = 0;
-      const task = qga.installFile({ path: local }, { path: remote, mode, mkdir: true });
+      const task = qga.installFile(packed ?? { path: local }, { path: packed ? `${remote}.gz` : remote, mode, mkdir: true });
       task.on('progress', (p: { bytes: number; total: number }) => {
         if (p.bytes - shown >= 16 << 20 || p.bytes === p.total) { shown = p.bytes; say(`  ${p.bytes >> 20}/${p.total >> 20} MiB`); }
       });
       await task.result;
+      if (!packed) return;
+      const r = await qga.run(['/bin/sh', '-c', 'set -e; gzip -dc "$1.gz" > "$1"; rm -f "$1.gz"; chmod "$2" "$1"; sha256sum "$1"', 'sh', remote, mode.toString(8)]);
+      const sum = r.stdout.toString().split(' ')[0];
+      if (r.code !== 0 || sum !== sha256(local)) throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `unpacking ${remote} in the guest failed: ${r.stderr.toString().trim() || `sha256 ${sum}`}`);
     };
     if (method === 'deb') {
       await push(options.deb!, '/tmp/porthole-agent.deb', 0o644);

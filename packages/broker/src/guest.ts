@@ -1,7 +1,9 @@
 // Which agent drives a VM: Porthole's when the VM has its port, else qemu-guest-agent's.
 import { locateChannel, parseLibvirtTarget, Virsh } from '@porthole/libvirt';
 import { ConnectOptions, PortholeClient } from './client';
+import type { RoutedConnector } from './route';
 import { QGA_PORT_NAME, QgaGuest } from './qga-guest';
+import { LibvirtQga } from './qga-libvirt';
 import { PORTHOLE_PORT_NAME } from './targets';
 
 export type Guest = PortholeClient | QgaGuest;
@@ -15,20 +17,22 @@ function noPortholeAgent(err: unknown): boolean {
 /**
  * Connect to a target's agent. `qga:/path` is a qemu-guest-agent chardev socket; `libvirt:[URI/]DOMAIN`
  * is Porthole's agent when the domain has its channel and an agent answers there, else the domain's
- * qemu-guest-agent channel; every other target is Porthole's agent.
+ * qemu-guest-agent channel; every other target is Porthole's agent (`routed`: the way to it, as for
+ * PortholeClient.connect). qemu-guest-agent is always reached directly: the daemon relays only Porthole's protocol.
  */
-export async function connectGuest(target: string, options: ConnectOptions = {}): Promise<Guest> {
+export async function connectGuest(target: string, options: ConnectOptions = {}, routed?: RoutedConnector): Promise<Guest> {
   const timeoutMs = options.timeoutMs ?? 30000;
   if (target.startsWith('qga:')) return QgaGuest.connect(target, target.slice(4), timeoutMs);
   try {
-    return await PortholeClient.connect(target, options);
+    return await PortholeClient.connect(target, options, routed);
   } catch (err) {
     if (!target.startsWith('libvirt:') || !noPortholeAgent(err)) throw err;
     const t = parseLibvirtTarget(target.slice('libvirt:'.length));
-    const qga = await locateChannel(new Virsh({ uri: t.uri }), t.domain, QGA_PORT_NAME).catch(() => undefined);
+    const virsh = new Virsh({ uri: t.uri });
+    const qga = await locateChannel(virsh, t.domain, QGA_PORT_NAME).catch(() => undefined);
     if (!qga) throw err;
-    return QgaGuest.connect(target, qga.channel.path, timeoutMs, {
-      via: 'direct', detail: `directly to qemu-guest-agent of libvirt:${t.domain} (${qga.channel.path}): the domain has no Porthole agent`,
+    return QgaGuest.over(target, new LibvirtQga(virsh, t.domain), {
+      via: 'direct', detail: `to qemu-guest-agent of libvirt:${t.domain} through libvirtd (virsh qemu-agent-command): the domain has no Porthole agent`,
     });
   }
 }

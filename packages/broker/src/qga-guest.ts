@@ -7,7 +7,7 @@ import { constants as osConstants } from 'node:os';
 import { posix } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { v1, PortholeError, errors } from '@porthole/protocol';
-import { QgaClient, QgaError } from '@porthole/qga';
+import { QgaClient, QgaCommands, QgaError } from '@porthole/qga';
 import type { ExecCommand, ExecOptions, ExitStatus, InstallOptions, InstallResult, InstallSource, ReadResult } from './client';
 import { Task, UnreachableError } from './client';
 import type { Route } from './route';
@@ -16,9 +16,6 @@ const E = v1.ErrorCode;
 
 /** The port qemu-guest-agent opens in the guest. */
 export const QGA_PORT_NAME = 'org.qemu.guest_agent.0';
-
-/** Bytes per guest-file-write / guest-file-read (base64 makes each command a third larger). */
-const FILE_CHUNK = 1024 * 1024;
 
 /** qemu-ga's refusal (or failure) as the Porthole error it stands for. */
 export function qgaFailure(err: unknown): PortholeError {
@@ -71,8 +68,9 @@ async function bufferOf(source: InstallSource): Promise<Buffer> {
 /** A VM reached through its qemu-guest-agent port. */
 export class QgaGuest {
   readonly backend = 'qemu-guest-agent' as const;
-  private constructor(readonly target: string, readonly qga: QgaClient, readonly route: Route, private readonly guestInfo: GuestInfo, private readonly os: OsInfo, private readonly hostname: string) {}
+  private constructor(readonly target: string, readonly qga: QgaCommands, readonly route: Route, private readonly guestInfo: GuestInfo, private readonly os: OsInfo, private readonly hostname: string) {}
 
+  /** qemu-ga on its chardev socket. */
   static async connect(target: string, socketPath: string, timeoutMs: number, route?: Route): Promise<QgaGuest> {
     let qga: QgaClient;
     try {
@@ -80,12 +78,17 @@ export class QgaGuest {
     } catch (err) {
       throw new UnreachableError(err as Error);
     }
+    return QgaGuest.over(target, qga, route ?? { via: 'direct', detail: `directly to qemu-guest-agent on ${socketPath} (the broker daemon relays only Porthole's protocol)` });
+  }
+
+  /** qemu-ga however its commands reach it (a socket, libvirt). */
+  static async over(target: string, qga: QgaCommands, route: Route): Promise<QgaGuest> {
     try {
       const info = await qga.command<GuestInfo>('guest-info');
       // Optional commands: an older qemu-ga (or --block-rpcs) may lack them; info then says less.
       const os = await qga.command<OsInfo>('guest-get-osinfo').catch(() => ({}));
       const host = await qga.command<{ 'host-name': string }>('guest-get-host-name').catch(() => ({ 'host-name': '' }));
-      return new QgaGuest(target, qga, route ?? { via: 'direct', detail: `directly to qemu-guest-agent on ${socketPath} (the broker daemon relays only Porthole's protocol)` }, info, os, host['host-name']);
+      return new QgaGuest(target, qga, route, info, os, host['host-name']);
     } catch (err) {
       qga.close();
       throw qgaFailure(err);
@@ -152,7 +155,7 @@ export class QgaGuest {
       const canExec = this.enabled('guest-exec');
       if (options.mkdir) await this.run(['/bin/mkdir', '-p', '--', posix.dirname(path)]);
       try {
-        await this.qga.writeFile(path, data, FILE_CHUNK, (bytes) => task.emit('progress', { bytes, total: data.length }));
+        await this.qga.writeFile(path, data, this.qga.maxChunk, (bytes) => task.emit('progress', { bytes, total: data.length }));
       } catch (err) {
         throw qgaFailure(err);
       }
@@ -160,7 +163,7 @@ export class QgaGuest {
       const mode = options.mode !== undefined ? options.mode.toString(8) : '';
       if (!canExec) {
         if (owner || mode) throw qgaFailure(new QgaError('guest-exec', 'GenericError', 'The command guest-exec has been disabled for this instance (needed for owner and mode)'));
-        const back = createHash('sha256').update(await this.qga.readFile(path, FILE_CHUNK).catch((e: unknown) => { throw qgaFailure(e); })).digest('hex');
+        const back = createHash('sha256').update(await this.qga.readFile(path, this.qga.maxChunk).catch((e: unknown) => { throw qgaFailure(e); })).digest('hex');
         if (back !== sha256) throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `read back sha256 ${back}, sent ${sha256}`);
         return { path: Buffer.from(path), size: data.length, sha256, uid: 0, gid: 0, mode: 0, resumedFrom: 0 };
       }
@@ -170,7 +173,7 @@ export class QgaGuest {
       if (r.code !== 0) throw new PortholeError(E.ERROR_CODE_INTERNAL, `setting owner/mode of ${path} failed: ${r.stderr.toString().trim()}`);
       const [statLine, sumLine] = r.stdout.toString().split('\n');
       const [uid, gid, octal] = statLine.split(' ');
-      const guestSum = sumLine?.split(' ')[0] || createHash('sha256').update(await this.qga.readFile(path, FILE_CHUNK)).digest('hex');
+      const guestSum = sumLine?.split(' ')[0] || createHash('sha256').update(await this.qga.readFile(path, this.qga.maxChunk)).digest('hex');
       if (guestSum !== sha256) throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `the guest reports sha256 ${guestSum}, sent ${sha256}`);
       return { path: Buffer.from(path), size: data.length, sha256, uid: Number(uid), gid: Number(gid), mode: parseInt(octal, 8), resumedFrom: 0 };
     });
@@ -183,7 +186,7 @@ export class QgaGuest {
       if (range.offset || range.length) throw errors.unsupported('ranged reads are not possible through qemu-guest-agent');
       const p = Buffer.isBuffer(path) ? path.toString() : path;
       try {
-        const content = await this.qga.readFile(p, FILE_CHUNK, (bytes) => t.emit('progress', { bytes }));
+        const content = await this.qga.readFile(p, this.qga.maxChunk, (bytes) => t.emit('progress', { bytes }));
         const sha256 = createHash('sha256').update(content).digest('hex');
         if (this.enabled('guest-exec')) {
           const r = await this.run(['/bin/sh', '-c', 'if command -v sha256sum >/dev/null; then sha256sum -- "$1"; fi', 'sh', p]);

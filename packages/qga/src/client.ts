@@ -61,7 +61,82 @@ interface ExecStatus {
 const SYNC_BYTE = 0xff;
 const NEWLINE = 0x0a;
 
-export class QgaClient {
+/**
+ * qemu-ga's commands however they reach it (its socket here; libvirt's qemu-agent-command elsewhere), and what
+ * management tools build on them: files in base64 chunks, commands run and polled to their exit.
+ */
+export abstract class QgaCommands {
+  /** Bytes of file data per guest-file-write / guest-file-read. */
+  abstract readonly maxChunk: number;
+  /** One command and its answer (qemu-ga's error answers reject with QgaError). */
+  abstract command<T = unknown>(execute: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T>;
+  abstract close(): void;
+
+  /** Write a file the way management tools do: open, write base64 chunks, close. */
+  async writeFile(path: string, data: Buffer, chunk = this.maxChunk, onProgress?: (bytes: number) => void): Promise<void> {
+    const handle = await this.command<number>('guest-file-open', { path, mode: 'w' });
+    try {
+      for (let off = 0; off < data.length; off += chunk) {
+        await this.command('guest-file-write', { handle, 'buf-b64': data.subarray(off, off + chunk).toString('base64') });
+        onProgress?.(Math.min(off + chunk, data.length));
+      }
+    } finally {
+      await this.command('guest-file-close', { handle });
+    }
+  }
+
+  /** Read a file the same way: open, guest-file-read base64 chunks until EOF, close. */
+  async readFile(path: string, chunk = this.maxChunk, onProgress?: (bytes: number) => void): Promise<Buffer> {
+    const handle = await this.command<number>('guest-file-open', { path, mode: 'r' });
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    try {
+      for (;;) {
+        const r = await this.command<{ count: number; 'buf-b64': string; eof: boolean }>('guest-file-read', { handle, count: chunk });
+        parts.push(Buffer.from(r['buf-b64'], 'base64'));
+        bytes += r.count;
+        onProgress?.(bytes);
+        if (r.eof || r.count === 0) break;
+      }
+    } finally {
+      await this.command('guest-file-close', { handle });
+    }
+    return Buffer.concat(parts);
+  }
+
+  /** guest-exec, then poll guest-exec-status until it exits (qemu-ga has no other way); output comes at the end. */
+  async run(path: string, args: string[] = [], options: QgaExecOptions = {}): Promise<QgaExecResult> {
+    const { pid } = await this.command<{ pid: number }>('guest-exec', {
+      path, arg: args, 'capture-output': true,
+      ...(options.env ? { env: Object.entries(options.env).map(([k, v]) => `${k}=${v}`) } : {}),
+      ...(options.input ? { 'input-data': options.input.toString('base64') } : {}),
+    });
+    const deadline = options.timeoutMs ? Date.now() + options.timeoutMs : Infinity;
+    for (let polls = 1; ; polls++) {
+      const st = await this.command<ExecStatus>('guest-exec-status', { pid });
+      if (st.exited) {
+        return {
+          code: st.exitcode, signal: st.signal, polls,
+          stdout: Buffer.from(st['out-data'] ?? '', 'base64'), stderr: Buffer.from(st['err-data'] ?? '', 'base64'),
+          stdoutTruncated: st['out-truncated'] ?? false, stderrTruncated: st['err-truncated'] ?? false,
+        };
+      }
+      if (Date.now() >= deadline) throw new Error(`qemu-guest-agent: guest pid ${pid} still runs after ${options.timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, options.pollMs ?? 10));
+    }
+  }
+
+  /** run() with the bench's older shape: exit code, stdout and the polls it took. */
+  async exec(path: string, args: string[] = [], pollMs = 10): Promise<{ code: number; stdout: Buffer; polls: number }> {
+    const r = await this.run(path, args, { pollMs });
+    return { code: r.code ?? -1, stdout: r.stdout, polls: r.polls };
+  }
+
+}
+
+/** qemu-ga over its port's socket (a QEMU chardev, or a libvirt channel no one else holds). */
+export class QgaClient extends QgaCommands {
+  readonly maxChunk = 1024 * 1024;
   private chunks: Buffer[] = [];
   private waiter?: { resolve: (line: string) => void; reject: (e: Error) => void };
   /** Until 0xFF arrives, everything read is left over from before a resync. */
@@ -71,6 +146,7 @@ export class QgaClient {
   private closedError?: Error;
 
   private constructor(private readonly socket: net.Socket, readonly path: string) {
+    super();
     socket.on('data', (data: Buffer) => this.onData(data));
     socket.on('error', (err) => this.fail(new Error(`qemu-guest-agent channel ${path}: ${err.message}`)));
     socket.on('close', () => this.fail(new Error(`qemu-guest-agent channel ${path} closed`)));
@@ -176,74 +252,14 @@ export class QgaClient {
     this.inSync = true;
   }
 
-  command<T = unknown>(execute: string, args?: Record<string, unknown>, timeoutMs = 60000): Promise<T> {
+  override command<T = unknown>(execute: string, args?: Record<string, unknown>, timeoutMs = 60000): Promise<T> {
     return this.serial(async () => {
       if (!this.inSync) await this.sync(Math.min(timeoutMs, 5000));
       return (await this.roundTrip(args ? { execute, arguments: args } : { execute }, execute, timeoutMs)) as T;
     });
   }
 
-  /** Write a file the way management tools do: open, write base64 chunks, close. */
-  async writeFile(path: string, data: Buffer, chunk = 1024 * 1024, onProgress?: (bytes: number) => void): Promise<void> {
-    const handle = await this.command<number>('guest-file-open', { path, mode: 'w' });
-    try {
-      for (let off = 0; off < data.length; off += chunk) {
-        await this.command('guest-file-write', { handle, 'buf-b64': data.subarray(off, off + chunk).toString('base64') });
-        onProgress?.(Math.min(off + chunk, data.length));
-      }
-    } finally {
-      await this.command('guest-file-close', { handle });
-    }
-  }
-
-  /** Read a file the same way: open, guest-file-read base64 chunks until EOF, close. */
-  async readFile(path: string, chunk = 1024 * 1024, onProgress?: (bytes: number) => void): Promise<Buffer> {
-    const handle = await this.command<number>('guest-file-open', { path, mode: 'r' });
-    const parts: Buffer[] = [];
-    let bytes = 0;
-    try {
-      for (;;) {
-        const r = await this.command<{ count: number; 'buf-b64': string; eof: boolean }>('guest-file-read', { handle, count: chunk });
-        parts.push(Buffer.from(r['buf-b64'], 'base64'));
-        bytes += r.count;
-        onProgress?.(bytes);
-        if (r.eof || r.count === 0) break;
-      }
-    } finally {
-      await this.command('guest-file-close', { handle });
-    }
-    return Buffer.concat(parts);
-  }
-
-  /** guest-exec, then poll guest-exec-status until it exits (qemu-ga has no other way); output comes at the end. */
-  async run(path: string, args: string[] = [], options: QgaExecOptions = {}): Promise<QgaExecResult> {
-    const { pid } = await this.command<{ pid: number }>('guest-exec', {
-      path, arg: args, 'capture-output': true,
-      ...(options.env ? { env: Object.entries(options.env).map(([k, v]) => `${k}=${v}`) } : {}),
-      ...(options.input ? { 'input-data': options.input.toString('base64') } : {}),
-    });
-    const deadline = options.timeoutMs ? Date.now() + options.timeoutMs : Infinity;
-    for (let polls = 1; ; polls++) {
-      const st = await this.command<ExecStatus>('guest-exec-status', { pid });
-      if (st.exited) {
-        return {
-          code: st.exitcode, signal: st.signal, polls,
-          stdout: Buffer.from(st['out-data'] ?? '', 'base64'), stderr: Buffer.from(st['err-data'] ?? '', 'base64'),
-          stdoutTruncated: st['out-truncated'] ?? false, stderrTruncated: st['err-truncated'] ?? false,
-        };
-      }
-      if (Date.now() >= deadline) throw new Error(`qemu-guest-agent: guest pid ${pid} still runs after ${options.timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, options.pollMs ?? 10));
-    }
-  }
-
-  /** run() with the bench's older shape: exit code, stdout and the polls it took. */
-  async exec(path: string, args: string[] = [], pollMs = 10): Promise<{ code: number; stdout: Buffer; polls: number }> {
-    const r = await this.run(path, args, { pollMs });
-    return { code: r.code ?? -1, stdout: r.stdout, polls: r.polls };
-  }
-
-  close(): void {
+  override close(): void {
     this.socket.destroy();
   }
 }

@@ -90,7 +90,7 @@ describe('qemu-guest-agent VMs (real QEMU, real qemu-ga)', function () {
     assert.match(missing.stderr, /No such file/i);
   });
 
-  it('the daemon's REST task routes run commands and inject files through qemu-ga', async () => {
+  it('the daemon\'s REST task routes run commands and inject files through qemu-ga', async () => {
     const sock = join(tmp, 'broker.sock');
     const server = await startBrokerServer({ listen: `unix:${sock}`, journal: join(tmp, 'journal.bin') });
     try {

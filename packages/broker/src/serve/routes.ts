@@ -33,7 +33,8 @@ type Req<T extends { Params?: unknown; Querystring?: unknown; Body?: unknown }> 
 /** The target must parse and its agent answer before a task exists, so the caller gets 400/502 at once. */
 async function reach(manager: TaskManager, target: string): Promise<void> {
   try {
-    connectorForTarget(target);
+    // qga: targets are qemu-guest-agent sockets, reached by the task manager itself (connectGuest).
+    if (!target.startsWith('qga:')) connectorForTarget(target);
   } catch (err) {
     throw new ApiError(400, 'INVALID_ARGUMENT', (err as Error).message);
   }

@@ -14,7 +14,11 @@ function builtAgent(): string | undefined {
 }
 
 export function registerAgentCommands(program: Command, fail: Fail, output: Output): void {
-  const agent = program.command('agent').description('the Porthole agent in a VM that has only qemu-guest-agent');
+  const agent = program.command('agent').description('the Porthole agent in a VM that has only qemu-guest-agent')
+    .addHelpText('after', `
+Examples:
+  porthole agent install libvirt:web1 --executable ./porthole-agent
+  porthole agent install qga:/run/vm1/qga.sock --qmp /run/vm1/qmp.sock`);
   agent.command('install').argument('<target>', 'qga:/path/to/qga.sock (plain QEMU, with --qmp) or libvirt:[URI/]DOMAIN')
     .description('hot-plug the Porthole port into the running VM, install and start the agent through qemu-guest-agent; no reboot')
     .option('--qmp <socket>', 'plain QEMU: the VM\'s QMP socket')

@@ -25,7 +25,13 @@ export async function liveOutput(client: PortholeClient): Promise<{ atFirstOutpu
   const events: string[] = [];
   task.stdout.on('data', (d: Buffer) => events.push(`out:${d.toString().trim()}`));
   void task.exit.then(() => events.push('exit'));
-  await new Promise<void>((resolve) => task.stdout.once('data', () => resolve()));
+  // Bounded: an exec that ends (or fails) without output, or a channel that went quiet, is an error, not a hang.
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    new Promise<void>((resolve) => task.stdout.once('data', () => resolve())),
+    task.exit.then(() => { throw new Error('the command ended before any output arrived'); }),
+    new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error('no output within 60 s')), 60_000); }),
+  ]).finally(() => clearTimeout(timer));
   const atFirstOutput = [...events];
   await task.exit;
   return { atFirstOutput, all: events.filter((e) => e !== 'out:') };

@@ -7,9 +7,10 @@ import { connect, PortholeClient } from '@porthole/broker';
 import { CHUNK_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { bootVm, Vm, agentBundlePath, GUEST_SPAWN_HELPER, RawTool } from '@porthole/testbed';
 import { guestProcessTimes } from './process-floor';
-import { QgaClient } from './qga';
+import { QgaClient } from '@porthole/qga';
 import { BenchTable, MiB, mibPerSecond, percentile } from './table';
 import { measureUnderBulk } from './channel';
+import { benchQgaBackend } from './qga-backend';
 
 export interface VmBenchSizes {
   /** Bytes of the file moved each way. */
@@ -216,7 +217,12 @@ export async function benchVm(sizes: VmBenchSizes, log: (m: string) => void = ()
     const [blocking, c, eventLoop] = raws;
     // The C tool is there where the test bed could compile it (gcc); without it the bench goes on without its rows.
     const hasC = (await qga.exec('/bin/sh', ['-c', 'test -x /opt/testbed/raw-c'], 0)).code === 0;
-    return await measure(sizes, client, qga, { blocking, c: hasC ? c : undefined, eventLoop }, log);
+    const tables = await measure(sizes, client, qga, { blocking, c: hasC ? c : undefined, eventLoop }, log);
+    // The qga back end needs the qga socket to itself (QEMU's chardev takes one client).
+    qga.close();
+    log('the broker\'s qemu-guest-agent back end beside Porthole\'s agent');
+    tables.push(await benchQgaBackend(client, vm.qgaSocketPath!, sizes.fileBytes, sizes.execRuns));
+    return tables;
   } catch (err) {
     throw new Error(`${(err as Error).message}\n${vm.consoleTail(30)}`);
   } finally {

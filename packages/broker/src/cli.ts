@@ -14,6 +14,8 @@ import { Manifest, ManifestError, parseManifest } from './manifest';
 import { BROKER_SOCKET_ENV, DEFAULT_BROKER_SOCKET } from './route';
 import { registerServeCommand } from './serve/command';
 import { BadTargetError } from './targets';
+import { connectGuest, Guest } from './guest';
+import { registerAgentCommands } from './agent-command';
 import { BROKER_VERSION } from './version';
 
 export { EXIT };
@@ -61,12 +63,22 @@ async function client(program: Command, target: string): Promise<PortholeClient>
   return c;
 }
 
+/** A target's agent: Porthole's, or qemu-guest-agent's for `qga:` targets and libvirt domains without Porthole's. */
+async function guest(program: Command, target: string): Promise<Guest> {
+  const o = program.opts<Globals>();
+  const g = await connectGuest(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), {
+    timeoutMs: Number(o.timeout) * 1000, broker: o.direct ? false : o.brokerSocket,
+  });
+  if (o.verbose) process.stderr.write(`porthole: ${g.route.detail}\n`);
+  return g;
+}
+
 /**
  * A request cut by a lost connection: when the VM cannot be reached again (stopped, undefined), that is the
  * reason to report (exit 3); otherwise the request's own error.
  */
-async function whyLost(c: PortholeClient, err: unknown): Promise<unknown> {
-  if (!(err instanceof PortholeError) || err.code !== E.ERROR_CODE_SESSION_RESET) return err;
+async function whyLost(c: Guest, err: unknown): Promise<unknown> {
+  if (!(c instanceof PortholeClient) || !(err instanceof PortholeError) || err.code !== E.ERROR_CODE_SESSION_RESET) return err;
   return c.ready().then(() => err, (unreachable: unknown) => (unreachable instanceof UnreachableError ? unreachable : err));
 }
 
@@ -76,7 +88,7 @@ async function whyLost(c: PortholeClient, err: unknown): Promise<unknown> {
  * Windows guest's path is C:\... or \\server\share\....
  */
 function splitRemote(spec: string): { target: string; path: string } | undefined {
-  const m = /^((?:unix|serial|xen):[^:]+|tcp:(?:\[[^\]]*\]|[^:]+):\d+|libvirt:(?:[a-z][a-z0-9+.-]*:\/\/[^:]*\/)?[^:/]+):(\/.*|[a-z]:[\\/].*|\\\\.*)$/i.exec(spec);
+  const m = /^((?:unix|serial|xen|qga):[^:]+|tcp:(?:\[[^\]]*\]|[^:]+):\d+|libvirt:(?:[a-z][a-z0-9+.-]*:\/\/[^:]*\/)?[^:/]+):(\/.*|[a-z]:[\\/].*|\\\\.*)$/i.exec(spec);
   return m ? { target: m[1], path: m[2] } : undefined;
 }
 
@@ -157,11 +169,14 @@ Examples:
   porthole --json info libvirt:web1 | jq .limits`)
     .action(async (target: string) => {
       try {
-        const c = await client(program, target);
+        const c = await guest(program, target);
         const info = await c.info();
         const h = hello(info.hello);
-        output(program, { ok: true, ...h, protocol: c.hello?.protocolVersion, uptimeMs: Number(info.uptimeMs), activeExecs: info.activeExecs },
-          [`agent:        ${h.agent} (protocol v${c.hello?.protocolVersion})`, `guest:        ${h.hostname} ${h.os}/${h.arch} ${h.kernel}`,
+        const qga = c instanceof PortholeClient ? undefined : c;
+        const backend = qga ? { backend: qga.backend, disabledCommands: qga.disabledCommands } : { backend: 'porthole', protocol: c.hello?.protocolVersion };
+        output(program, { ok: true, ...h, ...backend, uptimeMs: Number(info.uptimeMs), activeExecs: info.activeExecs },
+          [qga ? `agent:        ${h.agent} (no Porthole agent: output at exit, files as base64; disabled: ${qga.disabledCommands.join(', ') || 'none'})`
+            : `agent:        ${h.agent} (protocol v${c.hello?.protocolVersion})`, `guest:        ${h.hostname} ${h.os}/${h.arch} ${h.kernel}`,
             `capabilities: ${h.capabilities.join(', ') || 'none'}`, `write allow:  ${h.limits.writeAllow.join(', ')}  deny: ${h.limits.writeDeny.join(', ') || '-'}`,
             `read allow:   ${h.limits.readAllow.join(', ')}  deny: ${h.limits.readDeny.join(', ') || '-'}`,
             `exec:         users ${h.limits.execUsers.join(', ') || 'any'}; groups ${["each user's own", ...h.limits.execGroups].join(', ')}; commands ${h.limits.execCommands.join(', ') || 'any'}; max concurrent ${h.limits.maxConcurrentExecs || 'unlimited'}`,
@@ -205,9 +220,9 @@ Examples:
   porthole exec tcp:127.0.0.1:5150 --powershell 'Get-Service porthole-agent'
   tar c ./site | porthole exec -i libvirt:web1 -- tar x -C /srv/www`)
     .action(async (target: string, command: string[], o: { stdin?: boolean; shell?: boolean; powershell?: boolean; user?: string; group?: string; cwd?: string; env?: string[]; commandTimeout?: string }) => {
-      let c: PortholeClient;
+      let c: Guest;
       try {
-        c = await client(program, target);
+        c = await guest(program, target);
       } catch (err) {
         fail(program, err);
       }
@@ -234,6 +249,7 @@ Examples:
         await Promise.all([finished(task.stdout), finished(task.stderr)]);
         await new Promise((r) => process.stdout.write('', r));
         if (program.opts<Globals>().json) process.stderr.write(JSON.stringify({ ok: true, ...exit }) + '\n');
+        else if ('outputTruncated' in exit && exit.outputTruncated) process.stderr.write('porthole: qemu-guest-agent cut the command\'s output at its limit\n');
         c.close();
         if (exit.timedOut) process.exit(EXIT.TIMEOUT);
         if (interrupted) process.exit(EXIT.INTERRUPTED);
@@ -261,7 +277,7 @@ Examples:
       if (!into === !from) throw new InvalidArgumentError('exactly one of SOURCE and DESTINATION must be TARGET:/path');
       try {
         if (into) {
-          const c = await client(program, into.target);
+          const c = await guest(program, into.target);
           const task = c.installFile(source === '-' ? process.stdin : { path: source }, {
             path: into.path, owner: o.owner, group: o.group, mode: o.mode ? parseInt(o.mode, 8) : undefined, mkdir: o.mkdir,
           });
@@ -272,7 +288,7 @@ Examples:
             `${r.path.toString()}: ${r.size} bytes, sha256 ${r.sha256}, uid ${r.uid} gid ${r.gid} mode 0${r.mode.toString(8)}`);
           c.close();
         } else {
-          const c = await client(program, from!.target);
+          const c = await guest(program, from!.target);
           const task = c.readFile(from!.path);
           const bar = progressBar(o.progress && destination !== '-' && !program.opts<Globals>().json);
           task.on('progress', (p: { bytes: number }) => bar.update(p.bytes));
@@ -340,6 +356,7 @@ Examples:
     });
 
   registerServeCommand(program, EXIT);
+  registerAgentCommands(program, fail, output);
   mountPluginCommands(program);
   program.addOption(new Option('--debug').hideHelp());
   return program;

@@ -251,6 +251,11 @@ export class PortholeClient extends EventEmitter {
       const session = await this.openOnce(Math.max(1000, left));
       try {
         await session.ready(Math.max(1000, Math.min(attemptMs, deadline - Date.now())));
+        // An agent that greeted first (it had just started) still answers our hello. Take that answer
+        // (it comes before the pong) before going on: a caller that hangs up at once would leave it in
+        // the VM's port, where QEMU keeps what the guest wrote as the host left and hands it to the next
+        // host, who would take it for the answer to its own hello while the agent never heard that one.
+        if (!session.peerHello?.reply) await session.ping(Math.max(1000, Math.min(attemptMs, deadline - Date.now())));
       } catch (err) {
         session.close();
         const timedOut = err instanceof PortholeError && err.code === E.ERROR_CODE_TIMEOUT;

@@ -4,3 +4,7 @@ export { Route, DEFAULT_BROKER_SOCKET, BROKER_SOCKET_ENV } from './route';
 export { BROKER_VERSION } from './version';
 export { startBrokerServer, BrokerServer, BrokerServerOptions } from './serve/server';
 export { TaskJournal, TaskRecord, TaskStatus, OutputChunk } from './serve/journal';
+export { connectGuest, Guest } from './guest';
+export { LibvirtQga } from './qga-libvirt';
+export { QgaGuest, QgaExecTask, QgaExitStatus, qgaFailure, QGA_PORT_NAME } from './qga-guest';
+export { installAgent, AgentInstallOptions, AgentInstallResult, portholeChannelXml, attachChannelArgs, chardevSocketPath } from './agent-install';

@@ -15,6 +15,8 @@ export interface BootOptions extends GuestOptions {
   cpus?: number;
   /** Extra virtio-serial ports for raw throughput measurements (at least one per entry of rawTools). */
   rawPorts?: number;
+  /** The Porthole agent's port (default true); without it, a VM that `porthole agent install` can hot-plug it into. */
+  agentPort?: boolean;
   /** A port for qemu-guest-agent (Debian's qemu-ga runs in the guest on it). */
   qemuGuestAgent?: boolean;
   cdrom?: string;
@@ -122,9 +124,10 @@ export async function bootVm(options: BootOptions = {}): Promise<Vm> {
     ...kernelArgs,
     '-qmp', `unix:${qmpSock},server=on,wait=off`,
     '-device', 'virtio-serial-pci,id=vser0',
-    '-chardev', `socket,id=agent,path=${agentSock},server=on,wait=off`,
-    '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   ];
+  if (options.agentPort ?? true) {
+    args.push('-chardev', `socket,id=agent,path=${agentSock},server=on,wait=off`, '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`);
+  }
   const rawSockets: string[] = [];
   for (let i = 0; i < rawPorts; i++) {
     const path = join(dir, `raw${i}.sock`);

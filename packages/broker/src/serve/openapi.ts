@@ -48,6 +48,19 @@ export const injectQuerySchema = {
 } as const;
 
 /** Query of the protocol upgrade: the VM, and how long the daemon may wait for its agent. */
+export const agentInstallRequestSchema = {
+  type: 'object',
+  required: ['target'],
+  additionalProperties: false,
+  properties: {
+    target: { type: 'string', description: 'qga:/path/to/qga.sock (plain QEMU, with qmp) or libvirt:[URI/]DOMAIN' },
+    qmp: { type: 'string', description: 'plain QEMU: the VM\'s QMP socket' },
+    socket: { type: 'string', description: 'plain QEMU: the new port\'s socket' },
+    deb: { type: 'string', description: 'the agent .deb on the broker\'s host, used when the guest has dpkg' },
+    executable: { type: 'string', description: 'the agent\'s single executable on the broker\'s host' },
+  },
+} as const;
+
 export const channelQuerySchema = {
   type: 'object',
   required: ['target'],
@@ -163,6 +176,14 @@ export function openApiDocument(): Record<string, unknown> {
             101: { description: 'switched: the connection carries Porthole frames; the broker speaks once the client\'s hello arrived' },
             ...errors(400, 401, 426, 502, 504),
           },
+        },
+      },
+      '/v1/agent/install': {
+        post: {
+          summary: 'turn a VM that has only qemu-guest-agent into a Porthole VM, live: hot-plug the port, install and start the agent through qemu-ga. '
+            + 'NDJSON: {type: progress, step} lines, then {type: end, result} or {type: error, error}',
+          requestBody: { required: true, ...json(agentInstallRequestSchema) },
+          responses: { 200: { description: 'progress lines, then the result or the error', content: { 'application/x-ndjson': { schema: { type: 'object' } } } }, ...errors(400, 401) },
         },
       },
       '/v1/tasks': {

@@ -1,11 +1,13 @@
 import { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { PassThrough } from 'node:stream';
 import { describeError } from '../client';
+import { AgentInstallOptions, installAgent } from '../agent-install';
+import { errorCodeName, PortholeError } from '@porthole/protocol';
 import { connectorForTarget } from '../targets';
 import { BROKER_VERSION } from '../version';
 import { OutputChunk, TaskError, TaskRecord } from './journal';
 import { CHANNEL_PATH, CHANNEL_UPGRADE } from '../route';
-import { channelQuerySchema, execRequestSchema, idParamsSchema, injectQuerySchema, injectUrlRequestSchema, listQuerySchema, openApiDocument, outputQuerySchema } from './openapi';
+import { agentInstallRequestSchema, channelQuerySchema, execRequestSchema, idParamsSchema, injectQuerySchema, injectUrlRequestSchema, listQuerySchema, openApiDocument, outputQuerySchema } from './openapi';
 import { ExecParams, InjectParams, TaskManager } from './tasks';
 import { VmLinks } from './vms';
 
@@ -31,7 +33,8 @@ type Req<T extends { Params?: unknown; Querystring?: unknown; Body?: unknown }> 
 /** The target must parse and its agent answer before a task exists, so the caller gets 400/502 at once. */
 async function reach(manager: TaskManager, target: string): Promise<void> {
   try {
-    connectorForTarget(target);
+    // qga: targets are qemu-guest-agent sockets, reached by the task manager itself (connectGuest).
+    if (!target.startsWith('qga:')) connectorForTarget(target);
   } catch (err) {
     throw new ApiError(400, 'INVALID_ARGUMENT', (err as Error).message);
   }
@@ -80,6 +83,17 @@ export async function brokerRoutes(app: FastifyInstance, manager: TaskManager, v
   // The upgrade itself is the server's (server.ts): a plain request only learns how to ask.
   app.get(CHANNEL_PATH, { schema: { querystring: channelQuerySchema } }, async (_request, reply) => reply.code(426).header('upgrade', CHANNEL_UPGRADE)
     .send({ error: { code: 'INVALID_ARGUMENT', message: `this path switches to the Porthole protocol: send Connection: Upgrade and Upgrade: ${CHANNEL_UPGRADE}` } }));
+
+  // Progress as it happens, the result or error last: an installation takes minutes (the agent goes through qemu-ga).
+  app.post('/v1/agent/install', { schema: { body: agentInstallRequestSchema } }, async (request: Req<{ Body: Omit<AgentInstallOptions, 'progress'> }>, reply) => {
+    const out = new PassThrough();
+    const line = (o: unknown) => { if (!out.writableEnded) out.write(`${JSON.stringify(o)}\n`); };
+    installAgent({ ...request.body, progress: (step) => line({ type: 'progress', step }) }).then(
+      (result) => line({ type: 'end', result }),
+      (err: unknown) => { const e = PortholeError.from(err); line({ type: 'error', error: { code: errorCodeName(e.code), message: describeError(e), rule: e.rule } }); },
+    ).finally(() => out.end());
+    return reply.code(200).header('content-type', 'application/x-ndjson').header('cache-control', 'no-store').send(out);
+  });
 
   app.get('/v1/tasks', { schema: { querystring: listQuerySchema } }, async (request: Req<{ Querystring: { status?: string; kind?: string; target?: string; limit?: number } }>) =>
     ({ tasks: manager.list(request.query) }));

@@ -7,7 +7,8 @@ import { dirname } from 'node:path';
 import type { Logger } from 'winston';
 import { PortholeError } from '@porthole/protocol';
 import { SocketChannel } from '@porthole/transport';
-import { ConnectOptions, PortholeClient, describeError } from '../client';
+import { ConnectOptions, describeError } from '../client';
+import { connectGuest } from '../guest';
 import { CHANNEL_PATH, CHANNEL_UPGRADE } from '../route';
 import { connectorForTarget } from '../targets';
 import { bearerMatches } from './auth';
@@ -128,8 +129,8 @@ export async function startBrokerServer(options: BrokerServerOptions): Promise<B
     outputRetention: options.outputRetention, maxTasks: options.maxTasks,
     onError: (err) => log?.error(err.message),
   });
-  // The daemon's own tasks are clients of its VM sessions like any other.
-  const manager = new TaskManager(journal, (target) => PortholeClient.connect(target, connectOptions, vms.route(target, connectOptions.timeoutMs!)), (t) => {
+  // The daemon's own tasks are clients of its VM sessions like any other; a VM with only qemu-guest-agent is driven through it.
+  const manager = new TaskManager(journal, (target) => connectGuest(target, connectOptions, vms.route(target, connectOptions.timeoutMs!)), (t) => {
     log?.info('task ended', { id: t.id, kind: t.kind, target: t.target, status: t.status, error: t.error?.code, durationMs: t.durationMs });
   });
   const app = Fastify({ logger: false, exposeHeadRoutes: false });

@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { PortholeError } from '@porthole/protocol';
-import { ExitStatus, InstallOptions, InstallResult, PortholeClient, describeError } from '../client';
+import { ExitStatus, InstallOptions, InstallResult, describeError } from '../client';
+import type { Guest } from '../guest';
 import { OutputChunk, OutputFd, TaskError, TaskJournal, TaskKind, TaskRecord } from './journal';
 
 export interface ExecParams {
@@ -39,7 +40,7 @@ interface Running {
 
 /** A connection to a target and how many tasks (or reachability checks) use it. */
 interface Shared {
-  client: Promise<PortholeClient>;
+  client: Promise<Guest>;
   users: number;
 }
 
@@ -70,7 +71,7 @@ export class TaskManager {
   private readonly clients = new Map<string, Shared>();
   private readonly running = new Map<string, Running>();
 
-  constructor(readonly journal: TaskJournal, private readonly connectTo: (target: string) => Promise<PortholeClient>, private readonly onEnd: (t: TaskRecord) => void = () => undefined) {}
+  constructor(readonly journal: TaskJournal, private readonly connectTo: (target: string) => Promise<Guest>, private readonly onEnd: (t: TaskRecord) => void = () => undefined) {}
 
   /** Whether the target's agent answers (so a caller hears 502 at once, before any task exists). */
   async reach(target: string): Promise<void> {
@@ -105,7 +106,7 @@ export class TaskManager {
   }
 
   /** The connection a new task uses, held until the task ends. */
-  private async use(target: string): Promise<{ client: PortholeClient; release: () => void }> {
+  private async use(target: string): Promise<{ client: Guest; release: () => void }> {
     const shared = this.acquire(target);
     const release = () => this.release(target, shared);
     try {

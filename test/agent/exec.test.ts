@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentConfig } from '@porthole/agent';
-import { v1, PortholeError, Stream } from '@porthole/protocol';
+import { DEFAULT_STREAM_WINDOW, v1, PortholeError, Stream } from '@porthole/protocol';
 import { AgentHarness, TRANSPORTS, socketLink, startAgentHarness } from './harness';
 import { exec, info } from './client';
 
@@ -160,6 +160,26 @@ for (const suite of SUITES) describe(`agent: exec ${suite.name}`, function () {
     // What the stream window (4 MiB) and the pipe and socket buffers hold, far below the 50 MB that an
     // agent buffering everything would have taken in during that second. (Small enough for xenstore's pace.)
     assert.ok(written > 0 && written < 12 * 1024 * 1024, `head wrote ${written} bytes while the host was not reading`);
+  });
+
+  it('sends all of a command\'s output even when the host stops reading past the command\'s exit', async () => {
+    let held = false;
+    let total = 0;
+    // A little more than the host's window: the agent sends the window and waits for credit while head
+    // writes the rest into the pipe and exits; the host then stops reading for longer than the agent's
+    // 2 s grace for pipes that grandchildren keep open.
+    const size = DEFAULT_STREAM_WINDOW + 40 * 1024;
+    const r = await exec(h.session, sh(`exec head -c ${size} /dev/zero`), {
+      discardOutput: true,
+      onOutput: async (data) => {
+        total += data.length;
+        if (held) return;
+        held = true;
+        await sleep(3500);
+      },
+    });
+    assert.equal(r.exit.code, 0);
+    assert.equal(total, size);
   });
 
   it('runs 50 commands at once', async function () {

@@ -142,11 +142,18 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   // The host vanished or reset the stream: nobody will read the output.
   const stopListening = stream.onAbort(() => { cancelled = true; terminate(); });
 
+  // When output last moved, and how many messages wait for the host's credit: see the grace below.
+  let lastOutput = Date.now();
+  let sending = 0;
   const forward = (pipe: Readable, fd: v1.OutputStream) =>
     new Promise<void>((resolve) => {
       pipe.on('data', (data: Buffer) => {
         pipe.pause();
-        stream.send({ execOutput: { fd, data } }).then(() => pipe.resume(), () => { pipe.destroy(); resolve(); });
+        sending++;
+        stream.send({ execOutput: { fd, data } }).then(
+          () => { sending--; lastOutput = Date.now(); pipe.resume(); },
+          () => { sending--; pipe.destroy(); resolve(); },
+        );
       });
       pipe.on('end', resolve);
       pipe.on('close', resolve);
@@ -195,11 +202,17 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   // so does one whose exit status was lost, which nobody could watch any more.
   if (timedOut || cancelled || lost) killGroup(child, 'SIGKILL');
   ctx.running.count--;
-  // Grandchildren may keep the pipes open: wait a little, then stop forwarding.
+  // Grandchildren may keep the pipes open: stop forwarding once no output came for a while. Output
+  // held back by the host's credit is still the command's and is all sent (that is backpressure).
   if (!outputsEnded) {
-    const grace = setTimeout(() => { child.stdout.destroy(); child.stderr.destroy(); }, PIPE_GRACE_MS);
+    const grace = setInterval(() => {
+      if (sending === 0 && Date.now() - lastOutput >= PIPE_GRACE_MS) {
+        child.stdout.destroy();
+        child.stderr.destroy();
+      }
+    }, PIPE_GRACE_MS / 4);
     await outputs;
-    clearTimeout(grace);
+    clearInterval(grace);
   }
   if (killTimer) clearTimeout(killTimer);
   stopListening();

@@ -60,9 +60,13 @@ export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
  * xenstore). The window bounds the bytes of a transfer in flight, which is what a small request on
  * the same port can find queued ahead of it: during an injection into the TCG test VM a request took
  * 55 ms with 4 MiB and 9 ms with 256 KiB, at the same throughput. (On a local socket pair 256 KiB
- * costs 40 % of the throughput; the bench shows both.) Two 128 KiB chunks fit.
+ * costs 40 % of the throughput; the bench shows both.) 512 KiB: 256 KiB held one 128 KiB chunk frame
+ * and 20 bytes short of a second, so the host waited for a credit per chunk, and each credit is a
+ * port write (~1 ms of guest CPU under TCG); with 512 KiB, granted in halves, the agent sends one
+ * credit per two chunks and the next ones are already on the way, and a request beside an injection
+ * still took its idle time (docs/BENCHMARKS.md, "Where the agent's CPU went on file transfers").
  */
-export const SLOW_PORT_STREAM_WINDOW = 256 * 1024;
+export const SLOW_PORT_STREAM_WINDOW = 512 * 1024;
 
 /** Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a transfer. */
 const SMALL_FRAME = 8 * 1024;

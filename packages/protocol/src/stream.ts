@@ -64,7 +64,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
     private readonly wire: StreamWire,
     /** Credit the peer gave us for this stream. */
     peerWindow: number,
-    /** Credit we give the peer; re-granted in quarters as messages are read. */
+    /** Credit we give the peer; re-granted in halves as messages are read (each grant is a frame: on a slow port a costly write). */
     private readonly localWindow: number,
   ) {
     this.requestId = open.requestId;
@@ -259,7 +259,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
 
   private consumed(size: number): void {
     this.unacknowledged += size;
-    if (this.unacknowledged >= this.localWindow / 4 && !this.remoteEnded && !this.failure) {
+    if (this.unacknowledged >= this.localWindow / 2 && !this.remoteEnded && !this.failure) {
       const bytes = this.unacknowledged;
       this.unacknowledged = 0;
       this.receiveCredit += bytes;

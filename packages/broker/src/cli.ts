@@ -53,25 +53,22 @@ function fail(program: Command, err: unknown, extra: { json?: Record<string, unk
   process.exit(code);
 }
 
-async function client(program: Command, target: string): Promise<PortholeClient> {
+/** Where and how to connect, from the global options: as virsh, --connect else LIBVIRT_DEFAULT_URI, written into the target so it goes wherever the target goes (the daemon too). */
+async function connectWith<T extends { route: { detail: string } }>(
+  program: Command, target: string, open: (target: string, options: { timeoutMs: number; broker: string | false | undefined }) => Promise<T>,
+): Promise<T> {
   const o = program.opts<Globals>();
-  // As virsh: --connect, else LIBVIRT_DEFAULT_URI; written into the target so it goes wherever the target goes (the daemon too).
-  const c = await connect(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), {
+  const c = await open(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), {
     timeoutMs: Number(o.timeout) * 1000, broker: o.direct ? false : o.brokerSocket,
   });
   if (o.verbose) process.stderr.write(`porthole: ${c.route.detail}\n`);
   return c;
 }
 
+const client = (program: Command, target: string): Promise<PortholeClient> => connectWith(program, target, connect);
+
 /** A target's agent: Porthole's, or qemu-guest-agent's for `qga:` targets and libvirt domains without Porthole's. */
-async function guest(program: Command, target: string): Promise<Guest> {
-  const o = program.opts<Globals>();
-  const g = await connectGuest(withLibvirtUri(target, o.connect ?? process.env.LIBVIRT_DEFAULT_URI), {
-    timeoutMs: Number(o.timeout) * 1000, broker: o.direct ? false : o.brokerSocket,
-  });
-  if (o.verbose) process.stderr.write(`porthole: ${g.route.detail}\n`);
-  return g;
-}
+const guest = (program: Command, target: string): Promise<Guest> => connectWith(program, target, connectGuest);
 
 /**
  * A request cut by a lost connection: when the VM cannot be reached again (stopped, undefined), that is the

@@ -29,8 +29,9 @@ export async function connectGuest(target: string, options: ConnectOptions = {},
     if (!target.startsWith('libvirt:') || !noPortholeAgent(err)) throw err;
     const t = parseLibvirtTarget(target.slice('libvirt:'.length));
     const virsh = new Virsh({ uri: t.uri });
+    // Only a qemu-guest-agent the guest has opened can answer; otherwise Porthole's cause is the one to report.
     const qga = await locateChannel(virsh, t.domain, QGA_PORT_NAME).catch(() => undefined);
-    if (!qga) throw err;
+    if (!qga || qga.channel.state === 'disconnected') throw err;
     return QgaGuest.over(target, new LibvirtQga(virsh, t.domain), {
       via: 'direct', detail: `to qemu-guest-agent of libvirt:${t.domain} through libvirtd (virsh qemu-agent-command): the domain has no Porthole agent`,
     });

@@ -64,8 +64,6 @@ function choose(): ReturnType<typeof pick> {
 /** CRC32C of data, continuing from a previous result (0 to start). */
 export const crc32c: Crc = (d, prev = 0) =>
   chosen ? chosen.crc32c(d, prev) : d.length < NATIVE_FROM_BYTES ? portable.buf(d, prev | 0) >>> 0 : choose().crc32c(d, prev);
-/** Whether `crc32c` is native code (picks the implementation now if no bulk frame has yet). */
-export const crc32cIsNative = (): boolean => choose().native;
 /** Which implementation `crc32c` is, for logs and benchmark notes (picks it now if no bulk frame has yet). */
 export const crc32cImplementation = (): string => choose().name;
 /** Calls `listener` once the implementation is picked (at once if it already is). */

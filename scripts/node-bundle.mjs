@@ -15,7 +15,9 @@ export function bundleForNode({ entry, outfile, external = [], define = {}, plug
     external,
     define,
     plugins,
-    minify: false,
+    // Without whitespace and comments: the source V8 keeps is a third smaller, and one non-ASCII
+    // character in a kept comment made it hold the whole bundle as UTF-16. Names stay for stack traces.
+    minifyWhitespace: true,
     sourcemap: false,
     legalComments: 'none',
     logLevel: 'warning',

@@ -10,9 +10,26 @@ import { bundleForNode } from '../../../scripts/node-bundle.mjs';
 const here = dirname(fileURLToPath(import.meta.url));
 const pkg = JSON.parse(readFileSync(join(here, '..', 'package.json'), 'utf8'));
 
+// Modules replaced by stand-ins, for the agent's idle memory (docs/BENCHMARKS.md, "The agent's idle memory").
+const STAND_INS = {
+  // protobufjs loads long.js if it can, and long.js compiles a WebAssembly module when loaded
+  // (~1 MiB of RSS); @porthole/protocol makes 64-bit fields decode as numbers, so it is unused.
+  long: 'module.exports = {};',
+  // winston's own tracing, shown only with DEBUG=winston*: it loads colour parsers at start (~1.5 MiB).
+  '@dabh/diagnostics': 'module.exports = () => () => {};',
+};
+const standIns = {
+  name: 'stand-ins',
+  setup(build) {
+    build.onResolve({ filter: /^(long|@dabh\/diagnostics)$/ }, (args) => ({ path: args.path, namespace: 'stand-in' }));
+    build.onLoad({ filter: /.*/, namespace: 'stand-in' }, (args) => ({ contents: STAND_INS[args.path], loader: 'js' }));
+  },
+};
+
 await bundleForNode({
   entry: join(here, '..', 'src', 'main.ts'),
   outfile: process.argv[2] ?? join(here, '..', 'dist', 'porthole-agent.bundle.cjs'),
   external: ['serialport', '@serialport/*', '@node-rs/crc32'],
   define: { __PORTHOLE_AGENT_VERSION__: JSON.stringify(pkg.version), 'require.main': 'module' },
+  plugins: [standIns],
 });

@@ -6,7 +6,7 @@ import { NovaRequests } from './nova';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
 import { AGENT_VERSION } from './version';
 import { PayloadWatcher } from './payload';
-import { crc32cIsNative } from '@porthole/protocol';
+import { whenCrc32cChosen } from '@porthole/protocol';
 
 export interface StartAgentOptions {
   /** `--channel` syntax; default virtio:org.porthole.agent.0. */
@@ -38,7 +38,9 @@ export function startAgent(options: StartAgentOptions = {}): RunningAgent {
   if (!LOG_LEVELS.includes(level)) throw new Error(`bad log level ${JSON.stringify(level)}: use ${LOG_LEVELS.join(', ')}`);
   const log = options.log ?? createAuditLogger({ file: options.logFile ?? (loaded.config.log.file || undefined), level, windowsEventLog: process.platform === 'win32' });
   const agent = new Agent({ connector: connectorFor(channel), config: loaded.config, log });
-  log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found, crc32c: crc32cIsNative ? 'native' : 'portable' });
+  log.info('starting', { version: AGENT_VERSION, channel, config: configPath, configFound: loaded.found });
+  // Picked with the first bulk frame (see crc32c.ts): slow transfers are explained by a portable one.
+  whenCrc32cChosen((implementation, native) => log.info('crc32c', { crc32c: native ? 'native' : 'portable', implementation }));
   // Xen hosts may also send Nova-style requests through xenstore.
   const xenbus = xenbusPathOf(channel);
   const nova = xenbus !== undefined ? new NovaRequests({ path: xenbus, agent }) : undefined;

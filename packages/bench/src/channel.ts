@@ -290,7 +290,7 @@ export async function benchChannel(opts: { bytes?: number; rounds?: number } = {
       `far side in a worker thread; best of ${rounds} interleaved rounds each; ${porthole.loaded.length} small requests completed during the bulk transfers; each connection (raw ones too) first carries one unmeasured transfer of the same size, so both ends run optimised code as a long-running agent and broker do`,
       `window: the credit the far side grants per stream, the session default (${DEFAULT_STREAM_WINDOW / MiB} MiB) unless named; the agent grants ${window}, which in the TCG guest keeps a request beside a transfer near its idle time at no cost in throughput (VM table below), and here trades throughput for latency`,
       'bare: records of u32 length + u8 kind and nothing else but CRC32C over every byte at both ends, the bulk written as the session writes it (a turn of the event loop per 128 KiB); its ping waits behind the bytes already queued in Node and the kernel, checked by the receiver, as any request on one checked byte stream must',
-      `CRC32C: ${crc32cImplementation}, ${crcSpeed().toFixed(0)} MiB/s on one core here`,
+      `CRC32C: ${crc32cImplementation()}, ${crcSpeed().toFixed(0)} MiB/s on one core here`,
     ],
   };
 }

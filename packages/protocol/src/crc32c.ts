@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const portable = require('crc-32/crc32c') as { buf(d: Uint8Array, seed?: number): number };
 
-/** CRC32C of data, continuing from a previous result (0 to start). */
+/** A CRC32C function: of data, continuing from a previous result. */
 type Crc = (data: Uint8Array, previous?: number) => number;
 
 type Native = { crc32c(d: Uint8Array, initial?: number): number; implementation?: string };
@@ -46,8 +46,28 @@ function pick(): { crc32c: Crc; native: boolean; name: string } {
   return { crc32c: (d, prev = 0) => portable.buf(d, prev | 0) >>> 0, native: false, name: 'pure JS (crc-32)' };
 }
 
-const chosen = pick();
-export const crc32c: Crc = chosen.crc32c;
-export const crc32cIsNative = chosen.native;
-/** Which implementation `crc32c` is, for logs and benchmark notes. */
-export const crc32cImplementation = chosen.name;
+/**
+ * Control frames and headers are small, and checksumming them needs no addon: the first one is
+ * loaded with the first bulk frame, so an agent that has only answered hellos and commands never
+ * maps it (about 3.5 MiB of its RSS). The two give the same values, so a running CRC may switch.
+ */
+const NATIVE_FROM_BYTES = 4096;
+let chosen: ReturnType<typeof pick> | undefined;
+const listeners: Array<(implementation: string, native: boolean) => void> = [];
+function choose(): ReturnType<typeof pick> {
+  if (chosen) return chosen;
+  chosen = pick();
+  for (const listener of listeners.splice(0)) listener(chosen.name, chosen.native);
+  return chosen;
+}
+
+/** CRC32C of data, continuing from a previous result (0 to start). */
+export const crc32c: Crc = (d, prev = 0) =>
+  chosen ? chosen.crc32c(d, prev) : d.length < NATIVE_FROM_BYTES ? portable.buf(d, prev | 0) >>> 0 : choose().crc32c(d, prev);
+/** Which implementation `crc32c` is, for logs and benchmark notes (picks it now if no bulk frame has yet). */
+export const crc32cImplementation = (): string => choose().name;
+/** Calls `listener` once the implementation is picked (at once if it already is). */
+export function whenCrc32cChosen(listener: (implementation: string, native: boolean) => void): void {
+  if (chosen) listener(chosen.name, chosen.native);
+  else listeners.push(listener);
+}

@@ -1,6 +1,6 @@
 export { v1, PROTOCOL_VERSION, CHUNK_SIZE } from './messages';
 export { PortholeError, errorCodeName, errors } from './errors';
-export { crc32c, crc32cIsNative, crc32cImplementation } from './crc32c';
+export { crc32c, crc32cImplementation, whenCrc32cChosen } from './crc32c';
 export {
   encodeFrame, frameHeader, FRAME_FLAG_NO_PAYLOAD_CRC, FrameDecoder, FrameDecoderOptions, FrameDecoderStats,
   FRAME_MAGIC, FRAME_VERSION, FRAME_HEADER_SIZE, DEFAULT_MAX_FRAME_SIZE, DEFAULT_FRAME_TIMEOUT_MS,

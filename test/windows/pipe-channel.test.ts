@@ -11,14 +11,31 @@ import { connect, PortholeClient } from '@porthole/broker';
 import { agentExe, freePort, installAgentFiles, startWindowsProgram, wine } from './wine';
 
 const root = join(__dirname, '..', '..');
+// The agent under Wine may not have made its pipe yet when the broker first connects (a loaded
+// machine takes seconds to start it): the bridge tries the pipe for a while before giving up.
 const BRIDGE = `
 const net = require('node:net');
 const [port, pipe] = process.argv.slice(2);
 net.createServer((tcp) => {
-  const p = net.connect(pipe);
-  tcp.pipe(p).pipe(tcp);
-  const end = () => { tcp.destroy(); p.destroy(); };
-  tcp.on('error', end); p.on('error', end); tcp.on('close', end); p.on('close', end);
+  tcp.pause();
+  tcp.on('error', () => undefined);
+  const attempt = (left) => {
+    const p = net.connect(pipe);
+    const retry = () => {
+      p.destroy();
+      if (left > 0 && !tcp.destroyed) setTimeout(() => attempt(left - 1), 250);
+      else tcp.destroy();
+    };
+    p.once('error', retry);
+    p.once('connect', () => {
+      p.off('error', retry);
+      const end = () => { tcp.destroy(); p.destroy(); };
+      p.on('error', end); tcp.on('close', end); p.on('close', end);
+      tcp.pipe(p).pipe(tcp);
+      tcp.resume();
+    });
+  };
+  attempt(240);
 }).listen(Number(port), '127.0.0.1');
 `;
 

@@ -111,6 +111,23 @@ describe('media: payloads on a running QEMU over QMP', function () {
     }
   });
 
+  it('starts an aarch64 virt VM (no IDE, no floppy controller) with a payload CD on virtio-scsi from qemuPayloadArgs', async () => {
+    assert.throws(() => qemuPayloadArgs(floppy1, 'floppy', undefined, 'scsi'), /only a CD goes on a SCSI bus/);
+    const d = tempDir();
+    const virt = await startQemu(d.dir, ['-machine', 'virt', '-cpu', 'cortex-a57', ...qemuPayloadArgs(iso1, 'cd', undefined, 'scsi')], 'qemu-system-aarch64');
+    const c = await connectQmpSocket(virt.qmpSocket);
+    try {
+      const b = await drive(c, 'porthole-payload');
+      assert.equal(b.inserted?.file, iso1);
+      assert.equal(b.inserted?.ro, true);
+      assert.equal((await findPayloadDrive(c, { medium: 'cd' })).device, 'porthole-payload');
+    } finally {
+      c.close();
+      await virt.stop();
+      d.cleanup();
+    }
+  });
+
   it('reports a QMP socket that is not there, and a peer that is not QMP, without waiting for the timeout', async () => {
     await assert.rejects(connectQmpSocket(join(t.dir, 'absent.sock'), 2000), /QMP .*absent\.sock: connect ENOENT/);
     for (const garbage of ['null\n', 'hello\n']) {

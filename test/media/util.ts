@@ -43,10 +43,10 @@ export interface QemuVm {
 }
 
 /** Starts a paused QEMU (TCG, no defaults) with the given extra arguments and a QMP socket. */
-export async function startQemu(dir: string, extraArgs: string[]): Promise<QemuVm> {
+export async function startQemu(dir: string, extraArgs: string[], qemu = 'qemu-system-x86_64'): Promise<QemuVm> {
   const qmpSocket = join(dir, 'qmp.sock');
   const child: ChildProcess = spawn(
-    'qemu-system-x86_64',
+    qemu,
     ['-accel', 'tcg', '-nodefaults', '-nographic', '-S', '-qmp', `unix:${qmpSocket},server=on,wait=off`, ...extraArgs],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );

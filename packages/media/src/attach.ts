@@ -203,14 +203,20 @@ function qemuOptionValue(value: string): string {
 
 /**
  * QEMU arguments that attach `image` read-only as a CD-ROM (ide-cd: the IDE bus
- * on pc, AHCI on q35) or a floppy, with drive id `driveId` and device id
+ * on pc, AHCI on q35; with bus 'scsi', scsi-cd on a virtio-scsi controller, as
+ * aarch64's virt machine needs) or a floppy, with drive id `driveId` and device id
  * `driveId-dev` so QMP can find it later. For a run-once payload pass these
  * only for the next start.
  */
-export function qemuPayloadArgs(image: string, medium: MediumKind, driveId: string = PAYLOAD_DRIVE_ID): string[] {
+export function qemuPayloadArgs(image: string, medium: MediumKind, driveId: string = PAYLOAD_DRIVE_ID, bus: 'ide' | 'scsi' = 'ide'): string[] {
   if (medium !== 'cd' && medium !== 'floppy') throw new PayloadAttachError(`medium must be "cd" or "floppy", got ${String(medium)}`);
+  // Machines without IDE or a floppy controller (aarch64 virt) take a CD on a virtio-scsi controller of its own.
+  if (bus === 'scsi' && medium !== 'cd') throw new PayloadAttachError('only a CD goes on a SCSI bus: a floppy needs a floppy controller (x86 machines)');
   const drive = [`if=none`, `id=${driveId}`, ...(medium === 'cd' ? ['media=cdrom'] : []), 'readonly=on', 'format=raw', `file=${qemuOptionValue(image)}`];
-  return ['-drive', drive.join(','), '-device', `${medium === 'cd' ? 'ide-cd' : 'floppy'},drive=${driveId},id=${driveId}-dev`];
+  const device = bus === 'scsi'
+    ? ['-device', `virtio-scsi-pci,id=${driveId}-scsi`, '-device', `scsi-cd,bus=${driveId}-scsi.0,drive=${driveId},id=${driveId}-dev`]
+    : ['-device', `${medium === 'cd' ? 'ide-cd' : 'floppy'},drive=${driveId},id=${driveId}-dev`];
+  return ['-drive', drive.join(','), ...device];
 }
 
 // ---------------------------------------------------------------- QMP

@@ -72,7 +72,8 @@ describe('end to end in an aarch64 VM (QEMU virt, TCG): the linux-arm64 agent', 
     const big = randomBytes(8 * 1024 * 1024);
     const written = await client.installFile(big, { path: '/tmp/big.bin', mode: 0o600 }).result;
     assert.deepEqual([written.size, written.sha256], [big.length, sha256(big)]);
-    assert.match((await auditLines(vm!, client, 'crc32c'))[0]?.crc32c as string, /^native$/, 'the arm64 CRC32C addon loaded beside the agent');
+    // virtio-serial cannot corrupt bytes: the payload CRC32C was negotiated off, so no CRC32C was chosen for bulk frames.
+    assert.deepEqual(await auditLines(vm!, client, 'crc32c'), [], 'no payload CRC over virtio-serial');
     const bigBack = await readBack(client, '/tmp/big.bin');
     assert.equal(bigBack.sha256, sha256(big));
     assert.ok(bigBack.data.equals(big), 'the bytes read back are the bytes sent');

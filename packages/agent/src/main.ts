@@ -4,6 +4,7 @@ import { LOADER_ENV, Policy } from './policy';
 import { startAgent, RunningAgent } from './start';
 import { AGENT_VERSION } from './version';
 import { DEFAULT_PORT_NAME } from '@porthole/transport';
+import { crc32cImplementation } from '@porthole/protocol';
 import { watchFile } from 'node:fs';
 import { runAsService, SERVICE_NAME } from './windows/service';
 
@@ -21,6 +22,8 @@ function describePolicy(policy: Policy, source: string): string {
     `  session:    max_streams ${c.session.maxStreams || 'unlimited'}; max_open_files ${c.session.maxOpenFiles || 'unlimited'}; peer_timeout_seconds ${c.session.peerTimeoutSeconds}`,
     `  nova:       ${onOff(c.nova.enabled)} (xenstore data/host requests, with --channel xen)`,
     `  log:        file ${c.log.file || '(stderr only)'}; level ${c.log.level}`,
+    // Loaded here only to say which: the agent itself picks it with its first checked bulk frame.
+    `crc32c: ${crc32cImplementation()} (payload CRC on serial lines; virtio-serial, sockets and xenstore negotiate it off)`,
   ].join('\n');
 }
 

@@ -344,6 +344,46 @@ describe('session', () => {
     assert.deepEqual(order.slice(0, 3), ['open:small', 'close:small', 'message:bulk']);
   });
 
+  it('a relayed stream keeps its order while the channel is full: its small messages and close wait behind its queued data, credit and other streams pass', async () => {
+    const channel = new RecordingChannel();
+    const broker = new Session(channel, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    cleanups.push(() => broker.close());
+    channel.emit('data', frameOf({ hello: { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, softwareVersion: 'agent', instanceId: 'a', reply: true } }));
+    await broker.ready();
+    const settle = () => new Promise((r) => setImmediate(r));
+    const relayed = broker.openRelayed({ exec: {} }, { grant: () => undefined, deliver: () => undefined, remoteEnd: () => undefined, fail: () => undefined });
+    await settle();
+    // As the daemon relays an exec's messages that came from the agent as its stream 9, without waiting for each.
+    const fromAgent = (message: v1.StreamMessage.$Properties) => Buffer.from(v1.Envelope.encode({ streamId: 9, message }).finish());
+    channel.full = true;
+    broker.relayMessage(9, relayed, fromAgent({ execOutput: { fd: 1, data: randomBytes(64 * 1024) } })); // taken; the channel is now full
+    await settle();
+    channel.written.length = 0;
+    broker.relayMessage(9, relayed, fromAgent({ execOutput: { fd: 1, data: randomBytes(64 * 1024) } }));
+    broker.relayMessage(9, relayed, fromAgent({ execOutput: { fd: 1, data: Buffer.from('the last line\n') } }));
+    broker.relayMessage(9, relayed, fromAgent({ execExit: { exited: true, code: 0 } }));
+    broker.relayControl(relayed, { close: {} });
+    broker.relayControl(relayed, { credit: { bytes: 4096 } });
+    const other = broker.openStream({ info: {} });
+    other.end();
+    await settle();
+    const frames = () => {
+      const seen: string[] = [];
+      const decoder = new FrameDecoder((payload) => {
+        const e = v1.Envelope.decode(payload);
+        const what = e.body === 'message' ? `${e.message!.body}${e.message!.execOutput ? `(${e.message!.execOutput.data!.length})` : ''}` : e.body;
+        seen.push(`${e.streamId === relayed ? 'relayed' : 'other'} ${what}`);
+      });
+      for (const b of channel.written) decoder.push(b);
+      return seen;
+    };
+    assert.deepEqual(frames(), ['relayed credit', 'other open', 'other close'], 'before the drain only credit and the other stream passed');
+    channel.full = false;
+    channel.emit('drain');
+    for (let i = 0; i < 5; i++) await settle();
+    assert.deepEqual(frames().slice(3), ['relayed execOutput(65536)', 'relayed execOutput(14)', 'relayed execExit', 'relayed close']);
+  });
+
   it('a peer that never reads: what waits for the channel stays bounded, the peer is not read meanwhile, and reading resumes on drain', async () => {
     const channel = new RecordingChannel();
     const agent = new Session(channel, { role: 'agent', hello: agentHello, onStream: () => undefined });

@@ -68,7 +68,10 @@ export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
  */
 export const SLOW_PORT_STREAM_WINDOW = 512 * 1024;
 
-/** Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a transfer. */
+/**
+ * Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a
+ * transfer; never ahead of queued data of their own stream, whose messages keep their order.
+ */
 const SMALL_FRAME = 8 * 1024;
 
 /**
@@ -79,7 +82,8 @@ export const DEFAULT_MAX_BACKLOG = 1024 * 1024;
 /** What one queued frame costs beyond its bytes (the channel's write request, a waiter): a flood of tiny frames counts. */
 const QUEUED_FRAME_COST = 256;
 
-type QueuedFrame = { parts: Buffer[]; handedOver: () => void };
+/** A frame waiting for the channel; `streamId` 0 when it belongs to no stream or may pass its stream's data (credit). */
+type QueuedFrame = { parts: Buffer[]; handedOver: () => void; streamId: number };
 
 const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
@@ -108,6 +112,8 @@ export class Session extends EventEmitter {
   private keepaliveTimer?: NodeJS.Timeout;
   /** Bulk frames waiting for the channel; small ones (control, requests) never wait, so they pass these. */
   private readonly bulkQueue: QueuedFrame[] = [];
+  /** Frames per stream in bulkQueue: a later frame of that stream, however small, queues behind them. */
+  private readonly queuedPerStream = new Map<number, number>();
   /** The channel asked us to wait for 'drain'. */
   private channelFull = false;
   /** Bytes handed to the channel since it asked us to wait. */
@@ -138,7 +144,8 @@ export class Session extends EventEmitter {
       sendEnvelope: (envelope) => {
         const encoded = v1.Envelope.encode(envelope).finish();
         const part = Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length);
-        return { size: encoded.length, written: this.writePayload([part]) };
+        // Credit concerns what the peer sends: it may pass this stream's queued data; close and reset may not.
+        return { size: encoded.length, written: this.writePayload([part], envelope.credit ? 0 : envelope.streamId ?? 0) };
       },
       measure: (streamId, message) => {
         const parts = encodeStreamMessage(streamId, message);
@@ -206,7 +213,7 @@ export class Session extends EventEmitter {
     const parts = withStreamId(payload, fromId, toId);
     let size = 0;
     for (const p of parts) size += p.length;
-    return { size, written: this.writePayload(parts) };
+    return { size, written: this.writePayload(parts, toId) };
   }
 
   /** Credit, half-close or reset on a relayed stream. */
@@ -295,14 +302,19 @@ export class Session extends EventEmitter {
     void this.wire.sendEnvelope({ hello }).written.catch(() => undefined);
   }
 
-  /** Queue one frame; resolves once the channel took it and can take more (the writer's backpressure). */
-  private writePayload(parts: Buffer[]): Promise<void> {
+  /**
+   * Queue one frame of stream `streamId` (0: of none); resolves once the channel took it and can take
+   * more (the writer's backpressure). A relay sends a stream's messages without waiting for each, so
+   * the order within a stream is kept here: an exec's exit must not pass the last of its output.
+   */
+  private writePayload(parts: Buffer[], streamId = 0): Promise<void> {
     if (this.isClosed) return Promise.reject(this.closedReason());
     let size = 0;
     for (const p of parts) size += p.length;
     return new Promise((handedOver) => {
-      if (size > SMALL_FRAME) {
-        this.bulkQueue.push({ parts, handedOver });
+      if (size > SMALL_FRAME || (streamId !== 0 && this.queuedPerStream.has(streamId))) {
+        this.bulkQueue.push({ parts, handedOver, streamId });
+        if (streamId !== 0) this.queuedPerStream.set(streamId, (this.queuedPerStream.get(streamId) ?? 0) + 1);
         this.flushBulk();
         return;
       }
@@ -318,6 +330,11 @@ export class Session extends EventEmitter {
     while (!this.channelFull && !this.isClosed) {
       const next = this.bulkQueue.shift();
       if (!next) return;
+      if (next.streamId !== 0) {
+        const left = this.queuedPerStream.get(next.streamId)! - 1;
+        if (left > 0) this.queuedPerStream.set(next.streamId, left);
+        else this.queuedPerStream.delete(next.streamId);
+      }
       // A bulk writer goes on after the event loop has polled I/O: a run of chunk encodings
       // would otherwise hold back replies and small requests waiting to be read or written.
       if (this.writeFrame(next.parts)) setImmediate(next.handedOver);
@@ -393,6 +410,7 @@ export class Session extends EventEmitter {
     for (const w of this.readyWaiters.splice(0)) w.reject(reason);
     for (const w of this.drainWaiters.splice(0)) w();
     for (const f of this.bulkQueue.splice(0)) f.handedOver();
+    this.queuedPerStream.clear();
     this.log.flush();
     this.emit('close', error);
   }

@@ -3,7 +3,8 @@
 // `npm run build`) runs with a preload: SIGUSR2 starts V8's sampling profiler, the next SIGUSR2 writes
 // /tmp/agent-N.cpuprofile. Each transfer is profiled, the profile fetched with readFile, and its self
 // time printed by function; the .cpuprofile files are kept (Chrome DevTools opens them).
-//   node scripts/profile-agent.mjs [MiB=64] [OUTDIR=/tmp/porthole-profile]
+// `exec` profiles EXECS runs of /bin/true, one after another, and prints their p50 round trip.
+//   node scripts/profile-agent.mjs [MiB=64] [OUTDIR=/tmp/porthole-profile] [WHAT=inject,readback,exec] [EXECS=200]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -15,6 +16,8 @@ const { connect } = require('../packages/broker/dist/index.js');
 
 const mib = Number(process.argv[2] ?? 64);
 const outDir = process.argv[3] ?? '/tmp/porthole-profile';
+const what = (process.argv[4] ?? 'inject,readback,exec').split(',');
+const execs = Number(process.argv[5] ?? 200);
 mkdirSync(outDir, { recursive: true });
 
 const PRELOAD = `
@@ -47,7 +50,7 @@ function selfTimes(profile) {
 }
 
 const vm = await bootVm({
-  agent: { bundle: agentBundlePath() }, agentLog: '/var/log/porthole-agent.log', rawPorts: 0,
+  agent: { bundle: process.env.AGENT_BUNDLE ?? agentBundlePath() }, agentLog: '/var/log/porthole-agent.log', rawPorts: 0,
   files: [
     { path: '/etc/testbed/agent-cmd', content: '/usr/bin/node -r /opt/profile-preload.js /opt/porthole/porthole-agent.cjs\n' },
     { path: '/opt/profile-preload.js', content: PRELOAD },
@@ -81,8 +84,21 @@ try {
   const transfers = {
     inject: () => client.installFile(data, { path: '/tmp/profile-big' }).result,
     readback: async () => { const t = client.readFile('/tmp/profile-big'); t.data.resume(); await t.result; },
+    exec: async () => {
+      const ms = [];
+      for (let i = 0; i < execs; i++) {
+        const t0 = performance.now();
+        const task = client.exec(['/bin/true']);
+        task.stdout.resume();
+        task.stderr.resume();
+        await task.exit;
+        ms.push(performance.now() - t0);
+      }
+      ms.sort((a, b) => a - b);
+      console.log(`\nexec /bin/true × ${execs}: p50 ${ms[ms.length >> 1].toFixed(2)} ms, p95 ${ms[Math.floor(ms.length * 0.95)].toFixed(2)} ms (profiler on)`);
+    },
   };
-  for (const [name, run] of Object.entries(transfers)) {
+  for (const [name, run] of Object.entries(transfers).filter(([n]) => what.includes(n))) {
     await shell(`kill -USR2 ${pid}`);
     await new Promise((r) => setTimeout(r, 300));
     const cpu0 = await cpu(pid);
@@ -96,8 +112,9 @@ try {
     const raw = await readAll(latest);
     writeFileSync(join(outDir, `${name}.cpuprofile`), raw);
     const { totalMs, idleMs, rows } = selfTimes(JSON.parse(raw.toString()));
-    console.log(`\n${name}, ${mib} MiB (load: ${execFileSync('uptime').toString().trim().replace(/.*load/, 'load')})`);
-    console.log(`${(mib / seconds).toFixed(2)} MiB/s; agent CPU ${(cpuSeconds * 1024 / mib).toFixed(1)} s per GiB (profiler on); main thread busy ${(totalMs - idleMs).toFixed(0)} ms, idle ${idleMs.toFixed(0)} ms`);
+    console.log(`\n${name}${name === 'exec' ? '' : `, ${mib} MiB`} (load: ${execFileSync('uptime').toString().trim().replace(/.*load/, 'load')})`);
+    const rate = name === 'exec' ? `agent CPU ${(cpuSeconds * 1000 / execs).toFixed(2)} ms per exec` : `${(mib / seconds).toFixed(2)} MiB/s; agent CPU ${(cpuSeconds * 1024 / mib).toFixed(1)} s per GiB`;
+    console.log(`${rate} (profiler on); main thread busy ${(totalMs - idleMs).toFixed(0)} ms, idle ${idleMs.toFixed(0)} ms`);
     for (const [key, ms] of rows.filter(([k]) => !k.startsWith('(idle)')).slice(0, 25)) {
       console.log(`${ms.toFixed(0).padStart(7)} ms ${((100 * ms) / (totalMs - idleMs)).toFixed(1).padStart(5)} %  ${key}`);
     }

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { v1, PortholeError, Session } from '@porthole/protocol';
 import { UnixSocketConnector } from '@porthole/transport';
 import { exec, sha256, writeFile } from './client';
+import { AGENT_TUNING_ENV } from '@porthole/agent';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const kib = (field: string, pid: number) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
@@ -63,7 +64,7 @@ describe('agent: the bundled executable', function () {
     assert.match(run('--help').stdout, /default:\s+"virtio:org\.porthole\.agent\.0"/);
   });
 
-  async function startAgent(configText: string) {
+  async function startAgent(configText: string, env: NodeJS.ProcessEnv = process.env) {
     const conf = join(dir, 'agent.conf');
     writeFileSync(conf, `[transfers]\nstate_dir = "${join(dir, 'state')}"\n${configText}`);
     const sock = join(dir, 'agent.sock');
@@ -71,11 +72,29 @@ describe('agent: the bundled executable', function () {
     const accepted = listener.connect();
     const logFile = join(dir, 'audit.log');
     writeFileSync(logFile, '');
-    agent = spawn(process.execPath, [bundle, '--channel', `unix:${sock}`, '--config', conf, '--log-file', logFile], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-    agent.stderr!.resume();
+    agent = spawn(process.execPath, [bundle, '--channel', `unix:${sock}`, '--config', conf, '--log-file', logFile], { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    agent.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
     session = new Session(await accepted, { role: 'broker', hello: { softwareVersion: 'test-broker' }, keepaliveIntervalMs: 0 });
-    return { conf, logFile, hello: await session.ready(10000), session, pid: agent.pid! };
+    return { conf, logFile, hello: await session.ready(10000), session, pid: agent.pid!, stderr: () => stderr };
   }
+
+  it("runs with its systemd unit's environment, and the commands it starts do not inherit it", async () => {
+    const unit = readFileSync(join(__dirname, '../../installers/systemd/porthole-agent.service'), 'utf8');
+    const tuning = Object.fromEntries([...unit.matchAll(/^Environment=([A-Z_]+)=(.*)$/gm)].map((m) => [m[1], m[2]]));
+    assert.deepEqual(Object.keys(tuning).sort(), [...AGENT_TUNING_ENV].sort(), 'the unit sets exactly what the agent keeps from commands');
+    assert.equal(tuning.NODE_OPTIONS, '--jitless');
+    const a = await startAgent('', { ...process.env, ...tuning, PORTHOLE_TEST_MARK: 'inherited' });
+    // V8 says so when --jitless takes WebAssembly away: the flag took effect in the agent's process.
+    assert.match(a.stderr(), /disabling flag --expose_wasm/);
+    const r = await exec(a.session, { argv: [Buffer.from('/usr/bin/env')] });
+    assert.equal(r.exit.code, 0);
+    const env = r.stdout.toString().split('\n');
+    assert.ok(env.includes('PORTHOLE_TEST_MARK=inherited'), 'the rest of the environment is inherited');
+    for (const name of AGENT_TUNING_ENV) assert.ok(!env.some((l) => l.startsWith(`${name}=`)), `${name} reached the command`);
+    const node = await exec(a.session, { argv: [Buffer.from(process.execPath), Buffer.from('-p'), Buffer.from('typeof WebAssembly')] });
+    assert.equal(node.stdout.toString().trim(), 'object', 'a Node command keeps its JIT');
+  });
 
   it('streams a 1 GiB output flood with bounded memory', async function () {
     this.timeout(300000);

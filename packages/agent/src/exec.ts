@@ -16,11 +16,21 @@ const KILL_GRACE_MS = 2000;
 /** After the main process exits, output still buffered in pipes gets this long to arrive. */
 const PIPE_GRACE_MS = 2000;
 /**
+ * What the agent's service sets to tune the agent's own process (installers/systemd/porthole-agent.service):
+ * a command run through the agent must not get them (a Node program would run without its JIT).
+ */
+export const AGENT_TUNING_ENV = ['NODE_OPTIONS', 'MALLOC_MMAP_THRESHOLD_'] as const;
+
+/**
  * The agent's environment, read once: commands inherit it. Reading process.env
  * goes through the C++ environment for every variable, which costs about a
  * millisecond per command in an emulated guest.
  */
-const AGENT_ENV: Readonly<NodeJS.ProcessEnv> = Object.freeze({ ...process.env });
+const AGENT_ENV: Readonly<NodeJS.ProcessEnv> = (() => {
+  const env = { ...process.env };
+  for (const name of AGENT_TUNING_ENV) delete env[name];
+  return Object.freeze(env);
+})();
 
 export interface ExecContext {
   policy: Policy;

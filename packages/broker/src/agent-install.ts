@@ -118,7 +118,8 @@ if [ -d /run/systemd/system ] && [ -f /usr/lib/systemd/system/porthole-agent.ser
 else
   if [ -f /run/porthole-agent.pid ]; then kill $(cat /run/porthole-agent.pid) 2>/dev/null || true; sleep 0.5; fi
   mkdir -p /var/log
-  setsid ${GUEST_AGENT} --channel virtio:$name </dev/null >>/var/log/porthole-agent.log 2>&1 &
+  # The settings of the agent's systemd unit (installers/systemd/porthole-agent.service).
+  MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless setsid ${GUEST_AGENT} --channel virtio:$name </dev/null >>/var/log/porthole-agent.log 2>&1 &
   echo $! > /run/porthole-agent.pid
 fi
 `;

@@ -176,6 +176,7 @@ export class Agent {
     });
     session.on('ready', (hello: v1.Hello) => {
       this.log.info('session established', { broker: hello.softwareVersion, brokerHost: hello.hostname });
+      this.idle.settle();
       for (const l of this.sessions) l(session);
     });
     session.on('reset', (err: PortholeError) => this.log.warn('session reset by the host', { reason: err.message }));

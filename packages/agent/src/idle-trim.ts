@@ -2,8 +2,8 @@
 // read slabs kept for reuse, and the garbage V8 would otherwise keep until the
 // next burst (an idle agent allocates too little to trigger a collection, and
 // the buffers of a transfer or of a command's output live outside V8's heap,
-// freed only when their handles are collected).
-import { setFlagsFromString } from 'node:v8';
+// freed only when their handles are collected). Start-up and a host's hello
+// leave garbage too: V8's young generation alone keeps ~2 MiB until collected.
 import { runInNewContext } from 'node:vm';
 import { readSlabs } from '@porthole/transport';
 
@@ -15,7 +15,8 @@ let collect: (() => void) | undefined;
 /** A full collection. gc() is reachable only with --expose-gc, which a new context sees once set. */
 function collectGarbage(): void {
   if (!collect) {
-    setFlagsFromString('--expose-gc');
+    // node:v8 is loaded here, not at start: with its bindings it costs an idle agent ~0.2 MiB.
+    (require('node:v8') as typeof import('node:v8')).setFlagsFromString('--expose-gc');
     collect = runInNewContext('gc') as () => void;
   }
   collect();
@@ -35,6 +36,16 @@ export class IdleTrimmer {
   /** A request ended: the last one arms the trim. */
   end(): void {
     if (--this.busy > 0) return;
+    this.arm();
+  }
+
+  /** Something that allocated without a request (start-up, a host's hello) is over: trim once idle. */
+  settle(): void {
+    if (this.busy === 0) this.arm();
+  }
+
+  private arm(): void {
+    if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => this.trim(), IDLE_TRIM_MS);
     this.timer.unref(); // never what keeps the agent running
   }

@@ -10,6 +10,7 @@ export { connectorFor, xenbusPathOf } from './channels';
 export { NovaRequests, NovaReply, NOVA_REQUEST_DIR, NOVA_REPLY_DIR } from './nova';
 export { showPath, normalize, isWithin } from './paths';
 export { AGENT_VERSION } from './version';
+export { IDLE_TRIM_MS } from './idle-trim';
 export { main } from './main';
 export { applyPayloadMedium, probeMedium, PayloadWatcher, ApplyOptions, MediumSource, MediumProbe, WatcherOptions, currentBootId } from './payload';
 export { applyForeignMedium, foreignTarget, FOREIGN_FILE_MODE, MAX_LISTED_FILES } from './foreign-media';

@@ -4,6 +4,7 @@
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, PortholeClient } from '@porthole/broker';
+import { IDLE_TRIM_MS } from '@porthole/agent';
 import { CHUNK_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { bootVm, Vm, agentBundlePath, GUEST_SPAWN_HELPER, RawTool } from '@porthole/testbed';
 import { guestProcessTimes } from './process-floor';
@@ -194,8 +195,12 @@ class GuestProcs {
     return { ms, cpuSeconds: GuestProcs.get(await this.snapshot(via), who).cpuSeconds - before };
   }
 
-  /** Each agent's RSS in MiB, measured by the other one so the measured one is idle. */
+  /**
+   * Each agent's RSS in MiB, measured by the other one so the measured one is idle, and once Porthole's agent
+   * has been idle long enough to give back what requests borrowed (its idle trim).
+   */
   async idleRss(): Promise<{ agent: number; qga: number }> {
+    await new Promise((r) => setTimeout(r, IDLE_TRIM_MS + 1000));
     return { agent: GuestProcs.get(await this.snapshot('qga'), 'agent').rssMib, qga: GuestProcs.get(await this.snapshot('agent'), 'qga').rssMib };
   }
 }
@@ -412,7 +417,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       `each tool runs in blocks of back-to-back commands, in two rounds of opposite order; the agent logs one audit line per request to ${AGENT_LOG} in the guest (qemu-ga logs nothing per command), not to the test bed's serial console`,
       'qemu-guest-agent has no streaming: guest-exec-status returns captured output only once the process exited',
       'first line: from the host sending the request to the host holding the line (both clocks on the host)',
-      'RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent); the Porthole agent is Node (the JS bundle) plus porthole-spawn (C, started at the first command), qemu-ga is C',
+      `RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent), ${IDLE_TRIM_MS / 1000 + 1} s after its last request (Porthole's agent gives back what requests borrowed after ${IDLE_TRIM_MS / 1000} s idle); the Porthole agent is Node (the JS bundle, run with --jitless as its systemd unit runs it) plus porthole-spawn (C, started at the first command), qemu-ga is C`,
     ],
   };
   const idleInfo = med(underInject.idle);

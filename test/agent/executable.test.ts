@@ -84,6 +84,9 @@ describe('agent: the bundled executable', function () {
     const tuning = Object.fromEntries([...unit.matchAll(/^Environment=([A-Z_]+)=(.*)$/gm)].map((m) => [m[1], m[2]]));
     assert.deepEqual(Object.keys(tuning).sort(), [...AGENT_TUNING_ENV].sort(), 'the unit sets exactly what the agent keeps from commands');
     assert.equal(tuning.NODE_OPTIONS, '--jitless');
+    // Guests without systemd get the same from `porthole agent install`.
+    const fallback = readFileSync(join(__dirname, '../../packages/broker/src/agent-install.ts'), 'utf8').split('\n').find((l) => l.includes('setsid'))!;
+    for (const [name, value] of Object.entries(tuning)) assert.ok(fallback.includes(`${name}=${value} `), `agent install's fallback sets ${name}=${value}`);
     const a = await startAgent('', { ...process.env, ...tuning, PORTHOLE_TEST_MARK: 'inherited' });
     // V8 says so when --jitless takes WebAssembly away: the flag took effect in the agent's process.
     assert.match(a.stderr(), /disabling flag --expose_wasm/);

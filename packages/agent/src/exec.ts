@@ -19,7 +19,7 @@ const PIPE_GRACE_MS = 2000;
  * What the agent's service sets to tune the agent's own process (installers/systemd/porthole-agent.service):
  * a command run through the agent must not get them (a Node program would run without its JIT).
  */
-export const AGENT_TUNING_ENV = ['NODE_OPTIONS', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_ARENA_MAX'] as const;
+export const AGENT_TUNING_ENV = ['NODE_OPTIONS', 'MALLOC_MMAP_THRESHOLD_'] as const;
 
 /**
  * The agent's environment, read once: commands inherit it. Reading process.env

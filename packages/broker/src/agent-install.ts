@@ -119,7 +119,7 @@ else
   if [ -f /run/porthole-agent.pid ]; then kill $(cat /run/porthole-agent.pid) 2>/dev/null || true; sleep 0.5; fi
   mkdir -p /var/log
   # The settings of the agent's systemd unit (installers/systemd/porthole-agent.service).
-  MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=1 NODE_OPTIONS=--jitless setsid ${GUEST_AGENT} --channel virtio:$name </dev/null >>/var/log/porthole-agent.log 2>&1 &
+  MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless setsid ${GUEST_AGENT} --channel virtio:$name </dev/null >>/var/log/porthole-agent.log 2>&1 &
   echo $! > /run/porthole-agent.pid
 fi
 `;

@@ -97,10 +97,10 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined, arc
 /**
  * The agent's environment, as its systemd unit sets it: buffers of 64 KiB and more (pipe reads, output
  * records, chunks) are mapped and unmapped instead of coming from malloc's heap, which they fragment
- * so that it never shrinks (30 MiB kept after 100 MiB of command output, see docs/BENCHMARKS.md); one malloc
- * arena for all its threads; and V8 without its JIT, whose fresh code QEMU's TCG must translate again.
+ * so that it never shrinks (30 MiB kept after 100 MiB of command output, see docs/BENCHMARKS.md);
+ * and V8 without its JIT, whose fresh code QEMU's TCG must translate again (faster without it).
  */
-const AGENT_ENV = 'env MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=1 NODE_OPTIONS=--jitless';
+const AGENT_ENV = 'env MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless';
 
 export type AgentSource = { bundle: string } | { executable: string };
 

@@ -34,13 +34,21 @@ export function findVirtioPort(name: string, roots = { dev: '/dev', sys: '/sys/c
   throw new Error(`no virtio-serial port named ${name} (ports here: ${names.join(', ') || 'none'})`);
 }
 
-/** Bytes queued (in the socket, or here while the port is reopened) before write() says wait. */
+/** Bytes queued (in the socket, or here while no host is connected) before write() says wait. */
 const HIGH_WATER_MARK = 1024 * 1024;
-/** While no host is connected the port reads EOF at once: it is reopened after these pauses. */
+/** While no host is connected the port reads EOF at once: it is read again after these pauses. */
 const IDLE_BACKOFF_MS = [10, 50, 100, 200];
+/**
+ * Writes the port still held when the host left keep a hung-up port polling without pause (its HUP
+ * never clears): after this long without a host the port is closed with them and opened again.
+ */
+const STALE_WRITES_MS = 100;
 
 interface PipeHandle {
   open(fd: number): number;
+  readStart(): number;
+  reading: boolean;
+  onread: (...args: unknown[]) => unknown;
 }
 type PipeWrap = { Pipe: new (type: number) => PipeHandle; constants: { SOCKET: number } };
 
@@ -69,20 +77,30 @@ const JOIN_BELOW = 64 * 1024;
  * it is readable, the rest of the burst is read directly (see readBurst), so
  * JavaScript runs once per burst, not per 4 KiB (a thread-pool round trip
  * per read costs ~0.4 ms under TCG). While no host is connected the port reads EOF: the channel
- * emits 'discontinuity', closes the port and reopens it after a pause, so it
- * neither spins nor ends; what is written meanwhile waits for the reopened port.
+ * emits 'discontinuity' and reads again after a pause, so it neither spins nor ends; what is
+ * written meanwhile waits for the next host.
+ *
+ * The port stays open when the host hangs up. Closing it would drop what the guest holds of the next
+ * host's bytes, and the guest can see them before it sees the hang-up: QEMU's "host left" and "host
+ * came" arrive on the control queue, the data on its own, and the guest driver reads EOF from a port
+ * whose host it believes gone (a host that connected 90 ms after another one left lost its first
+ * request that way, while the agent had read its hello).
  */
 export class VirtioSerialChannel extends ChannelBase {
   readonly kind = 'bytes' as const;
   readonly description: string;
   private socket?: Socket;
-  /** Written while the port was being reopened. */
+  /** Written while there was no port or no host. */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private idle = 0;
-  private reopenTimer?: NodeJS.Timeout;
+  /** The port read EOF: no host (writes wait in `pending`) until a read says otherwise. */
+  private hostAbsentSince?: number;
+  /** The last event-loop read delivered bytes (one without them may have been an EOF). */
+  private delivered = false;
+  private probeTimer?: NodeJS.Timeout;
   private readonly reader = new SlabReader();
-  /** Reading is paused (kept across a reopen of the port). */
+  /** Reading is paused (kept across a reopen of the port, and while no host is connected). */
   private paused = false;
   /** The open port's descriptor (non-blocking), read directly for the rest of a burst. */
   private fd = -1;
@@ -91,7 +109,7 @@ export class VirtioSerialChannel extends ChannelBase {
     super();
     this.description = `virtio-serial:${path}`;
     this.reader.deliver = (chunk) => {
-      this.idle = 0;
+      this.delivered = true;
       this.emit('data', chunk);
     };
     this.reader.more = (into) => this.readBurst(into);
@@ -142,35 +160,85 @@ export class VirtioSerialChannel extends ChannelBase {
     this.socket = socket;
     if (this.paused) socket.pause();
     socket.on('drain', () => this.emit('drain'));
-    socket.on('end', () => this.hostGone(socket));
     socket.on('error', (e) => this.markClosed(new Error(`${this.description}: ${e.message}`, { cause: e })));
-    const parts = this.pending;
-    this.pending = [];
-    this.pendingBytes = 0;
-    if (parts.length) this.writeParts(parts);
-    // A writer that waited for the old port (gone with what it held) may go on.
-    if (socket.writable && !socket.writableNeedDrain) this.emit('drain');
+    // Node ends a socket at its first EOF and says nothing of later ones; a port reads EOF whenever its
+    // host hangs up and bytes again once one connects. A read that delivered nothing is checked here.
+    const nodeOnRead = handle.onread;
+    handle.onread = (...args: unknown[]) => {
+      this.delivered = false;
+      const next = nodeOnRead.apply(handle, args);
+      if (!this.delivered && this.socket === socket) this.readDirect(socket, handle);
+      return next;
+    };
+    if (this.hostAbsentSince === undefined) this.flushPending(socket);
   }
 
-  /** EOF: no host on the other side. Said once; the port is reopened until one is back. */
-  private hostGone(socket: Socket): void {
-    if (this.socket !== socket) return;
-    this.socket = undefined;
-    socket.destroy();
-    if (this.closed) return;
-    if (this.idle === 0) this.emit('discontinuity');
-    const delay = IDLE_BACKOFF_MS[Math.min(this.idle++, IDLE_BACKOFF_MS.length - 1)];
-    this.reopenTimer = setTimeout(() => {
+  /**
+   * One read outside the event loop, after an event-loop read that delivered nothing or after a pause
+   * without a host: EOF means still no host; bytes or EAGAIN mean a host, and reading goes on.
+   */
+  private readDirect(socket: Socket, handle: PipeHandle): void {
+    clearTimeout(this.probeTimer);
+    if (this.closed || this.socket !== socket) return;
+    const into = (this.reader.onread.buffer as () => Uint8Array)();
+    let n: number;
+    try {
+      n = readSync(this.fd, into, 0, into.length, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') {
+        this.markClosed(new Error(`${this.description}: ${(e as Error).message}`, { cause: e }));
+        socket.destroy();
+        return;
+      }
+      n = -1;
+    }
+    if (n === 0) return this.hostGone(socket, handle);
+    if (this.hostAbsentSince !== undefined) {
+      this.hostAbsentSince = undefined;
+      this.flushPending(socket);
+    }
+    // libuv stopped reading at the EOF it saw, if it saw one (a second start is refused, harmlessly).
+    if (!this.paused) {
+      handle.reading = true;
+      handle.readStart();
+    }
+    if (n > 0) this.reader.onread.callback(n, into);
+  }
+
+  /** EOF: no host on the other side. Said once; the port is read again after a pause until one is back. */
+  private hostGone(socket: Socket, handle: PipeHandle): void {
+    handle.reading = false;
+    if (this.hostAbsentSince === undefined) {
+      this.hostAbsentSince = Date.now();
+      this.idle = 0;
+      this.emit('discontinuity');
+    } else if (socket.writableLength > 0 && Date.now() - this.hostAbsentSince >= STALE_WRITES_MS) {
+      // What the port held for the host that left goes with the port (the next host would not know it).
+      this.socket = undefined;
+      socket.destroy();
       try {
         this.attach();
       } catch (e) {
         this.markClosed(new Error(`${this.description}: cannot reopen: ${(e as Error).message}`, { cause: e }));
       }
-    }, delay);
+      return;
+    }
+    const delay = IDLE_BACKOFF_MS[Math.min(this.idle++, IDLE_BACKOFF_MS.length - 1)];
+    this.probeTimer = setTimeout(() => this.readDirect(socket, handle), delay);
+  }
+
+  /** What was written while there was no port or no host goes out. */
+  private flushPending(socket: Socket): void {
+    const parts = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (parts.length) this.writeParts(parts);
+    // A writer that waited (for the port, or for a host) may go on.
+    if (socket.writable && !socket.writableNeedDrain) this.emit('drain');
   }
 
   writeParts(parts: readonly Buffer[]): boolean {
-    if (!this.socket) {
+    if (!this.socket || this.hostAbsentSince !== undefined) {
       let ok = true;
       for (const part of parts) ok = this.write(part);
       return ok;
@@ -192,7 +260,7 @@ export class VirtioSerialChannel extends ChannelBase {
 
   write(data: Buffer): boolean {
     if (this.closed) return false;
-    if (this.socket) return this.socket.write(data);
+    if (this.socket && this.hostAbsentSince === undefined) return this.socket.write(data);
     this.pending.push(data);
     this.pendingBytes += data.length;
     return this.pendingBytes < HIGH_WATER_MARK;
@@ -211,7 +279,7 @@ export class VirtioSerialChannel extends ChannelBase {
   close(): void {
     if (this.closed) return;
     this.markClosed();
-    clearTimeout(this.reopenTimer);
+    clearTimeout(this.probeTimer);
     this.socket?.destroy();
     this.socket = undefined;
   }

@@ -17,11 +17,16 @@ const STAND_INS = {
   long: 'module.exports = {};',
   // winston's own tracing, shown only with DEBUG=winston*: it loads colour parsers at start (~1.5 MiB).
   '@dabh/diagnostics': 'module.exports = () => () => {};',
+  // commander requires child_process at start for git-style subcommands, which the agent has none of:
+  // child_process then loads at the first command instead (with crypto, ~1.5 MiB of an idle agent).
+  'commander-child-process': "module.exports = { spawn: (...args) => require('node:child_process').spawn(...args) };",
 };
 const standIns = {
   name: 'stand-ins',
   setup(build) {
     build.onResolve({ filter: /^(long|@dabh\/diagnostics)$/ }, (args) => ({ path: args.path, namespace: 'stand-in' }));
+    build.onResolve({ filter: /^(node:)?child_process$/ }, (args) =>
+      /[\\/]commander[\\/]/.test(args.importer) ? { path: 'commander-child-process', namespace: 'stand-in' } : undefined);
     build.onLoad({ filter: /.*/, namespace: 'stand-in' }, (args) => ({ contents: STAND_INS[args.path], loader: 'js' }));
   },
 };

@@ -1,5 +1,5 @@
 import { promises as fsp, constants as fsc, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { createHash, Hash } from 'node:crypto';
+import type { Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { v1, PortholeError, Stream, CHUNK_SIZE, bytesOf } from '@porthole/protocol';
 import { Policy } from './policy';
@@ -7,6 +7,7 @@ import { UserDb } from './users';
 import { AuditLogger } from './audit';
 import { components, isRoot, joinComponents, normalize, showPath } from './paths';
 import { checkWindowsWrite, setWindowsOwner } from './windows/files';
+import { crypto } from './builtins';
 
 const E = v1.ErrorCode;
 const WINDOWS = process.platform === 'win32';
@@ -29,7 +30,7 @@ function invalid(message: string, path?: Uint8Array): PortholeError {
 }
 
 function safeId(requestId: string): string {
-  return createHash('sha256').update(requestId).digest('hex').slice(0, 24);
+  return crypto().createHash('sha256').update(requestId).digest('hex').slice(0, 24);
 }
 
 /**
@@ -297,7 +298,7 @@ export async function writeFileAtomic(
 
   const base = components(target).pop()!;
   const temp = joinComponents([...components(parent), Buffer.concat([Buffer.from('.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)])]);
-  const hash: Hash = createHash('sha256');
+  const hash: Hash = crypto().createHash('sha256');
   let position = 0;
   let handle: fsp.FileHandle;
   const resume = Number(req.resumeOffset ?? 0);
@@ -465,7 +466,7 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
         owner: ctx.users.userName(st.uid), group: ctx.users.groupName(st.gid), mtimeMs: Math.floor(st.mtimeMs), length,
       },
     });
-    const hash = createHash('sha256');
+    const hash = crypto().createHash('sha256');
     const readAt = async (at: number) => {
       const buf = Buffer.allocUnsafe(Math.min(CHUNK_SIZE, length - at));
       const { bytesRead } = await handle.read(buf, 0, buf.length, offset + at);

@@ -3,13 +3,13 @@
 // reported to the host, and applied only where the owner's
 // payload.foreign_targets maps the medium's label to a directory. Their files
 // are meant for other software in the guest, so nothing else is done with them.
-import { createHash, randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { v1, PortholeError } from '@porthole/protocol';
 import { writeFileAtomic } from './files';
 import { normalize, showPath } from './paths';
 import type { ApplyOptions, MediumSource } from './payload';
 import { alreadyApplied, chunksOf, readRecord, sha256File, writeRecord } from './payload-common';
+import { crypto } from './builtins';
 
 const E = v1.ErrorCode;
 const S = v1.PayloadState;
@@ -89,13 +89,13 @@ export async function applyForeignMedium(opts: ApplyOptions, source: MediumSourc
   const targetDir = normalize(Buffer.from(target));
   const dest = (f: Listed) => normalize(Buffer.concat([targetDir, Buffer.from('/'), f.rel]));
   // One record per label and directory; its hash covers the directory and every file's path and content.
-  const record = { id: `foreign-${createHash('sha256').update(`${source.label.trim().toUpperCase()}\0${target}`).digest('hex').slice(0, 16)}`, availability: 'permanent' as const, contentSha256: '' };
+  const record = { id: `foreign-${crypto().createHash('sha256').update(`${source.label.trim().toUpperCase()}\0${target}`).digest('hex').slice(0, 16)}`, availability: 'permanent' as const, contentSha256: '' };
   const applied = { ...event, targetDir };
   try {
     if (listing.truncated) throw new PortholeError(E.ERROR_CODE_RESOURCE_EXHAUSTED, `the medium holds more than ${MAX_LISTED_FILES} files (or names); it is not applied`);
     if (listing.irregular) throw new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, `${showPath(listing.irregular)} on the medium is neither a file nor a directory; it is not applied`);
     policy.requireEnabled('file_write');
-    const content = createHash('sha256').update(targetDir);
+    const content = crypto().createHash('sha256').update(targetDir);
     for (const f of listing.files) {
       policy.checkPath('file_write', dest(f));
       policy.checkSize(f.size);
@@ -115,7 +115,7 @@ export async function applyForeignMedium(opts: ApplyOptions, source: MediumSourc
   for (const [i, f] of listing.files.entries()) {
     const path = dest(f);
     try {
-      const { result } = await writeFileAtomic(opts.files, `foreign:${record.id}:${randomUUID()}`, {
+      const { result } = await writeFileAtomic(opts.files, `foreign:${record.id}:${crypto().randomUUID()}`, {
         path, size: f.size, sizeKnown: true, owner: { numeric: 0 }, group: { numeric: 0 }, mode: FOREIGN_FILE_MODE, hasMode: true,
         overwrite: v1.OverwritePolicy.OVERWRITE_REPLACE, mkdirParents: true,
       }, chunksOf(f.abs));

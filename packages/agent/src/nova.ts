@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { v1, PortholeError, RepeatLimitedLogger } from '@porthole/protocol';
 import { XenstoreClient, XenstoreError, XENSTORE_REL_PATH_MAX } from '@porthole/xenstore';
@@ -6,6 +5,7 @@ import { Agent } from './agent';
 import { writeFileAtomic } from './files';
 import { showPath } from './paths';
 import { AGENT_VERSION } from './version';
+import { crypto } from './builtins';
 
 /**
  * Requests the way Xen hosts (Nova's xenapi "agent" plugin) send them to a
@@ -282,7 +282,7 @@ export class NovaRequests {
     audit.path = showPath(path);
     const { result } = await writeFileAtomic(
       this.options.agent.fileContext,
-      `nova:${randomUUID()}`,
+      `nova:${crypto().randomUUID()}`,
       { path, mkdirParents: true, size: content.length, sizeKnown: true },
       (async function* () { yield { offset: 0, data: content }; })(),
     );

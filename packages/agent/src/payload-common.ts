@@ -1,11 +1,11 @@
 // What Porthole's payload media and foreign media share in the agent: the
 // records of what was applied (so nothing is applied twice), and reading a
 // file off a mounted medium.
-import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { ManifestPayload } from '@porthole/media/manifest';
 import type { ChunkSource } from './files';
+import { crypto } from './builtins';
 
 interface AppliedRecord {
   id: string;
@@ -47,7 +47,7 @@ export async function writeRecord(stateDir: string, p: Recorded, bootId: string)
 }
 
 export async function sha256File(path: string | Buffer): Promise<string> {
-  const hash = createHash('sha256');
+  const hash = crypto().createHash('sha256');
   for await (const data of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(data as Buffer);
   return hash.digest('hex');
 }

@@ -1,11 +1,8 @@
 // Payload media (format: packages/media/FORMAT.md): find a Porthole-labelled CD
 // or floppy, mount it read-only, verify it and apply it through the same write
 // path as injection, then report it on the channel and in the audit log.
-import { execFile, spawn } from 'node:child_process';
-import { createHash, randomUUID } from 'node:crypto';
 import { promises as fsp, constants as fsc, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { v1, PortholeError, Session } from '@porthole/protocol';
 import {
   isPayloadLabel, ManifestFile, ManifestPayload, MANIFEST_FILE_NAME, MAX_MANIFEST_BYTES, parsePayloadManifest, PayloadManifest,
@@ -19,10 +16,10 @@ import { AuditLogger } from './audit';
 import { Policy } from './policy';
 import { removableVolumes } from './windows/drives';
 import { killProcessTree } from './windows/processes';
+import { childProcess, crypto, execFileAsync } from './builtins';
 
 const E = v1.ErrorCode;
 const S = v1.PayloadState;
-const execFileP = promisify(execFile);
 const WINDOWS = process.platform === 'win32';
 
 /** A payload command that runs longer than this is killed (with its process group) and the payload fails. */
@@ -157,7 +154,7 @@ function killGroup(pid: number | undefined): void {
 async function runCommand(argv: string[], output: fsp.FileHandle, timeoutMs: number): Promise<v1.ExecExit.$Properties> {
   const started = Date.now();
   const cwd = WINDOWS ? `${process.env.SystemDrive ?? 'C:'}\\` : '/';
-  const child = spawn(argv[0], argv.slice(1), { cwd, stdio: ['ignore', output.fd, output.fd], detached: !WINDOWS, windowsHide: true });
+  const child = childProcess().spawn(argv[0], argv.slice(1), { cwd, stdio: ['ignore', output.fd, output.fd], detached: !WINDOWS, windowsHide: true });
   const outcome = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; timedOut: boolean } | Error>((resolve) => {
     let timedOut = false;
     const timer = setTimeout(() => { timedOut = true; killGroup(child.pid); }, timeoutMs);
@@ -235,7 +232,7 @@ async function applyPayload(opts: ApplyOptions, medium: MediumReader, source: Me
   for (const [i, f] of p.files.entries()) {
     try {
       // A fresh request id: a completed write is remembered by id, and a payload applied again must really write.
-      const { result } = await writeFileAtomic(opts.files, `payload:${p.id}:${randomUUID()}`, writeRequest(f), chunksOf(sources[i]));
+      const { result } = await writeFileAtomic(opts.files, `payload:${p.id}:${crypto().randomUUID()}`, writeRequest(f), chunksOf(sources[i]));
       files.push({ path: f.path, sha256: result.sha256, size: result.size });
       log.info('payload file written', { payloadId: p.id, path: showPath(f.path), size: result.size, sha256: result.sha256, uid: result.uid, gid: result.gid, mode: `0${(result.mode ?? 0).toString(8)}` });
     } catch (err) {
@@ -308,7 +305,7 @@ export async function probeMedium(device: string): Promise<MediumProbe | { fsTyp
     // An empty floppy drive opens but reads nothing.
     if ((await fh.read(boot, 0, boot.length, 0)).bytesRead < boot.length) return undefined;
     await fh.read(pvd, 0, pvd.length, 16 * 2048);
-    const signature = createHash('sha256').update(boot).update(pvd).digest('hex');
+    const signature = crypto().createHash('sha256').update(boot).update(pvd).digest('hex');
     if (pvd[0] === 1 && pvd.toString('latin1', 1, 6) === 'CD001') return { fsType: 'iso9660', label: pvd.toString('latin1', 40, 72).trim(), signature };
     if (boot[510] === 0x55 && boot[511] === 0xaa) {
       // FAT12/16 keep the extended boot record at 38, FAT32 at 66; 0x29 says a label follows 5 bytes later.
@@ -443,7 +440,7 @@ export class PayloadWatcher {
     try {
       await fsp.mkdir(stateDir, { recursive: true, mode: 0o700 });
       await fsp.mkdir(mountPoint, { recursive: true, mode: 0o700 });
-      await execFileP('mount', ['-t', probe.fsType, '-o', 'ro,nosuid,nodev,noexec', device, mountPoint]);
+      await execFileAsync('mount', ['-t', probe.fsType, '-o', 'ro,nosuid,nodev,noexec', device, mountPoint]);
     } catch (err) {
       const message = `cannot mount ${device} (${probe.fsType}): ${((err as { stderr?: string }).stderr || (err as Error).message).trim()}`;
       log.error('payload medium not applied', { device, label: probe.label, error: message });
@@ -452,7 +449,7 @@ export class PayloadWatcher {
     try {
       return await this.applyMounted({ root: mountPoint, device, label: probe.label }, foreign, probe.fsType);
     } finally {
-      await execFileP('umount', [mountPoint]).catch((err: { stderr?: string; message: string }) => {
+      await execFileAsync('umount', [mountPoint]).catch((err: { stderr?: string; message: string }) => {
         log.error('cannot unmount the payload medium', { device, mountPoint, error: (err.stderr || err.message).trim() });
       });
     }

@@ -4,7 +4,7 @@
 // process that starts them with vfork and carries every command's stdio over
 // its own two pipes. Both give the same thing: a process in its own process
 // group, with its stdin, stdout and stderr as streams.
-import { spawn, ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { constants as osConstants } from 'node:os';
 import { v1, PortholeError } from '@porthole/protocol';
 import { AuditLogger } from './audit';
 import { isVerbatimCmd } from './windows/exec';
+import { childProcess } from './builtins';
 
 export interface SpawnOptions {
   file: string;
@@ -70,7 +71,7 @@ export class NodeSpawner implements Spawner {
 
   async spawn(options: SpawnOptions): Promise<Spawned> {
     checkNoNul(options);
-    const child: ChildProcess = spawn(options.file, options.args, {
+    const child: ChildProcess = childProcess().spawn(options.file, options.args, {
       cwd: options.cwd,
       env: options.env,
       uid: options.uid,
@@ -172,7 +173,7 @@ class HelperProcess {
   constructor(path: string, private readonly log: AuditLogger, private readonly onEnd: () => void) {
     this.ready = new Promise<void>((resolve, reject) => { this.greeting = { resolve, reject }; });
     this.ready.catch(() => undefined);
-    this.child = spawn(path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.child = childProcess().spawn(path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.greetingTimer = setTimeout(() => this.fail(new Error(`no answer within ${HELPER_START_MS} ms`)), HELPER_START_MS);
     this.child.on('error', (err) => this.fail(err));
     this.child.on('exit', (code, sig) => this.fail(new Error(sig ? `killed by ${sig}` : `exit status ${code}`)));

@@ -1,7 +1,6 @@
 // The on-medium payload manifest: types, canonical hashing, serializer and a
 // strict parser. Pure (no file system, no processes) so the guest agent can
 // import it as `@porthole/media/manifest`. The format is specified in FORMAT.md.
-import { createHash } from 'node:crypto';
 
 export const MANIFEST_FORMAT = 'porthole-payload';
 export const MANIFEST_SCHEMA_VERSION = 1;
@@ -93,6 +92,8 @@ export function canonicalJson(value: Json): string {
 }
 
 function sha256Hex(text: string): string {
+  // node:crypto loads here, not with the module: an idle agent imports this module but hashes nothing.
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
   return createHash('sha256').update(text, 'utf8').digest('hex');
 }
 

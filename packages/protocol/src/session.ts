@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import { slabOf, type Channel, type Slab } from '@porthole/transport';
 import { v1, PROTOCOL_VERSION } from './messages';
@@ -88,6 +87,15 @@ type QueuedFrame = { parts: Buffer[]; handedOver: () => void; streamId: number }
 const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
 /**
+ * 16 hex digits that tell this process's session from a restarted peer's. They must differ between
+ * instances, not be secret: Math.random (seeded by V8 from the OS) spares an idle agent node:crypto.
+ */
+function newInstanceId(): string {
+  const word = () => Math.floor(Math.random() * 2 ** 32).toString(16).padStart(8, '0');
+  return word() + word();
+}
+
+/**
  * One protocol session over one channel: handshake, keepalive and the
  * multiplexing of streams. Frames on byte channels, whole packets on packet
  * channels; nothing above this class sees either.
@@ -127,7 +135,7 @@ export class Session extends EventEmitter {
 
   constructor(readonly channel: Channel, private readonly options: SessionOptions) {
     super();
-    this.instanceId = options.hello.instanceId ?? randomBytes(8).toString('hex');
+    this.instanceId = options.hello.instanceId ?? newInstanceId();
     this.log = new RepeatLimitedLogger(options.logger ?? silent);
     this.window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
     this.maxBacklog = options.maxBacklog ?? DEFAULT_MAX_BACKLOG;

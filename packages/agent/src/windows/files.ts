@@ -3,15 +3,12 @@
 // account name and needs the restore privilege LocalSystem has). POSIX groups and modes
 // have no faithful mapping onto Windows ACLs, so they are refused, never silently dropped:
 // the file inherits its folder's ACL, and a specific ACL is set with `icacls` through exec.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { v1, PortholeError } from '@porthole/protocol';
 import { UserDb } from '../users';
 import { showPath } from '../paths';
+import { execFileAsync } from '../builtins';
 
 const E = v1.ErrorCode;
-const execFileP = promisify(execFile);
-
 const given = (p: v1.Principal.$Properties | null | undefined) => !!p && (!!p.name || p.numeric != null);
 const refuse = (what: string) =>
   new PortholeError(E.ERROR_CODE_INVALID_ARGUMENT, `${what} has no meaning for a Windows file (files inherit their folder's ACL; set one with icacls through exec); leave it unset`);
@@ -52,7 +49,7 @@ export async function setWindowsOwner(file: Buffer, owner: v1.Principal.$Propert
   const name = owner!.name!;
   const account = /^S-\d-/i.test(name) ? `*${name}` : name;
   try {
-    await execFileP('icacls', [file.toString('utf8'), '/setowner', account, '/Q'], { windowsHide: true });
+    await execFileAsync('icacls', [file.toString('utf8'), '/setowner', account, '/Q'], { windowsHide: true });
   } catch (err) {
     const out = `${(err as { stdout?: string }).stdout ?? ''}${(err as { stderr?: string }).stderr ?? ''}`.trim();
     if (/mapping between account names/i.test(out)) throw new PortholeError(E.ERROR_CODE_NO_SUCH_USER, `no such account in the guest: ${name}`);

@@ -2,8 +2,8 @@
 // real program as its child). There are no process groups: the tree is read from a
 // process snapshot (Toolhelp) and every member is terminated, as `taskkill /T /F` does;
 // taskkill itself is the fallback when koffi is missing (Wine's taskkill has no /T).
-import { spawnSync } from 'node:child_process';
 import { loadKoffi } from '@porthole/transport';
+import { childProcess } from '../builtins';
 
 type Pointer = unknown;
 interface Toolhelp {
@@ -74,7 +74,7 @@ export function killProcessTree(pid: number): void {
   try {
     t = api();
   } catch {
-    spawnSync('taskkill', ['/PID', String(pid), '/T', '/F'], { stdio: 'ignore', windowsHide: true });
+    childProcess().spawnSync('taskkill', ['/PID', String(pid), '/T', '/F'], { stdio: 'ignore', windowsHide: true });
     return;
   }
   for (const member of tree(t, pid)) {

@@ -3,6 +3,25 @@ import { eventLogStream } from './windows/event-log';
 
 export type AuditLogger = winston.Logger;
 
+/** Where winston's formats leave the finished line (triple-beam's MESSAGE). */
+const MESSAGE = Symbol.for('message');
+const logformJson = winston.format.json();
+
+/**
+ * winston's json format through the engine's own JSON.stringify: logform's safe-stable-stringify is
+ * JavaScript, which an agent without V8's JIT interprets (8-11 µs a line against 1.8 µs, on the host with
+ * --jitless; ~20× that in an emulated guest). Keys keep the order they were given in. What JSON.stringify
+ * cannot write (a cycle, a BigInt) goes through logform's json as before.
+ */
+const jsonLine = winston.format((info) => {
+  try {
+    (info as unknown as Record<symbol, string>)[MESSAGE] = JSON.stringify(info);
+    return info;
+  } catch {
+    return logformJson.transform(info, logformJson.options);
+  }
+});
+
 /**
  * One JSON line per request, metadata only: paths, sizes, hashes, ids, modes,
  * argv (secrets redacted), exit codes — never contents, stdin or env values.
@@ -27,7 +46,7 @@ export function createAuditLogger(
   }
   const logger = winston.createLogger({
     level: options.level ?? 'info',
-    format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
+    format: winston.format.combine(winston.format.timestamp(), jsonLine()),
     defaultMeta: { service: 'porthole-agent' },
     transports,
   });

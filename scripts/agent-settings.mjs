@@ -6,8 +6,10 @@
 // Settings take turns, ROUNDS times. A setting is the agent's command line without --channel/--config, e.g.
 //   node scripts/agent-settings.mjs '{"unit": "env MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless /usr/bin/node /opt/porthole/porthole-agent.cjs",
 //     "one-arena": "env MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=1 NODE_OPTIONS=--jitless /usr/bin/node /opt/porthole/porthole-agent.cjs"}' [ROUNDS=2] [N=60] [MIB=32]
-// (words split by the shell, no quoting; the bundle of `npm run build`, or AGENT_BUNDLE, is at /opt/porthole/porthole-agent.cjs).
+// (words split by the shell, no quoting; the bundle of `npm run build`, or AGENT_BUNDLE, is at /opt/porthole/porthole-agent.cjs;
+// AGENT_BUNDLES=old=/tmp/old.cjs puts another build at /opt/porthole/porthole-agent-old.cjs).
 import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
 const require = createRequire(import.meta.url);
@@ -23,7 +25,12 @@ const payload = Buffer.alloc(mib << 20, 0x5a);
 const pct = (a, p) => { const s = [...a].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const vm = await bootVm({ agent: { bundle: process.env.AGENT_BUNDLE ?? agentBundlePath() }, agentLog: '/run/porthole-agent.log', qemuGuestAgent: true, rawPorts: 0, log: (m) => console.error(m) });
+// Other builds of the agent to compare, as AGENT_BUNDLES=name=/host/path,...: each at /opt/porthole/porthole-agent-NAME.cjs in the guest.
+const files = (process.env.AGENT_BUNDLES ?? '').split(',').filter(Boolean).map((entry) => {
+  const [name, path] = entry.split('=');
+  return { path: `/opt/porthole/porthole-agent-${name}.cjs`, content: readFileSync(path) };
+});
+const vm = await bootVm({ agent: { bundle: process.env.AGENT_BUNDLE ?? agentBundlePath() }, agentLog: '/run/porthole-agent.log', qemuGuestAgent: true, rawPorts: 0, files, log: (m) => console.error(m) });
 try {
   const qga = await QgaClient.connect(vm.qgaSocketPath);
   const sh = async (c) => (await qga.exec('/bin/sh', ['-c', `${c} 2>&1`], 0)).stdout.toString().trim();

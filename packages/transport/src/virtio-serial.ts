@@ -99,6 +99,10 @@ export class VirtioSerialChannel extends ChannelBase {
   /** The last event-loop read delivered bytes (one without them may have been an EOF). */
   private delivered = false;
   private probeTimer?: NodeJS.Timeout;
+  /** Small frames written in this run of JavaScript, sent together when it ends (see writeParts). */
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private batchOwesDrain = false;
   private readonly reader = new SlabReader();
   /** Reading is paused (kept across a reopen of the port, and while no host is connected). */
   private paused = false;
@@ -237,19 +241,33 @@ export class VirtioSerialChannel extends ChannelBase {
     if (socket.writable && !socket.writableNeedDrain) this.emit('drain');
   }
 
+  /**
+   * The guest kernel's virtio console has no writev: every part of a writev is a write of its own, each
+   * a buffer the host is notified of, and each write costs the guest ~1 ms under TCG. So small frames
+   * written in one run of JavaScript (an exec's exit and its stream's close, a reply and its close) go
+   * out as one buffer when it ends, and a large frame as its joined head and its data.
+   */
   writeParts(parts: readonly Buffer[]): boolean {
+    if (this.closed) return false;
     if (!this.socket || this.hostAbsentSince !== undefined) {
-      let ok = true;
-      for (const part of parts) ok = this.write(part);
-      return ok;
+      for (const part of parts) {
+        this.pending.push(part);
+        this.pendingBytes += part.length;
+      }
+      return this.pendingBytes < HIGH_WATER_MARK;
     }
-    // The guest kernel's virtio console has no writev: every part of a writev is a write of its
-    // own, each a buffer the host is notified of. So a frame's small parts go out as one buffer,
-    // and a large frame as its joined head and its data.
-    if (parts.length === 1) return this.socket.write(parts[0]);
     let size = 0;
     for (const part of parts) size += part.length;
-    if (size <= JOIN_BELOW) return this.socket.write(Buffer.concat(parts, size));
+    if (size <= JOIN_BELOW) {
+      this.batch.push(parts.length === 1 ? parts[0] : Buffer.concat(parts, size));
+      this.batchBytes += size;
+      if (this.batch.length === 1) process.nextTick(this.flushBatch);
+      if (this.socket.writableLength + this.batchBytes < HIGH_WATER_MARK) return true;
+      this.batchOwesDrain = true;
+      return false;
+    }
+    this.flushBatch();
+    if (parts.length === 1) return this.socket.write(parts[0]);
     const last = parts[parts.length - 1];
     this.socket.cork();
     this.socket.write(parts.length === 2 ? parts[0] : Buffer.concat(parts.slice(0, -1), size - last.length));
@@ -259,12 +277,23 @@ export class VirtioSerialChannel extends ChannelBase {
   }
 
   write(data: Buffer): boolean {
-    if (this.closed) return false;
-    if (this.socket && this.hostAbsentSince === undefined) return this.socket.write(data);
-    this.pending.push(data);
-    this.pendingBytes += data.length;
-    return this.pendingBytes < HIGH_WATER_MARK;
+    return this.writeParts([data]);
   }
+
+  /** The small frames of this run of JavaScript, as one write (or held while there is no host). */
+  private readonly flushBatch = (): void => {
+    if (!this.batch.length) return;
+    const parts = this.batch;
+    const joined = parts.length === 1 ? parts[0] : Buffer.concat(parts, this.batchBytes);
+    this.batch = [];
+    this.batchBytes = 0;
+    const owesDrain = this.batchOwesDrain;
+    this.batchOwesDrain = false;
+    if (this.closed) return;
+    const ok = this.socket && this.hostAbsentSince === undefined ? this.socket.write(joined) : this.writeParts([joined]);
+    // A writer told to wait for the batch hears 'drain' from the socket, or here if the socket did not fill.
+    if (owesDrain && ok) this.emit('drain');
+  };
 
   pause(): void {
     this.paused = true;
@@ -278,6 +307,7 @@ export class VirtioSerialChannel extends ChannelBase {
 
   close(): void {
     if (this.closed) return;
+    this.flushBatch();
     this.markClosed();
     clearTimeout(this.probeTimer);
     this.socket?.destroy();

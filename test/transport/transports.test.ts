@@ -210,6 +210,33 @@ describe('transports', () => {
     });
   });
 
+  it('virtio-serial channel: small writes of one run of JavaScript, gathered into one write, keep their order around a large one', async function () {
+    this.timeout(20000);
+    await withPtyPair(async (a, b) => {
+      const host = await new SerialConnector(a).connect();
+      const guest = await new VirtioSerialConnector({ path: b }).connect();
+      try {
+        const parts = [Buffer.from('small-1;'), Buffer.from('small-2;'), randomBytes(100 * 1024), Buffer.from('small-3;'), Buffer.from('small-4')];
+        const expected = Buffer.concat(parts);
+        const received: Buffer[] = [];
+        let got = 0;
+        const all = new Promise<void>((resolve) => host.on('data', (d: Buffer) => {
+          received.push(Buffer.from(d));
+          if ((got += d.length) >= expected.length) resolve();
+        }));
+        guest.writeParts([parts[0]]);
+        guest.write(parts[1]);
+        guest.writeParts([parts[2].subarray(0, 1000), parts[2].subarray(1000)]);
+        guest.writeParts([parts[3], parts[4]]);
+        await all;
+        assert.ok(Buffer.concat(received).equals(expected));
+      } finally {
+        host.close();
+        guest.close();
+      }
+    });
+  });
+
   it('virtio-serial: finds a port by name in sysfs when udev made no symlink', () => {
     const t = tempDir();
     try {

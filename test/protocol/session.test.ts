@@ -85,6 +85,27 @@ describe('session', () => {
       e.code === v1.ErrorCode.ERROR_CODE_PROTOCOL && /version mismatch.*v99/.test(e.message));
   });
 
+  it('ignores a hello reply that answers another instance (left in the channel for the host before it)', async () => {
+    const p = await socketPair();
+    cleanups.push(p.cleanup);
+    const broker = new Session(p.host, { role: 'broker', hello: brokerHello, keepaliveIntervalMs: 0 });
+    const agentHello = { protocolVersion: PROTOCOL_VERSION, role: v1.Role.ROLE_AGENT, instanceId: 'agent-1', reply: true };
+    p.guest.write(frameOf({ hello: { ...agentHello, softwareVersion: 'an old answer', answersInstanceId: 'an-earlier-host' } }));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(broker.isReady, false, 'an answer to another host is not ours');
+    p.guest.write(frameOf({ hello: { ...agentHello, softwareVersion: 'our answer', answersInstanceId: broker.instanceId } }));
+    assert.equal((await broker.ready(2000)).softwareVersion, 'our answer');
+  });
+
+  it('names the instance it answers in its hello reply', async () => {
+    const p = await pair();
+    cleanups.push(p.cleanup);
+    await p.broker.ready(2000);
+    await p.broker.ping(); // the agent's reply to our hello comes before its pong
+    assert.equal(p.broker.peerHello!.reply, true);
+    assert.equal(p.broker.peerHello!.answersInstanceId, p.broker.instanceId);
+  });
+
   it('refuses a message larger than the peer\'s whole window at once, naming both sizes', async () => {
     const p = await pair(undefined, 128 * 1024);
     cleanups.push(p.cleanup);

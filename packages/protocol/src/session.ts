@@ -115,7 +115,8 @@ export class Session extends EventEmitter {
   private isClosed = false;
   private readyWaiters: Array<{ resolve: (h: v1.Hello) => void; reject: (e: unknown) => void }> = [];
   private pings = new Map<number, (t: number) => void>();
-  private pingSeq = 1;
+  /** Starts anywhere: a pong left in the channel for an earlier host must not answer our first ping. */
+  private pingSeq = 1 + Math.floor(Math.random() * 2 ** 31);
   private lastReceived = Date.now();
   private keepaliveTimer?: NodeJS.Timeout;
   /** Bulk frames waiting for the channel; small ones (control, requests) never wait, so they pass these. */
@@ -305,6 +306,7 @@ export class Session extends EventEmitter {
       maxFrameSize: this.options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
       streamWindow: this.window,
       reply,
+      answersInstanceId: reply ? this.peerHello?.instanceId ?? '' : '',
       payloadCrcOptional: this.channel.kind === 'bytes' && this.channel.reliable,
     };
     void this.wire.sendEnvelope({ hello }).written.catch(() => undefined);
@@ -499,6 +501,11 @@ export class Session extends EventEmitter {
   }
 
   private onHello(hello: v1.Hello): void {
+    if (hello.reply && hello.answersInstanceId && hello.answersInstanceId !== this.instanceId) {
+      // Left in the channel for the host before us: our own answer is still to come.
+      this.log.debug('a hello answering another instance ignored', { answers: hello.answersInstanceId });
+      return;
+    }
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       const err = errors.protocol(
         `protocol version mismatch: the peer (${hello.softwareVersion || 'unknown'}) speaks v${hello.protocolVersion}, this side v${PROTOCOL_VERSION}`,

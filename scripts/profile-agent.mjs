@@ -3,8 +3,9 @@
 // `npm run build`) runs with a preload: SIGUSR2 starts V8's sampling profiler, the next SIGUSR2 writes
 // /tmp/agent-N.cpuprofile. Each transfer is profiled, the profile fetched with readFile, and its self
 // time printed by function; the .cpuprofile files are kept (Chrome DevTools opens them).
-// `exec` profiles EXECS runs of /bin/true, one after another, and prints their p50 round trip.
-//   node scripts/profile-agent.mjs [MiB=64] [OUTDIR=/tmp/porthole-profile] [WHAT=inject,readback,exec] [EXECS=200]
+// `exec` profiles EXECS runs of /bin/true, one after another, and prints their p50 round trip; `stdout` one
+// command writing MiB of zeros to its stdout (the bench's `head -c`).
+//   node scripts/profile-agent.mjs [MiB=64] [OUTDIR=/tmp/porthole-profile] [WHAT=inject,readback,exec,stdout] [EXECS=200]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -16,7 +17,7 @@ const { connect } = require('../packages/broker/dist/index.js');
 
 const mib = Number(process.argv[2] ?? 64);
 const outDir = process.argv[3] ?? '/tmp/porthole-profile';
-const what = (process.argv[4] ?? 'inject,readback,exec').split(',');
+const what = (process.argv[4] ?? 'inject,readback,exec,stdout').split(',');
 const execs = Number(process.argv[5] ?? 200);
 mkdirSync(outDir, { recursive: true });
 
@@ -85,6 +86,12 @@ try {
   const transfers = {
     inject: () => client.installFile(data, { path: '/tmp/profile-big' }).result,
     readback: async () => { const t = client.readFile('/tmp/profile-big'); t.data.resume(); await t.result; },
+    stdout: async () => {
+      const task = client.exec(['head', '-c', String(data.length), '/dev/zero']);
+      task.stdout.resume();
+      task.stderr.resume();
+      await task.exit;
+    },
     exec: async () => {
       const ms = [];
       for (let i = 0; i < execs; i++) {

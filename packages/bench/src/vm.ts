@@ -111,6 +111,17 @@ async function timed(run: () => Promise<unknown>): Promise<number> {
   return performance.now() - t0;
 }
 
+/**
+ * How fast a shell pipeline moves `bytes` in the guest, timed there (/proc/uptime, 10 ms steps) and run
+ * through qemu-ga so the agent is idle: the command's own floor, which no agent can beat.
+ */
+async function guestPipelineMibs(qga: QgaClient, pipeline: string, bytes: number): Promise<number> {
+  const r = await qga.exec('/bin/sh', ['-c', `read a b < /proc/uptime; ${pipeline}; s=$?; read c d < /proc/uptime; echo "$a $c"; exit $s`], 20);
+  const [start, end] = r.stdout.toString().trim().split(' ').map(Number);
+  if (r.code !== 0 || !(end > start)) throw new Error(`the guest pipeline "${pipeline}" exited ${r.code}, printing ${JSON.stringify(r.stdout.toString().slice(0, 200))}`);
+  return mibPerSecond(bytes, (end - start) * 1000);
+}
+
 async function portholeRead(client: PortholeClient, path: string): Promise<{ sha256: string; length: number }> {
   const task = client.readFile(path);
   task.data.resume();
@@ -308,6 +319,11 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     return performance.now() - t0;
   });
   if (stdoutGot !== stdoutBytes) throw new Error(`Porthole exec head -c ${stdoutBytes} /dev/zero: ${stdoutGot} bytes of stdout arrived`);
+  // The command's own floor in this guest: head alone, and head into a pipe read by cat (the faster of two runs each).
+  const headAlone = `head -c ${stdoutBytes} /dev/zero`;
+  const headFloor = async (pipeline: string) => Math.max(await guestPipelineMibs(qga, pipeline, stdoutBytes), await guestPipelineMibs(qga, pipeline, stdoutBytes));
+  const headToNull = await headFloor(`${headAlone} > /dev/null`);
+  const headToPipe = await headFloor(`${headAlone} | cat > /dev/null`);
 
   log(`info round trips idle, then beside a ${bytes / MiB} MiB injection and its read-back`);
   const info = () => timed(async () => { await client.info(); });
@@ -386,12 +402,15 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       ...direction('host → guest', up, { sync: 'readSync', loop: 'reader', ph: 'installFile', qga: 'guest-file-write' }),
       ...direction('guest → host', down, { sync: 'writeSync', loop: 'writer', ph: 'readFile', qga: 'guest-file-read' }),
       ['guest → host', `Porthole exec stdout of head -c ${stdoutBytes / MiB} MiB of /dev/zero`, execStdout.mibs, execStdout.ms / 1000, execStdout.mibs / trueDown.mibs, execStdout.mibs / downSha.mibs, execStdout.mibs / downQga.mibs, execStdout.cpuPerGib],
+      ['in the guest', `the same head -c to /dev/null, no reader (the command alone)`, headToNull, stdoutBytes / MiB / headToNull, headToNull / trueDown.mibs, '', '', ''],
+      ['in the guest', `the same head -c into a pipe read by cat (the floor for its output)`, headToPipe, stdoutBytes / MiB / headToPipe, headToPipe / trueDown.mibs, '', '', ''],
     ],
     notes: [
       `true raw: the faster of the plain readers/writers (${trueUp === upBlocking ? 'Node' : 'C'} host → guest, ${trueDown === downBlocking ? 'Node' : 'C'} guest → host) on another port of the same virtio-serial device, bytes discarded (or zeros sent): what the port moves with nothing on top — the reference every ratio and floor here is taken against`,
       'true raw + sha256: the same blocking loop hashing every byte in the guest — the floor for a protocol that checks what it moves',
       'event-loop reader: the test bed\'s earlier raw tool, the port polled by libuv as the agent polls its own (4 KiB per read under TCG); kept to show what that costs',
       `Porthole: ${CHUNK_SIZE / 1024} KiB chunks, written to the guest's tmpfs atomically, sha256 checked both ways; exec stdout counted on the host`,
+      'head -c in the guest: the guest\'s busybox head, run through qemu-ga and timed in the guest (10 ms steps), the faster of two runs; "ratio to true raw" there is against guest → host',
       `qemu-guest-agent (Debian's qemu-ga in the same guest): guest-file-open/write/close, base64 in JSON, ${QGA_CHUNK / MiB} MiB per command, one command in flight`,
       'guest CPU: utime + stime from /proc/<pid>/stat in the guest of the program doing the work (Porthole: the agent and porthole-spawn, not the commands it runs; raw: its tool; qga: qemu-ga), read before and after each run through the other agent; scaled to one GiB',
       'raw and raw + sha256: the faster of two runs (they are the references, upper bounds); the rest one run each; every raw tool warmed up by 8 MiB each way first; the guest\'s two vCPUs share this host\'s two cores with QEMU and the broker',
@@ -452,6 +471,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     ],
     notes: [
       `true raw here: ${trueUp.mibs.toFixed(1)} MiB/s host → guest, ${trueDown.mibs.toFixed(1)} MiB/s guest → host; true raw + sha256: ${upSha.mibs.toFixed(1)} and ${downSha.mibs.toFixed(1)} MiB/s (first table)`,
+      `exec stdout's own floor in this guest: head -c alone ${headToNull.toFixed(1)} MiB/s, head -c into a pipe read by cat ${headToPipe.toFixed(1)} MiB/s (${(headToPipe / trueDown.mibs).toFixed(2)} of true raw); Porthole's exec stdout is ${(execStdout.mibs / headToPipe).toFixed(2)} of that`,
     ],
   };
   return [targets, throughput, exec, beside];

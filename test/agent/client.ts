@@ -52,14 +52,15 @@ export async function transferStatus(session: Session, requestId: string, path: 
   return msgs[0].transferStatus as v1.FileTransferStatus;
 }
 
-export async function readFile(session: Session, req: v1.FileReadRequest.$Properties): Promise<{ header: v1.FileReadHeader; data: Buffer; result: v1.FileReadResult }> {
+export async function readFile(session: Session, req: v1.FileReadRequest.$Properties): Promise<{ header: v1.FileReadHeader; data: Buffer; chunks: Array<{ offset: number; length: number }>; result: v1.FileReadResult }> {
   const stream = session.openStream({ fileRead: req });
   stream.end();
   const msgs = await answers(stream);
-  const data = Buffer.concat(msgs.filter((m) => m.body === 'chunk').map((m) => Buffer.from((m.chunk as v1.Chunk).data)));
+  const chunks = msgs.filter((m) => m.body === 'chunk').map((m) => m.chunk as v1.Chunk);
   return {
     header: msgs.find((m) => m.body === 'fileReadHeader')!.fileReadHeader as v1.FileReadHeader,
-    data,
+    data: Buffer.concat(chunks.map((c) => Buffer.from(c.data))),
+    chunks: chunks.map((c) => ({ offset: Number(c.offset), length: c.data.length })),
     result: msgs.find((m) => m.body === 'fileReadResult')!.fileReadResult as v1.FileReadResult,
   };
 }

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { v1, PortholeError } from '@porthole/protocol';
+import { v1, PortholeError, CHUNK_SIZE } from '@porthole/protocol';
 import { AgentConfig, TransferStore } from '@porthole/agent';
 import { AgentHarness, TRANSPORTS, startAgentHarness } from './harness';
 import { readFile, sha256, transferStatus, writeFile } from './client';
@@ -246,6 +246,20 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
     const range = await readFile(h.session, { path: b(path), offset: 1000, length: 5000 });
     assert.ok(range.data.equals(content.subarray(1000, 6000)));
     assert.equal(range.result.sha256, sha256(content.subarray(1000, 6000)));
+    // Past the agent's read size (1 MiB per file read): chunks of at most CHUNK_SIZE, each at its own offset, in order.
+    const big = randomBytes(2 * 1024 * 1024 + 300_077);
+    writeFileSync(join(h.root, 'big.bin'), big);
+    const from = 12_345;
+    const part = await readFile(h.session, { path: b(join(h.root, 'big.bin')), offset: from, length: big.length - from - 10 });
+    assert.ok(part.data.equals(big.subarray(from, big.length - 10)));
+    assert.equal(part.result.sha256, sha256(big.subarray(from, big.length - 10)));
+    let at = from;
+    for (const c of part.chunks) {
+      assert.equal(c.offset, at);
+      assert.ok(c.length > 0 && c.length <= CHUNK_SIZE, `a chunk of ${c.length} bytes`);
+      at += c.length;
+    }
+    assert.equal(at, big.length - 10);
     await assert.rejects(readFile(h.session, { path: b(join(h.root, 'nope')) }), code(E.ERROR_CODE_NOT_FOUND));
     await assert.rejects(readFile(h.session, { path: b(path), offset: content.length + 1 }), code(E.ERROR_CODE_INVALID_ARGUMENT));
   });

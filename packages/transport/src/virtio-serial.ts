@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync, readvSync, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
+import { closeSync, openSync, readSync, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
 import { Socket, SocketConstructorOpts } from 'node:net';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
@@ -67,8 +67,6 @@ function pipeHandle(fd: number): PipeHandle {
 
 /** A direct read is tried while this much room is left (the driver's reads are at most 4 KiB). */
 const BURST_READ_MIN = 4096;
-/** 4 KiB pieces per readv of a burst (256 KiB, a slab's read room). */
-const BURST_PIECES = 64;
 
 /** Frames up to this size are written as one buffer (one copy is cheaper than another write). */
 const JOIN_BELOW = 64 * 1024;
@@ -130,15 +128,9 @@ export class VirtioSerialChannel extends ChannelBase {
   private readBurst(into: Buffer): number {
     let got = 0;
     while (into.length - got >= BURST_READ_MIN) {
-      // One readv of 4 KiB pieces: the driver has no readv of its own, so the kernel reads it once per piece
-      // and stops at the first that comes back short: one system call for up to 64 of the port's buffers.
-      const pieces: Buffer[] = [];
-      for (let at = got; at + BURST_READ_MIN <= into.length && pieces.length < BURST_PIECES; at += BURST_READ_MIN) {
-        pieces.push(into.subarray(at, at + BURST_READ_MIN));
-      }
       let n: number;
       try {
-        n = readvSync(this.fd, pieces);
+        n = readSync(this.fd, into, got, into.length - got, null);
       } catch {
         break; // EAGAIN: drained
       }

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { v1, CHUNK_SIZE, Session, Stream } from '@porthole/protocol';
+import { v1, Session, Stream } from '@porthole/protocol';
 
 // A thin broker side for the agent's tests: each request as the protocol's
 // conventions describe it (packages/protocol/API.md), nothing more.
@@ -15,6 +15,7 @@ async function answers(stream: Stream): Promise<v1.StreamMessage[]> {
 
 export interface WriteOptions {
   requestId?: string;
+  /** Data per message; default the stream's (the largest the agent's window takes). */
   chunkSize?: number;
   /** Send content from this offset (a resume). */
   from?: number;
@@ -28,7 +29,7 @@ export async function writeFile(session: Session, req: v1.FileWriteRequest.$Prop
   const stream = session.openStream({ requestId: opts.requestId ?? randomUUID(), fileWrite: req });
   const reply = answers(stream);
   reply.catch(() => undefined); // awaited below; the sends may fail first
-  const size = opts.chunkSize ?? CHUNK_SIZE;
+  const size = opts.chunkSize ?? stream.chunkSize;
   try {
     for (let off = opts.from ?? 0; off < content.length; off += size) {
       await stream.send({ chunk: { offset: off, data: content.subarray(off, off + size) } });

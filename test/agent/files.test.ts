@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { v1, PortholeError, CHUNK_SIZE } from '@porthole/protocol';
+import { v1, PortholeError, MAX_CHUNK_SIZE } from '@porthole/protocol';
 import { AgentConfig, TransferStore } from '@porthole/agent';
 import { AgentHarness, TRANSPORTS, startAgentHarness } from './harness';
 import { readFile, sha256, transferStatus, writeFile } from './client';
@@ -24,6 +24,17 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
     h = await startAgentHarness(undefined, transport.link);
   });
   afterEach(async () => h.cleanup());
+
+  it('takes a file in the largest messages its window allows, hashing each in pieces between event-loop turns', async () => {
+    const probe = h.session.openStream({ info: {} });
+    assert.equal(probe.chunkSize, 512 * 1024); // what the host sends an agent on a reliable channel
+    probe.end();
+    const content = randomBytes(3 * 512 * 1024 + 99_999);
+    const path = join(h.root, 'large-messages.bin');
+    const result = await writeFile(h.session, { path: b(path) }, content);
+    assert.equal(result.sha256, sha256(content));
+    assert.ok(readFileSync(path).equals(content));
+  });
 
   it('writes content with owner, group, mode and sha256, creating parents', async () => {
     const content = randomBytes(1024 * 1024 + 17);
@@ -246,7 +257,8 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
     const range = await readFile(h.session, { path: b(path), offset: 1000, length: 5000 });
     assert.ok(range.data.equals(content.subarray(1000, 6000)));
     assert.equal(range.result.sha256, sha256(content.subarray(1000, 6000)));
-    // Past the agent's read size (1 MiB per file read): chunks of at most CHUNK_SIZE, each at its own offset, in order.
+    // Past the agent's read size (1 MiB per file read): chunks of the stream's size (1 MiB to a host granting the
+    // default window), each at its own offset, in order.
     const big = randomBytes(2 * 1024 * 1024 + 300_077);
     writeFileSync(join(h.root, 'big.bin'), big);
     const from = 12_345;
@@ -254,9 +266,9 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
     assert.ok(part.data.equals(big.subarray(from, big.length - 10)));
     assert.equal(part.result.sha256, sha256(big.subarray(from, big.length - 10)));
     let at = from;
-    for (const c of part.chunks) {
+    for (const [i, c] of part.chunks.entries()) {
       assert.equal(c.offset, at);
-      assert.ok(c.length > 0 && c.length <= CHUNK_SIZE, `a chunk of ${c.length} bytes`);
+      if (i < part.chunks.length - 1) assert.equal(c.length, MAX_CHUNK_SIZE, `chunk ${i} has ${c.length} bytes`);
       at += c.length;
     }
     assert.equal(at, big.length - 10);

@@ -1,6 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { v1, Session, SessionLogger, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION } from '@porthole/protocol';
+import {
+  v1, Session, SessionLogger, Stream, PortholeError, encodeFrame, FrameDecoder, PROTOCOL_VERSION, chunkSizeFor, CHUNK_SIZE, MAX_CHUNK_SIZE,
+  DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW, SERIAL_STREAM_WINDOW,
+} from '@porthole/protocol';
 import { ChannelBase } from '@porthole/transport';
 import { socketPair } from '../helpers/socket-pair';
 
@@ -114,6 +117,21 @@ describe('session', () => {
     await assert.rejects(stream.send({ chunk: { data: randomBytes(200 * 1024) } }), (e: PortholeError) =>
       e.code === v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT && /message of \d+ bytes is larger than the peer's window of 131072 bytes/.test(e.message));
     await stream.send({ chunk: { data: randomBytes(64 * 1024) } }); // the stream is still usable
+  });
+
+  it('sends data in the largest chunks of which two fit the peer\'s window and one its frames', async () => {
+    const KiB = 1024;
+    assert.equal(chunkSizeFor(SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE), 512 * KiB); // the agent on virtio-serial
+    assert.equal(chunkSizeFor(SERIAL_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE), CHUNK_SIZE); // 512 KiB exactly: two 256 KiB messages and their envelopes do not fit
+    assert.equal(chunkSizeFor(DEFAULT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE), MAX_CHUNK_SIZE); // a host reading a file back
+    assert.equal(chunkSizeFor(64 * MAX_CHUNK_SIZE, 64 * MAX_CHUNK_SIZE), MAX_CHUNK_SIZE);
+    assert.equal(chunkSizeFor(DEFAULT_STREAM_WINDOW, 300 * KiB), 256 * KiB); // a peer with small frames
+    assert.equal(chunkSizeFor(64 * KiB, DEFAULT_MAX_FRAME_SIZE), CHUNK_SIZE); // never below CHUNK_SIZE (the window check names the cause)
+    // Each side takes the size from the other's hello.
+    const p = await pair(undefined, SLOW_PORT_STREAM_WINDOW);
+    cleanups.push(p.cleanup);
+    await p.broker.ready();
+    assert.equal(p.broker.openStream({ info: {} }).chunkSize, 512 * KiB);
   });
 
   it('carries a 32 MiB stream both ways intact with a small window', async function () {

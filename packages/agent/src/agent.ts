@@ -1,5 +1,5 @@
 import * as os from 'node:os';
-import { v1, PortholeError, RepeatLimitedLogger, Session, Stream, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
+import { v1, PortholeError, RepeatLimitedLogger, Session, Stream, SLOW_PORT_STREAM_WINDOW, SERIAL_STREAM_WINDOW } from '@porthole/protocol';
 import { Channel, Connector, connectWithRetry } from '@porthole/transport';
 import { AgentConfig } from './config';
 import { Policy } from './policy';
@@ -153,8 +153,9 @@ export class Agent {
       // A host that sends nothing and answers no ping is dropped: on a socket the next host is waiting.
       keepaliveIntervalMs: (this.policy.config.session.peerTimeoutSeconds * 1000) / 3,
       keepaliveTimeoutMs: this.policy.config.session.peerTimeoutSeconds * 1000,
-      // Its ports are slow: a short window keeps a transfer from queueing requests behind it.
-      streamWindow: SLOW_PORT_STREAM_WINDOW,
+      // Its ports are slow: a short window keeps a transfer from queueing requests behind it (a serial
+      // line, which can corrupt bytes, is also the slowest).
+      streamWindow: channel.reliable ? SLOW_PORT_STREAM_WINDOW : SERIAL_STREAM_WINDOW,
       onStream: (stream) => {
         const max = this.policy.config.session.maxStreams;
         if (max > 0 && session.openStreams > max) {

@@ -1,7 +1,7 @@
 import { promises as fsp, constants as fsc, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import type { Hash } from 'node:crypto';
 import { join } from 'node:path';
-import { v1, PortholeError, Stream, CHUNK_SIZE, bytesOf } from '@porthole/protocol';
+import { v1, PortholeError, Stream, CHUNK_SIZE, MAX_CHUNK_SIZE, bytesOf } from '@porthole/protocol';
 import { Policy } from './policy';
 import { UserDb } from './users';
 import { AuditLogger } from './audit';
@@ -340,7 +340,7 @@ export async function writeFileAtomic(
       ctx.policy.checkSize(appendBase + position + chunk.data.length);
       const at = appendBase + position;
       const written = handle.write(chunk.data, 0, chunk.data.length, at);
-      hash.update(chunk.data); // while the thread pool writes
+      await hashBetweenTurns(hash, chunk.data); // while the thread pool writes
       for (let off = (await written).bytesWritten; off < chunk.data.length;) {
         off += (await handle.write(chunk.data, off, chunk.data.length - off, at + off)).bytesWritten;
       }
@@ -442,9 +442,21 @@ export function chunksFromStream(stream: Stream, onEnd: (sha256: string) => void
 /**
  * Bytes per file read when streaming a file out: a read goes through the thread pool, and under
  * emulation each hand-off and each fresh 128 KiB buffer (mapped and unmapped) costs more than the
- * bytes; a MiB at a time, sent on as CHUNK_SIZE messages.
+ * bytes; a MiB at a time, sent on in messages of the stream's chunk size (a MiB to a host that reads
+ * that much).
  */
-const READ_AHEAD = 1024 * 1024;
+const READ_AHEAD = MAX_CHUNK_SIZE;
+
+/**
+ * sha256 of `data` a CHUNK_SIZE at a time, with the event loop let in between: under emulation hashing
+ * 512 KiB takes ~10 ms, and a small request that arrived meanwhile would wait all of it.
+ */
+async function hashBetweenTurns(hash: Hash, data: Buffer): Promise<void> {
+  for (let from = 0; from < data.length; from += CHUNK_SIZE) {
+    if (from > 0) await new Promise(setImmediate);
+    hash.update(data.subarray(from, from + CHUNK_SIZE));
+  }
+}
 
 /** Stream a file (or a range of it) to the host with its metadata and sha256. */
 export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest.$Properties, stream: Stream): Promise<{ path: Buffer; length: number; sha256: string }> {
@@ -486,12 +498,12 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
       while (next) {
         const data = await next;
         if (data.length === 0) break; // the file shrank while being read
-        hash.update(data);
+        await hashBetweenTurns(hash, data);
         const at = sent;
         sent += data.length;
         next = sent < length ? readAt(sent) : undefined;
-        for (let from = 0; from < data.length; from += CHUNK_SIZE) {
-          await stream.send({ chunk: { offset: offset + at + from, data: data.subarray(from, from + CHUNK_SIZE) } });
+        for (let from = 0; from < data.length; from += stream.chunkSize) {
+          await stream.send({ chunk: { offset: offset + at + from, data: data.subarray(from, from + stream.chunkSize) } });
         }
       }
     } finally {

@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, PortholeClient } from '@porthole/broker';
 import { IDLE_TRIM_MS } from '@porthole/agent';
-import { CHUNK_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
+import { chunkSizeFor, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW } from '@porthole/protocol';
 import { bootVm, Vm, agentBundlePath, GUEST_SPAWN_HELPER, RawTool } from '@porthole/testbed';
 import { guestProcessTimes } from './process-floor';
 import { QgaClient } from '@porthole/qga';
@@ -409,7 +409,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       `true raw: the faster of the plain readers/writers (${trueUp === upBlocking ? 'Node' : 'C'} host → guest, ${trueDown === downBlocking ? 'Node' : 'C'} guest → host) on another port of the same virtio-serial device, bytes discarded (or zeros sent): what the port moves with nothing on top — the reference every ratio and floor here is taken against`,
       'true raw + sha256: the same blocking loop hashing every byte in the guest — the floor for a protocol that checks what it moves',
       'event-loop reader: the test bed\'s earlier raw tool, the port polled by libuv as the agent polls its own (4 KiB per read under TCG); kept to show what that costs',
-      `Porthole: ${CHUNK_SIZE / 1024} KiB chunks, written to the guest's tmpfs atomically, sha256 checked both ways; exec stdout counted on the host`,
+      `Porthole: file data in ${chunkSizeFor(SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB messages to the agent and ${chunkSizeFor(DEFAULT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB ones from it (the largest of which two fit the receiver's window), written to the guest's tmpfs atomically, sha256 checked both ways; exec stdout counted on the host`,
       'head -c in the guest: the guest\'s busybox head, run through qemu-ga and timed in the guest (10 ms steps), the faster of two runs; "ratio to true raw" there is against guest → host',
       `qemu-guest-agent (Debian's qemu-ga in the same guest): guest-file-open/write/close, base64 in JSON, ${QGA_CHUNK / MiB} MiB per command, one command in flight`,
       'guest CPU: utime + stime from /proc/<pid>/stat in the guest of the program doing the work (Porthole: the agent and porthole-spawn, not the commands it runs; raw: its tool; qga: qemu-ga), read before and after each run through the other agent; scaled to one GiB',

@@ -3,7 +3,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import * as https from 'node:https';
 import { PassThrough, Readable, Writable } from 'node:stream';
-import { v1, PortholeError, Session, SessionLogger, Stream, CHUNK_SIZE, errors, bytesOf } from '@porthole/protocol';
+import { v1, PortholeError, Session, SessionLogger, Stream, MAX_CHUNK_SIZE, errors, bytesOf } from '@porthole/protocol';
 import { Connector, connectWithRetry } from '@porthole/transport';
 import { Route, RoutedConnector, routeTo } from './route';
 import { BROKER_VERSION } from './version';
@@ -142,7 +142,7 @@ async function contentOf(source: InstallSource): Promise<Content> {
       size: buf.length,
       resumable: true,
       async *read(offset) {
-        for (let off = offset; off < buf.length; off += CHUNK_SIZE) yield buf.subarray(off, off + CHUNK_SIZE);
+        for (let off = offset; off < buf.length; off += MAX_CHUNK_SIZE) yield buf.subarray(off, off + MAX_CHUNK_SIZE);
       },
     };
   }
@@ -153,7 +153,7 @@ async function contentOf(source: InstallSource): Promise<Content> {
     return {
       size: st.size,
       resumable: true,
-      read: (offset) => createReadStream(path, { start: offset, highWaterMark: CHUNK_SIZE }),
+      read: (offset) => createReadStream(path, { start: offset, highWaterMark: MAX_CHUNK_SIZE }),
     };
   }
   if (source instanceof Readable) {
@@ -392,8 +392,8 @@ export class PortholeClient extends EventEmitter {
       let position = offset;
       for await (const raw of content.read(offset)) {
         const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
-        for (let off = 0; off < chunk.length; off += CHUNK_SIZE) {
-          const data = chunk.subarray(off, off + CHUNK_SIZE);
+        for (let off = 0; off < chunk.length; off += stream.chunkSize) {
+          const data = chunk.subarray(off, off + stream.chunkSize);
           await stream.send({ chunk: { offset: position, data } });
           hash.update(data);
           position += data.length;
@@ -425,7 +425,7 @@ export class PortholeClient extends EventEmitter {
 
   /** Read a guest file (or a range of it) as a stream; `header` and `done` carry metadata and the verified sha256. */
   readFile(path: string | Buffer, range: { offset?: number; length?: number } = {}): Task<ReadResult> & { data: Readable } {
-    const data = new PassThrough({ highWaterMark: 4 * CHUNK_SIZE });
+    const data = new PassThrough({ highWaterMark: 2 * MAX_CHUNK_SIZE });
     const task = new Task<ReadResult>(randomUUID(), async (signal, t) => {
       const session = await this.ready();
       const stream = session.openStream({ fileRead: { path: Buffer.isBuffer(path) ? path : Buffer.from(path), offset: range.offset ?? 0, length: range.length ?? 0 } });
@@ -517,7 +517,7 @@ export class ExecTask extends EventEmitter {
         const { data, done } = stdinQueue.shift()!;
         try {
           // A write may be any size; a message must fit the agent's stream window.
-          for (let off = 0; off < data.length; off += CHUNK_SIZE) await this.stream.send({ chunk: { data: data.subarray(off, off + CHUNK_SIZE) } });
+          for (let off = 0; off < data.length; off += this.stream.chunkSize) await this.stream.send({ chunk: { data: data.subarray(off, off + this.stream.chunkSize) } });
           done();
         } catch (err) {
           done(err as Error);

@@ -55,17 +55,20 @@ export interface SessionOptions {
 export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
 
 /**
- * Credit per stream for a receiver behind a slow port: the agent (virtio-serial, a serial line,
- * xenstore). The window bounds the bytes of a transfer in flight, which is what a small request on
- * the same port can find queued ahead of it: during an injection into the TCG test VM a request took
- * 55 ms with 4 MiB and 9 ms with 256 KiB, at the same throughput. (On a local socket pair 256 KiB
- * costs 40 % of the throughput; the bench shows both.) 512 KiB: 256 KiB held one 128 KiB chunk frame
- * and 20 bytes short of a second, so the host waited for a credit per chunk, and each credit is a
- * port write (~1 ms of guest CPU under TCG); with 512 KiB, granted in halves, the agent sends one
- * credit per two chunks and the next ones are already on the way, and a request beside an injection
- * still took its idle time (docs/BENCHMARKS.md, "Where the agent's CPU went on file transfers").
+ * Credit per stream for a receiver behind a slow port: the agent on virtio-serial or xenstore. It bounds
+ * what a small request can find queued ahead of it on the port, and it sets the size of the host's data
+ * messages (two must fit, see chunkSizeFor): here two of 512 KiB. Each message costs the agent a fixed
+ * ~7 ms of guest CPU under TCG, so 512 KiB ones injected 25.3 MiB/s against 14.6 with 128 KiB, while a
+ * small request beside the injection took 1.67× its idle time against 1.69× (the agent hashes a large
+ * chunk between event-loop turns). docs/BENCHMARKS.md, "Larger messages to the agent".
  */
-export const SLOW_PORT_STREAM_WINDOW = 512 * 1024;
+export const SLOW_PORT_STREAM_WINDOW = 2 * (512 + 4) * 1024;
+
+/**
+ * Credit per stream over a serial line: its bytes cost time, not the agent's CPU, so larger messages
+ * buy nothing there and a request beside a transfer would wait longer.
+ */
+export const SERIAL_STREAM_WINDOW = 512 * 1024;
 
 /**
  * Frames up to this size jump ahead of queued bulk data, so a small request is not stuck behind a
@@ -201,7 +204,7 @@ export class Session extends EventEmitter {
   /** Open a request stream towards the peer. */
   openStream(open: v1.Open.$Properties): Stream {
     const message = v1.Open.create({ ...open, requestId: open.requestId || this.newRequestId() });
-    return this.register(message, (id, peer) => new Stream(id, message, this.wire, peer.streamWindow || DEFAULT_STREAM_WINDOW, this.window));
+    return this.register(message, (id, peer) => new Stream(id, message, this.wire, peer.streamWindow || DEFAULT_STREAM_WINDOW, this.window, peer.maxFrameSize || DEFAULT_MAX_FRAME_SIZE));
   }
 
   /**
@@ -555,7 +558,7 @@ export class Session extends EventEmitter {
       if (endpoint) this.streams.set(id, endpoint);
       return;
     }
-    const stream = new Stream(id, open, this.wire, this.peerHello.streamWindow || DEFAULT_STREAM_WINDOW, this.window);
+    const stream = new Stream(id, open, this.wire, this.peerHello.streamWindow || DEFAULT_STREAM_WINDOW, this.window, this.peerHello.maxFrameSize || DEFAULT_MAX_FRAME_SIZE);
     this.streams.set(id, stream);
     if (!this.options.onStream) {
       stream.reset(errors.unsupported('this side accepts no requests'));

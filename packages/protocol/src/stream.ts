@@ -1,6 +1,24 @@
 import type { Slab } from '@porthole/transport';
-import { v1 } from './messages';
+import { v1, CHUNK_SIZE, MAX_CHUNK_SIZE } from './messages';
 import { PortholeError } from './errors';
+import { FRAME_HEADER_SIZE } from './frame';
+
+/** Room for a chunk message's envelope and fields (stream id, offset, lengths) beside its data. */
+const CHUNK_MESSAGE_OVERHEAD = 1024;
+
+/**
+ * How much data one message carries to a peer: the largest power of two from CHUNK_SIZE to MAX_CHUNK_SIZE
+ * of which two messages fit the peer's window (one is received while the next is on its way) and one fits
+ * the peer's frames. Every message and every credit frame costs the guest agent a fixed price (under TCG ~7 ms
+ * per message of JavaScript, thread hand-offs and port writes), so larger messages move more per price; a
+ * peer that grants a small window (to keep small requests from queueing behind a transfer) gets small ones.
+ */
+export function chunkSizeFor(peerWindow: number, peerMaxFrameSize: number): number {
+  let size = CHUNK_SIZE;
+  const fits = (data: number) => 2 * (data + CHUNK_MESSAGE_OVERHEAD) <= peerWindow && data + CHUNK_MESSAGE_OVERHEAD + FRAME_HEADER_SIZE <= peerMaxFrameSize;
+  while (size < MAX_CHUNK_SIZE && fits(2 * size)) size *= 2;
+  return size;
+}
 
 /** What a Stream needs from its session: the session owns the wire, the stream owns the accounting. */
 export interface StreamWire {
@@ -49,6 +67,8 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
   private sendChain: Promise<void> = Promise.resolve();
   private sendCredit: number;
   private readonly peerWindow: number;
+  /** Data per message towards the peer (see chunkSizeFor). */
+  readonly chunkSize: number;
   private unacknowledged = 0;
   /** Bytes the peer may still send: what we granted (the window, then each Credit) less what arrived. */
   private receiveCredit: number;
@@ -66,10 +86,13 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
     peerWindow: number,
     /** Credit we give the peer; re-granted in halves as messages are read (each grant is a frame: on a slow port a costly write). */
     private readonly localWindow: number,
+    /** The largest frame the peer reads. */
+    peerMaxFrameSize: number,
   ) {
     this.requestId = open.requestId;
     this.sendCredit = peerWindow;
     this.peerWindow = peerWindow;
+    this.chunkSize = chunkSizeFor(peerWindow, peerMaxFrameSize);
     this.receiveCredit = localWindow;
     this.closed = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     // A closed promise nobody awaits must not crash the process on reset.
@@ -111,7 +134,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
     if (size > this.peerWindow) {
       // Waiting would never end: the peer never grants more than its whole window at once.
       throw new PortholeError(v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
-        `stream ${this.id}: a message of ${size} bytes is larger than the peer's window of ${this.peerWindow} bytes (send data in pieces of at most CHUNK_SIZE)`);
+        `stream ${this.id}: a message of ${size} bytes is larger than the peer's window of ${this.peerWindow} bytes (send data in pieces of at most chunkSize, ${this.chunkSize})`);
     }
     while (this.sendCredit < size && !this.failure) {
       await new Promise<void>((r) => this.creditWaiters.push(r));

@@ -60,7 +60,7 @@ export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
  * messages (two must fit, see chunkSizeFor): here two of 512 KiB. Each message costs the agent a fixed
  * ~7 ms of guest CPU under TCG, so 512 KiB ones injected 25.3 MiB/s against 14.6 with 128 KiB, while a
  * small request beside the injection took 1.67× its idle time against 1.69× (the agent hashes a large
- * chunk between event-loop turns). docs/BENCHMARKS.md, "Larger messages to the agent".
+ * chunk between event-loop turns). docs/BENCHMARKS.md, "Larger messages to and from the agent".
  */
 export const SLOW_PORT_STREAM_WINDOW = 2 * (512 + 4) * 1024;
 

@@ -58,8 +58,8 @@ export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
  * Credit per stream for a receiver behind a slow port: the agent on virtio-serial or xenstore. It bounds
  * what a small request can find queued ahead of it on the port, and it sets the size of the host's data
  * messages (two must fit, see chunkSizeFor): here two of 512 KiB. Each message costs the agent a fixed
- * ~7 ms of guest CPU under TCG, so 512 KiB ones injected 25.3 MiB/s against 14.6 with 128 KiB, while a
- * small request beside the injection took 1.67× its idle time against 1.69× (the agent hashes a large
+ * ~7 ms of guest CPU under TCG, so 512 KiB ones injected 1.15–1.77× as fast as 128 KiB ones in three
+ * paired runs, while a small request beside the injection waited about as long (the agent hashes a large
  * chunk between event-loop turns). docs/BENCHMARKS.md, "Larger messages to and from the agent".
  */
 export const SLOW_PORT_STREAM_WINDOW = 2 * (512 + 4) * 1024;

@@ -9,17 +9,33 @@ import { readSlabs } from '@porthole/transport';
 
 /** No request in progress for this long: the agent is idle. */
 export const IDLE_TRIM_MS = 5000;
+/** Collections per trim (see collectGarbage): one compacting collection gave back 0.5 MiB of the 1.2, five no more than two. */
+const TRIM_COLLECTIONS = 2;
 
+let v8: typeof import('node:v8') | undefined;
 let collect: (() => void) | undefined;
 
-/** A full collection. gc() is reachable only with --expose-gc, which a new context sees once set. */
+/**
+ * Full collections that also compact. gc() is reachable only with --expose-gc, which a new context sees
+ * once set. One collection frees what is dead but leaves the survivors spread over their pages; V8
+ * compacts only pages it finds fragmented enough, and what one collection frees (weak handles, buffers'
+ * finalisers) is freed by the next. Two compacting ones give back ~1.2 MiB more than one plain one
+ * (the agent's bundle on the host after a hello: 45.1 against 46.3 MiB). Compaction is switched on only
+ * here: during a transfer it would cost every full collection time.
+ */
 function collectGarbage(): void {
-  if (!collect) {
+  if (!v8 || !collect) {
     // node:v8 is loaded here, not at start: with its bindings it costs an idle agent ~0.2 MiB.
-    (require('node:v8') as typeof import('node:v8')).setFlagsFromString('--expose-gc');
+    v8 = require('node:v8') as typeof import('node:v8');
+    v8.setFlagsFromString('--expose-gc');
     collect = runInNewContext('gc') as () => void;
   }
-  collect();
+  v8.setFlagsFromString('--compact-on-every-full-gc');
+  try {
+    for (let i = 0; i < TRIM_COLLECTIONS; i++) collect();
+  } finally {
+    v8.setFlagsFromString('--no-compact-on-every-full-gc');
+  }
 }
 
 export class IdleTrimmer {

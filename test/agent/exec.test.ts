@@ -1,9 +1,10 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AgentConfig } from '@porthole/agent';
-import { DEFAULT_STREAM_WINDOW, v1, PortholeError, Stream } from '@porthole/protocol';
+import { AgentConfig, inMessages } from '@porthole/agent';
+import { MAX_CHUNK_SIZE, DEFAULT_STREAM_WINDOW, v1, PortholeError, Stream } from '@porthole/protocol';
 import { AgentHarness, TRANSPORTS, socketLink, startAgentHarness } from './harness';
 import { exec, info } from './client';
 
@@ -39,6 +40,20 @@ const SUITES = [
   ...TRANSPORTS.map((t) => ({ name: `over ${t.name}`, link: t.link, spawnHelper: true })),
   { name: "over a socket, started by Node's child_process (exec.spawn_helper = false)", link: socketLink, spawnHelper: false },
 ];
+
+describe('agent: output pieces as messages', () => {
+  it('groups pieces up to the size of a message, splitting a piece that does not fit without copying it', () => {
+    const a = Buffer.alloc(70, 1);
+    const b = Buffer.alloc(50, 2);
+    const c = Buffer.alloc(10, 3);
+    const messages = inMessages([a, b, c], 100);
+    assert.deepEqual(messages.map((m) => m.map((p) => p.length)), [[70, 30], [20, 10]]);
+    assert.equal(messages[0][1].buffer, b.buffer, 'a split piece is a view of the original');
+    assert.ok(Buffer.concat(messages.flat()).equals(Buffer.concat([a, b, c])));
+    assert.deepEqual(inMessages([Buffer.alloc(250)], 100).map((m) => m[0].length), [100, 100, 50]);
+    assert.deepEqual(inMessages([], 100), []);
+  });
+});
 
 for (const suite of SUITES) describe(`agent: exec ${suite.name}`, function () {
   this.timeout(30000);
@@ -160,6 +175,22 @@ for (const suite of SUITES) describe(`agent: exec ${suite.name}`, function () {
     // What the stream window (4 MiB) and the pipe and socket buffers hold, far below the 50 MB that an
     // agent buffering everything would have taken in during that second. (Small enough for xenstore's pace.)
     assert.ok(written > 0 && written < 12 * 1024 * 1024, `head wrote ${written} bytes while the host was not reading`);
+  });
+
+  it('sends large output byte for byte, in order, in messages no larger than the host\'s chunk size', async () => {
+    const file = join(h.dir, 'random.bin');
+    const data = randomBytes(3 * 1024 * 1024 + 12345);
+    writeFileSync(file, data);
+    let largest = 0;
+    const r = await exec(h.session, sh(`cat ${file}; head -c 70000 ${file} >&2`), {
+      onOutput: (chunk) => { largest = Math.max(largest, chunk.length); },
+    });
+    assert.equal(r.exit.code, 0);
+    assert.equal(createHash('sha256').update(r.stdout).digest('hex'), createHash('sha256').update(data).digest('hex'));
+    assert.ok(r.stderr.equals(data.subarray(0, 70000)));
+    assert.ok(largest <= MAX_CHUNK_SIZE && largest > 0, `largest message ${largest} bytes`);
+    // porthole-spawn's records (128 KiB) come in 64 KiB reads of its pipe and still go as one message each.
+    if (suite.spawnHelper) assert.ok(largest > 64 * 1024, `largest message ${largest} bytes`);
   });
 
   it('sends all of a command\'s output even when the host stops reading past the command\'s exit', async () => {

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { v1, encodeStreamMessage, frameHeader, encodeFrame, withStreamId } from '@porthole/protocol';
+import { v1, encodeStreamMessage, encodeOutputParts, frameHeader, encodeFrame, withStreamId } from '@porthole/protocol';
 
 describe('zero-copy chunk encoding', () => {
   it('produces exactly the bytes protobufjs produces, for every size and offset class', () => {
@@ -29,6 +29,21 @@ describe('zero-copy chunk encoding', () => {
         assert.equal(parts.length, 2, 'the data is sent as it is, not copied');
         assert.ok(Buffer.concat(parts).equals(Buffer.from(v1.Envelope.encode({ streamId: 7, message }).finish())), `fd ${fd} size ${size}`);
       }
+    }
+  });
+
+  it('encodes output given in pieces as the one message of their bytes joined, the pieces sent as they are', () => {
+    const fd = v1.OutputStream.OUTPUT_STDERR;
+    for (const sizes of [[65527, 65536, 9], [3, 4093, 1], [100, 200], [70000]]) {
+      const pieces = sizes.map((n) => randomBytes(n));
+      const joined = Buffer.concat(pieces);
+      const parts = encodeOutputParts(9, fd, pieces);
+      const reference = Buffer.from(v1.Envelope.encode({ streamId: 9, message: { execOutput: { fd, data: joined } } }).finish());
+      assert.ok(Buffer.concat(parts).equals(reference), `pieces ${sizes}`);
+      if (joined.length >= 4096) assert.deepEqual(parts.slice(1), pieces, 'the pieces follow the prefix, not copied');
+      const decoded = v1.Envelope.decode(Buffer.concat(parts)).message!.execOutput!;
+      assert.equal(decoded.fd, fd);
+      assert.ok(Buffer.from(decoded.data!).equals(joined));
     }
   });
 

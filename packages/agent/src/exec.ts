@@ -21,6 +21,28 @@ const PIPE_GRACE_MS = 2000;
  */
 export const AGENT_TUNING_ENV = ['NODE_OPTIONS', 'MALLOC_MMAP_THRESHOLD_'] as const;
 
+/** Pieces of output as messages of at most `max` bytes each (a piece that does not fit is split, not copied). */
+export function inMessages(pieces: readonly Buffer[], max: number): Buffer[][] {
+  const messages: Buffer[][] = [];
+  let group: Buffer[] = [];
+  let room = max;
+  for (let piece of pieces) {
+    while (piece.length > 0) {
+      if (room === 0) {
+        messages.push(group);
+        group = [];
+        room = max;
+      }
+      const part = piece.length <= room ? piece : piece.subarray(0, room);
+      group.push(part);
+      room -= part.length;
+      piece = piece.subarray(part.length);
+    }
+  }
+  if (group.length) messages.push(group);
+  return messages;
+}
+
 /**
  * The agent's environment, read once: commands inherit it. Reading process.env
  * goes through the C++ environment for every variable, which costs about a
@@ -157,16 +179,27 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
   let sending = 0;
   const forward = (pipe: Readable, fd: v1.OutputStream) =>
     new Promise<void>((resolve) => {
-      pipe.on('data', (data: Buffer) => {
+      // Pieces that came in one turn (a record of the spawn helper, read from its pipe in several reads) go as
+      // one message: the pipe waits until it is sent (the host's credit is the backpressure).
+      let pieces: Buffer[] = [];
+      const flush = () => {
+        if (!pieces.length) return;
+        const taken = pieces;
+        pieces = [];
         pipe.pause();
         sending++;
-        stream.send({ execOutput: { fd, data } }).then(
+        Promise.all(inMessages(taken, stream.chunkSize).map((group) => stream.sendOutput(fd, group))).then(
           () => { sending--; lastOutput = Date.now(); pipe.resume(); },
           () => { sending--; pipe.destroy(); resolve(); },
         );
+      };
+      pipe.on('data', (data: Buffer) => {
+        if (!pieces.length) process.nextTick(flush);
+        pieces.push(data);
       });
-      pipe.on('end', resolve);
-      pipe.on('close', resolve);
+      const ended = () => { flush(); resolve(); };
+      pipe.on('end', ended);
+      pipe.on('close', ended);
       pipe.on('error', () => resolve());
     });
   let outputsEnded = false;

@@ -114,8 +114,11 @@ class HelperOutput extends Readable {
     super({ highWaterMark: 128 * 1024 });
   }
 
-  deliver(data: Buffer): void {
-    if (this.push(data)) this.ack();
+  /** One record of output, in the pieces it was read in: the helper is asked for the next once there is room. */
+  deliver(pieces: readonly Buffer[]): void {
+    let room = true;
+    for (const piece of pieces) room = this.push(piece);
+    if (room) this.ack();
     else this.owed = true;
   }
 
@@ -151,6 +154,27 @@ interface HelperCommand {
   openOutputs: number;
   /** Write callbacks of stdin chunks the helper has not confirmed ('W'). */
   stdinWritten: Array<(err?: Error | null) => void>;
+}
+
+/** An output record's head: length (u32), 'O', command id (u32), fd (u8); its data follows. */
+const OUTPUT_HEAD = 10;
+
+/** The first `n` bytes of pieces that hold at least that many (copied only when the first piece is shorter). */
+function firstBytes(pieces: readonly Buffer[], n: number): Buffer {
+  return pieces[0].length >= n ? pieces[0] : Buffer.concat(pieces, n);
+}
+
+/** The pieces without their first `n` bytes. */
+function skip(pieces: readonly Buffer[], n: number): Buffer[] {
+  const rest: Buffer[] = [];
+  for (const piece of pieces) {
+    if (n >= piece.length) n -= piece.length;
+    else {
+      rest.push(n ? piece.subarray(n) : piece);
+      n = 0;
+    }
+  }
+  return rest;
 }
 
 /** Bytes per stdin record: the helper holds one record per command. */
@@ -240,25 +264,44 @@ class HelperProcess {
   }
 
   private receive(data: Buffer): void {
-    // A record (up to 128 KiB of output) comes in several reads of the pipe: its pieces are joined once, when it is whole.
     this.receivedParts.push(data);
     this.receivedBytes += data.length;
-    if (this.receivedBytes < 4) return;
-    if (this.receivedParts.length > 1) {
-      const first = this.receivedParts[0].length >= 4 ? this.receivedParts[0] : Buffer.concat(this.receivedParts);
-      if (this.receivedBytes < 4 + first.readUInt32LE(0)) return;
+    while (this.receivedBytes >= 4) {
+      const length = firstBytes(this.receivedParts, 4).readUInt32LE(0);
+      if (this.receivedBytes < 4 + length) break;
+      const parts = this.take(4 + length);
+      const head = firstBytes(parts, Math.min(4 + length, OUTPUT_HEAD));
+      const type = head.toString('latin1', 4, 5);
+      const id = head.readUInt32LE(5);
+      // Output (up to 128 KiB a record) comes in several reads of the pipe: it goes on in the pieces it came
+      // in, which the host gets as one message; joining them here cost a fresh buffer and a copy per record.
+      if (type === 'O' && length >= OUTPUT_HEAD - 4) this.commands.get(id)?.outputs[head[9] - 1].deliver(skip(parts, OUTPUT_HEAD));
+      else {
+        const record = parts.length === 1 ? parts[0] : Buffer.concat(parts, 4 + length);
+        this.record(type, id, record.subarray(9));
+      }
     }
-    let buf = this.receivedParts.length === 1 ? data : Buffer.concat(this.receivedParts, this.receivedBytes);
-    while (buf.length >= 4) {
-      const length = buf.readUInt32LE(0);
-      if (buf.length < 4 + length) break;
-      this.record(buf.toString('latin1', 4, 5), buf.readUInt32LE(5), buf.subarray(9, 4 + length));
-      buf = buf.subarray(4 + length);
-    }
-    // A copy: a partial record must not pin the whole read.
-    this.receivedParts = buf.length ? [Buffer.from(buf)] : [];
-    this.receivedBytes = buf.length;
     this.idle();
+  }
+
+  /** The next `n` received bytes, as views of the reads they came in. */
+  private take(n: number): Buffer[] {
+    const taken: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const part = this.receivedParts[0];
+      if (part.length <= left) {
+        taken.push(part);
+        this.receivedParts.shift();
+        left -= part.length;
+      } else {
+        taken.push(part.subarray(0, left));
+        this.receivedParts[0] = part.subarray(left);
+        left = 0;
+      }
+    }
+    this.receivedBytes -= n;
+    return taken;
   }
 
   private record(type: string, id: number, payload: Buffer): void {
@@ -280,9 +323,6 @@ class HelperProcess {
       case 'F':
         this.commands.delete(id);
         c.start.reject(errnoError(payload.readUInt32LE(0), c.options.file));
-        break;
-      case 'O':
-        c.outputs[payload[0] - 1].deliver(payload.subarray(1));
         break;
       case 'E':
         c.outputs[payload[0] - 1].finish();

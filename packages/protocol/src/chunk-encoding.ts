@@ -25,13 +25,16 @@ function writeVarint(buf: Buffer, pos: number, n: number): number {
   return pos;
 }
 
+/** StreamMessage.exec_output: field 7, length-delimited. */
+const OUTPUT_TAG = 0x3a;
+
 /**
  * The bulk bodies, each { 1: varint (omitted when 0), 2: bytes data }: a content Chunk (offset) and
  * a command's output (fd), with their StreamMessage field tags.
  */
 const BULK_BODIES = [
   { key: 'chunk', tag: 0x0a, head: (m: v1.StreamMessage.$Properties) => Number(m.chunk?.offset ?? 0), data: (m: v1.StreamMessage.$Properties) => m.chunk?.data }, // field 1
-  { key: 'execOutput', tag: 0x3a, head: (m: v1.StreamMessage.$Properties) => m.execOutput?.fd ?? 0, data: (m: v1.StreamMessage.$Properties) => m.execOutput?.data }, // field 7
+  { key: 'execOutput', tag: OUTPUT_TAG, head: (m: v1.StreamMessage.$Properties) => m.execOutput?.fd ?? 0, data: (m: v1.StreamMessage.$Properties) => m.execOutput?.data }, // field 7
 ] as const;
 
 /** Encoded envelope as parts whose concatenation is the protobuf encoding. */
@@ -39,13 +42,32 @@ export function encodeStreamMessage(streamId: number, message: v1.StreamMessage.
   const body = BULK_BODIES.find((b) => message[b.key]);
   const data = body?.data(message);
   const onlyBody = body && Object.keys(message).every((k) => k === body.key || (message as Record<string, unknown>)[k] == null);
-  if (!onlyBody || !data || data.length < MIN_FAST_BYTES) {
-    const encoded = v1.Envelope.encode({ streamId, message }).finish();
-    return [Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length)];
+  if (!onlyBody || !data || data.length < MIN_FAST_BYTES) return encodeGeneric(streamId, message);
+  return encodeBulk(streamId, body.tag, body.head(message), [Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length)], data.length);
+}
+
+/**
+ * A command's output given in pieces (a record of the spawn helper read from its pipe in several reads),
+ * encoded as one ExecOutput without joining them: the pieces follow the prefix as they are.
+ */
+export function encodeOutputParts(streamId: number, fd: v1.OutputStream, data: readonly Buffer[]): Buffer[] {
+  let length = 0;
+  for (const part of data) length += part.length;
+  if (data.length === 1 || length < MIN_FAST_BYTES) {
+    return encodeStreamMessage(streamId, { execOutput: { fd, data: data.length === 1 ? data[0] : Buffer.concat(data, length) } });
   }
-  const head = body.head(message);
+  return encodeBulk(streamId, OUTPUT_TAG, fd, data, length);
+}
+
+function encodeGeneric(streamId: number, message: v1.StreamMessage.$Properties): Buffer[] {
+  const encoded = v1.Envelope.encode({ streamId, message }).finish();
+  return [Buffer.from(encoded.buffer, encoded.byteOffset, encoded.length)];
+}
+
+/** The bytes protobufjs would write before a bulk body's data, then the data's parts as they are. */
+function encodeBulk(streamId: number, tag: number, head: number, data: readonly Buffer[], length: number): Buffer[] {
   // Chunk { 1: offset (varint), 2: data (bytes) }, ExecOutput { 1: fd (varint), 2: data (bytes) }
-  const chunkLen = (head ? 1 + varintLength(head) : 0) + 1 + varintLength(data.length) + data.length;
+  const chunkLen = (head ? 1 + varintLength(head) : 0) + 1 + varintLength(length) + length;
   // StreamMessage { 1: chunk } or { 7: exec_output }
   const messageLen = 1 + varintLength(chunkLen) + chunkLen;
   const prefix = Buffer.allocUnsafe(48);
@@ -57,16 +79,15 @@ export function encodeStreamMessage(streamId: number, message: v1.StreamMessage.
   prefix[p++] = 0xb2; // Envelope.message = 22, length-delimited: tag 178 as varint
   prefix[p++] = 0x01;
   p = writeVarint(prefix, p, messageLen);
-  prefix[p++] = body.tag;
+  prefix[p++] = tag;
   p = writeVarint(prefix, p, chunkLen);
   if (head) {
     prefix[p++] = 0x08; // field 1, varint
     p = writeVarint(prefix, p, head);
   }
   prefix[p++] = 0x12; // field 2 (data), length-delimited
-  p = writeVarint(prefix, p, data.length);
-  const bytes = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
-  return [prefix.subarray(0, p), bytes];
+  p = writeVarint(prefix, p, length);
+  return [prefix.subarray(0, p), ...data];
 }
 
 /**

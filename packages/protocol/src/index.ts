@@ -7,5 +7,5 @@ export {
 } from './frame';
 export { Stream, StreamEndpoint, chunkSizeFor } from './stream';
 export { Session, SessionOptions, SessionLogger, DEFAULT_STREAM_WINDOW, SLOW_PORT_STREAM_WINDOW, SERIAL_STREAM_WINDOW, DEFAULT_MAX_BACKLOG } from './session';
-export { encodeStreamMessage, bytesOf, withStreamId } from './chunk-encoding';
+export { encodeStreamMessage, encodeOutputParts, bytesOf, withStreamId } from './chunk-encoding';
 export { RepeatLimitedLogger, RepeatLimit } from './log-limit';

@@ -2,6 +2,7 @@ import type { Slab } from '@porthole/transport';
 import { v1, CHUNK_SIZE, MAX_CHUNK_SIZE } from './messages';
 import { PortholeError } from './errors';
 import { FRAME_HEADER_SIZE } from './frame';
+import { encodeOutputParts } from './chunk-encoding';
 
 /** Room for a chunk message's envelope and fields (stream id, offset, lengths) beside its data. */
 const CHUNK_MESSAGE_OVERHEAD = 1024;
@@ -122,15 +123,30 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
 
   /** Send one message, waiting for credit first. Messages leave in call order. */
   send(message: v1.StreamMessage.$Properties): Promise<void> {
-    const next = this.sendChain.then(() => this.sendNow(message));
+    return this.enqueue(() => this.wire.measure(this.id, message));
+  }
+
+  /**
+   * Send a command's output given in pieces as one ExecOutput message, without joining them (as send()
+   * otherwise). Together the pieces must fit a message (chunkSize).
+   */
+  sendOutput(fd: v1.OutputStream, data: readonly Buffer[]): Promise<void> {
+    return this.enqueue(() => {
+      const parts = encodeOutputParts(this.id, fd, data);
+      return { size: parts.reduce((n, p) => n + p.length, 0), parts };
+    });
+  }
+
+  private enqueue(encode: () => { size: number; parts: Buffer[] }): Promise<void> {
+    const next = this.sendChain.then(() => this.sendNow(encode));
     this.sendChain = next.catch(() => undefined);
     return next;
   }
 
-  private async sendNow(message: v1.StreamMessage.$Properties): Promise<void> {
+  private async sendNow(encode: () => { size: number; parts: Buffer[] }): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.localEnded) throw new PortholeError(v1.ErrorCode.ERROR_CODE_PROTOCOL, `stream ${this.id}: send after end`);
-    const { size, parts } = this.wire.measure(this.id, message);
+    const { size, parts } = encode();
     if (size > this.peerWindow) {
       // Waiting would never end: the peer never grants more than its whole window at once.
       throw new PortholeError(v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT,

@@ -12,6 +12,7 @@ import { Readable, Writable } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
 import { constants as osConstants } from 'node:os';
 import { v1, PortholeError } from '@porthole/protocol';
+import { ByteQueue } from '@porthole/transport';
 import { AuditLogger } from './audit';
 import { isVerbatimCmd } from './windows/exec';
 import { childProcess } from './builtins';
@@ -185,8 +186,7 @@ class HelperProcess {
   private readonly child: ChildProcess;
   private readonly commands = new Map<number, HelperCommand>();
   private nextId = 1;
-  private receivedParts: Buffer[] = [];
-  private receivedBytes = 0;
+  private readonly received = new ByteQueue();
   private ended?: Error;
   private greeting!: Waiter<void>;
   private readonly greetingTimer: NodeJS.Timeout;
@@ -264,12 +264,11 @@ class HelperProcess {
   }
 
   private receive(data: Buffer): void {
-    this.receivedParts.push(data);
-    this.receivedBytes += data.length;
-    while (this.receivedBytes >= 4) {
-      const length = firstBytes(this.receivedParts, 4).readUInt32LE(0);
-      if (this.receivedBytes < 4 + length) break;
-      const parts = this.take(4 + length);
+    this.received.push(data);
+    while (this.received.length >= 4) {
+      const length = this.received.peek(4).readUInt32LE(0);
+      if (this.received.length < 4 + length) break;
+      const parts = this.received.takeParts(4 + length);
       const head = firstBytes(parts, Math.min(4 + length, OUTPUT_HEAD));
       const type = head.toString('latin1', 4, 5);
       const id = head.readUInt32LE(5);
@@ -282,26 +281,6 @@ class HelperProcess {
       }
     }
     this.idle();
-  }
-
-  /** The next `n` received bytes, as views of the reads they came in. */
-  private take(n: number): Buffer[] {
-    const taken: Buffer[] = [];
-    let left = n;
-    while (left > 0) {
-      const part = this.receivedParts[0];
-      if (part.length <= left) {
-        taken.push(part);
-        this.receivedParts.shift();
-        left -= part.length;
-      } else {
-        taken.push(part.subarray(0, left));
-        this.receivedParts[0] = part.subarray(left);
-        left = 0;
-      }
-    }
-    this.receivedBytes -= n;
-    return taken;
   }
 
   private record(type: string, id: number, payload: Buffer): void {

@@ -3,6 +3,7 @@
 // NBD client exists for Node; this one covers what an image transfer needs from qemu-nbd: read, write, write
 // zeroes, flush and extents, with many requests in flight on one connection.
 import { connect as netConnect, Socket } from 'node:net';
+import { ByteQueue } from '@porthole/transport/byte-queue';
 
 const NBDMAGIC = 0x4e42444d41474943n;
 const IHAVEOPT = 0x49484156454f5054n;
@@ -93,15 +94,13 @@ export function parseNbdUrl(url: string): { address: NbdAddress; exportName: str
 
 /** Exact-length reads over a socket's data events: the handshake and the reply loop both read through it. */
 class ByteReader {
-  private chunks: Buffer[] = [];
-  private have = 0;
+  private readonly received = new ByteQueue();
   private waiter?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
   private failure?: Error;
 
   constructor(sock: Socket) {
     sock.on('data', (c: Buffer) => {
-      this.chunks.push(c);
-      this.have += c.length;
+      this.received.push(c);
       this.pump();
     });
     sock.on('error', (e) => this.fail(e));
@@ -120,33 +119,15 @@ class ByteReader {
   private pump(): void {
     const w = this.waiter;
     if (!w) return;
-    if (this.have >= w.n) {
+    if (this.received.length >= w.n) {
       this.waiter = undefined;
-      w.resolve(this.take(w.n));
+      w.resolve(this.received.take(w.n));
     } else if (this.failure) {
       this.waiter = undefined;
       w.reject(this.failure);
     }
   }
 
-  /** The next n bytes: whole chunks while they fit, then the front of the one that does not (one copy at most). */
-  private take(n: number): Buffer {
-    const parts: Buffer[] = [];
-    for (let need = n; need > 0;) {
-      const c = this.chunks[0];
-      if (c.length <= need) {
-        parts.push(c);
-        this.chunks.shift();
-        need -= c.length;
-      } else {
-        parts.push(c.subarray(0, need));
-        this.chunks[0] = c.subarray(need);
-        need = 0;
-      }
-    }
-    this.have -= n;
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
-  }
 
   fail(err: Error): void {
     this.failure ??= err;

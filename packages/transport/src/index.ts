@@ -7,3 +7,4 @@ export * from './retry';
 export * from './memory';
 export * from './native-modules';
 export * from './windows-port';
+export * from './byte-queue';

@@ -160,24 +160,6 @@ interface HelperCommand {
 /** An output record's head: length (u32), 'O', command id (u32), fd (u8); its data follows. */
 const OUTPUT_HEAD = 10;
 
-/** The first `n` bytes of pieces that hold at least that many (copied only when the first piece is shorter). */
-function firstBytes(pieces: readonly Buffer[], n: number): Buffer {
-  return pieces[0].length >= n ? pieces[0] : Buffer.concat(pieces, n);
-}
-
-/** The pieces without their first `n` bytes. */
-function skip(pieces: readonly Buffer[], n: number): Buffer[] {
-  const rest: Buffer[] = [];
-  for (const piece of pieces) {
-    if (n >= piece.length) n -= piece.length;
-    else {
-      rest.push(n ? piece.subarray(n) : piece);
-      n = 0;
-    }
-  }
-  return rest;
-}
-
 /** Bytes per stdin record: the helper holds one record per command. */
 const STDIN_RECORD = 256 * 1024;
 
@@ -268,16 +250,16 @@ class HelperProcess {
     while (this.received.length >= 4) {
       const length = this.received.peek(4).readUInt32LE(0);
       if (this.received.length < 4 + length) break;
-      const parts = this.received.takeParts(4 + length);
-      const head = firstBytes(parts, Math.min(4 + length, OUTPUT_HEAD));
+      const head = this.received.peek(Math.min(4 + length, OUTPUT_HEAD));
       const type = head.toString('latin1', 4, 5);
       const id = head.readUInt32LE(5);
       // Output (up to 128 KiB a record) comes in several reads of the pipe: it goes on in the pieces it came
       // in, which the host gets as one message; joining them here cost a fresh buffer and a copy per record.
-      if (type === 'O' && length >= OUTPUT_HEAD - 4) this.commands.get(id)?.outputs[head[9] - 1].deliver(skip(parts, OUTPUT_HEAD));
-      else {
-        const record = parts.length === 1 ? parts[0] : Buffer.concat(parts, 4 + length);
-        this.record(type, id, record.subarray(9));
+      if (type === 'O' && length >= OUTPUT_HEAD - 4) {
+        this.received.takeParts(OUTPUT_HEAD);
+        this.commands.get(id)?.outputs[head[9] - 1].deliver(this.received.takeParts(4 + length - OUTPUT_HEAD));
+      } else {
+        this.record(type, id, this.received.take(4 + length).subarray(9));
       }
     }
     this.idle();

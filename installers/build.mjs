@@ -161,7 +161,7 @@ function installPrograms(dir, libDir, programs, binDir) {
 
 /** The installed tree, shared by the .deb and the tarball. */
 function stage(dir) {
-  installPrograms(dir, 'usr/lib/porthole', [[opts.exe, 'porthole-agent'], [opts.spawn, 'porthole-spawn'], [join(here, 'porthole-service.sh'), 'porthole-service']], 'usr/sbin');
+  installPrograms(dir, 'usr/lib/porthole', [[opts.exe, 'porthole-agent'], [opts.spawn, 'porthole-spawn'], [join(here, 'porthole-service.sh'), 'porthole-service'], [join(here, 'porthole-agent-env.sh'), 'porthole-agent-env']], 'usr/sbin');
   cpSync(join(here, 'systemd/porthole-agent.service'), join(dir, 'usr/lib/systemd/system/porthole-agent.service'));
   cpSync(join(here, 'udev/60-porthole-agent.rules'), join(dir, 'usr/lib/udev/rules.d/60-porthole-agent.rules'));
   cpSync(opts.conf, join(dir, 'etc/porthole/agent.conf'));

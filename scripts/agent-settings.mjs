@@ -4,8 +4,8 @@
 // RssAnon are read through qemu-ga; then /bin/true runs N times through it and N times through qemu-ga, and
 // MIB MiB are injected (installFile to the guest's tmpfs) with the agent's guest CPU per GiB.
 // Settings take turns, ROUNDS times. A setting is the agent's command line without --channel/--config, e.g.
-//   node scripts/agent-settings.mjs '{"unit": "env MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless /usr/bin/node /opt/porthole/porthole-agent.cjs",
-//     "one-arena": "env MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=1 NODE_OPTIONS=--jitless /usr/bin/node /opt/porthole/porthole-agent.cjs"}' [ROUNDS=2] [N=60] [MIB=32]
+//   node scripts/agent-settings.mjs '{"unit": "/usr/lib/porthole/porthole-agent-env /usr/bin/node /opt/porthole/porthole-agent.cjs",
+//     "one-arena": "env MALLOC_ARENA_MAX=1 /usr/lib/porthole/porthole-agent-env /usr/bin/node /opt/porthole/porthole-agent.cjs"}' [ROUNDS=2] [N=60] [MIB=32]
 // (words split by the shell, no quoting; the bundle of `npm run build`, or AGENT_BUNDLE, is at /opt/porthole/porthole-agent.cjs;
 // AGENT_BUNDLES=old=/tmp/old.cjs puts another build at /opt/porthole/porthole-agent-old.cjs).
 import { createRequire } from 'node:module';

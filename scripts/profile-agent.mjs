@@ -53,8 +53,8 @@ function selfTimes(profile) {
 const vm = await bootVm({
   agent: { bundle: process.env.AGENT_BUNDLE ?? agentBundlePath() }, agentLog: '/var/log/porthole-agent.log', rawPorts: 0,
   files: [
-    // The agent's environment as its unit sets it (installers/systemd/porthole-agent.service).
-    { path: '/etc/testbed/agent-cmd', content: 'env MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless /usr/bin/node -r /opt/profile-preload.js /opt/porthole/porthole-agent.cjs\n' },
+    // The agent started as its unit starts it, through its launcher (installers/porthole-agent-env.sh).
+    { path: '/etc/testbed/agent-cmd', content: '/usr/lib/porthole/porthole-agent-env /usr/bin/node -r /opt/profile-preload.js /opt/porthole/porthole-agent.cjs\n' },
     { path: '/opt/profile-preload.js', content: PRELOAD },
   ],
   log: (m) => console.error(m),

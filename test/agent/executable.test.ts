@@ -64,7 +64,7 @@ describe('agent: the bundled executable', function () {
     assert.match(run('--help').stdout, /default:\s+"virtio:org\.porthole\.agent\.0"/);
   });
 
-  async function startAgent(configText: string, env: NodeJS.ProcessEnv = process.env) {
+  async function startAgent(configText: string, env: NodeJS.ProcessEnv = process.env, launcher: string[] = []) {
     const conf = join(dir, 'agent.conf');
     writeFileSync(conf, `[transfers]\nstate_dir = "${join(dir, 'state')}"\n${configText}`);
     const sock = join(dir, 'agent.sock');
@@ -72,22 +72,30 @@ describe('agent: the bundled executable', function () {
     const accepted = listener.connect();
     const logFile = join(dir, 'audit.log');
     writeFileSync(logFile, '');
-    agent = spawn(process.execPath, [bundle, '--channel', `unix:${sock}`, '--config', conf, '--log-file', logFile], { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const argv = [...launcher, process.execPath, bundle, '--channel', `unix:${sock}`, '--config', conf, '--log-file', logFile];
+    agent = spawn(argv[0], argv.slice(1), { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     agent.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
     session = new Session(await accepted, { role: 'broker', hello: { softwareVersion: 'test-broker' }, keepaliveIntervalMs: 0 });
     return { conf, logFile, hello: await session.ready(10000), session, pid: agent.pid!, stderr: () => stderr };
   }
 
-  it("runs with its systemd unit's environment, and the commands it starts do not inherit it", async () => {
+  it("runs with its launcher's environment, and the commands it starts do not inherit it", async () => {
+    const launcherPath = join(__dirname, '../../installers/porthole-agent-env.sh');
+    const launcher = readFileSync(launcherPath, 'utf8');
+    const tuned = [...launcher.matchAll(/^\s*(?::\s+"\$\{|export\s+)([A-Za-z_0-9]+)=/gm)].map((m) => m[1]);
+    assert.deepEqual([...new Set(tuned)].sort(), [...AGENT_TUNING_ENV].sort(), 'the launcher sets exactly what the agent keeps from commands');
+    // The unit, and guests without systemd (`porthole agent install`), start the agent through it.
     const unit = readFileSync(join(__dirname, '../../installers/systemd/porthole-agent.service'), 'utf8');
-    const tuning = Object.fromEntries([...unit.matchAll(/^Environment=([A-Z_]+)=(.*)$/gm)].map((m) => [m[1], m[2]]));
-    assert.deepEqual(Object.keys(tuning).sort(), [...AGENT_TUNING_ENV].sort(), 'the unit sets exactly what the agent keeps from commands');
-    assert.equal(tuning.NODE_OPTIONS, '--jitless');
-    // Guests without systemd get the same from `porthole agent install`.
+    assert.match(unit, /^ExecStart=\/usr\/lib\/porthole\/porthole-agent-env \/usr\/sbin\/porthole-agent /m);
+    assert.doesNotMatch(unit, /^Environment=/m, 'the launcher, not the unit, sets the environment');
     const fallback = readFileSync(join(__dirname, '../../packages/broker/src/agent-install.ts'), 'utf8').split('\n').find((l) => l.includes('setsid'))!;
-    for (const [name, value] of Object.entries(tuning)) assert.ok(fallback.includes(`${name}=${value} `), `agent install's fallback sets ${name}=${value}`);
-    const a = await startAgent('', { ...process.env, ...tuning, PORTHOLE_TEST_MARK: 'inherited' });
+    assert.match(fallback, /setsid \$launcher \$\{GUEST_AGENT\} /);
+    // This host is no emulated CPU: the test gives OPENSSL_ia32cap as the launcher sets it in a TCG guest (a value it is given, it keeps).
+    const ia32cap = '~0x1000020000000000:~0x20000128';
+    const a = await startAgent('', { ...process.env, NODE_OPTIONS: undefined, MALLOC_MMAP_THRESHOLD_: undefined, OPENSSL_ia32cap: ia32cap, PORTHOLE_TEST_MARK: 'inherited' }, ['/bin/sh', launcherPath]);
+    const own = readFileSync(`/proc/${a.pid}/environ`, 'utf8').split('\0');
+    for (const setting of ['NODE_OPTIONS=--jitless', 'MALLOC_MMAP_THRESHOLD_=65536', `OPENSSL_ia32cap=${ia32cap}`]) assert.ok(own.includes(setting), `the agent runs with ${setting}`);
     // V8 says so when --jitless takes WebAssembly away: the flag took effect in the agent's process.
     assert.match(a.stderr(), /disabling flag --expose_wasm/);
     const r = await exec(a.session, { argv: [Buffer.from('/usr/bin/env')] });

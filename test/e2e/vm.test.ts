@@ -157,6 +157,13 @@ describe('end to end in a real VM (QEMU TCG, virtio-serial)', function () {
     assert.equal(r.stdout.trim(), 'porthole-spawn');
   });
 
+  it('runs with what its launcher sets on an emulated CPU (TCG): OpenSSL\'s plain sha256, no JIT; its commands get neither', async () => {
+    const own = (await run(client, ['sh', '-c', `tr '\\0' '\\n' < /proc/${AGENT_PID}/environ`])).stdout.split('\n');
+    for (const setting of ['OPENSSL_ia32cap=~0x1000020000000000:~0x20000128', 'NODE_OPTIONS=--jitless', 'MALLOC_MMAP_THRESHOLD_=65536']) assert.ok(own.includes(setting), `the agent runs with ${setting}`);
+    const env = (await run(client, ['env'])).stdout;
+    assert.doesNotMatch(env, /^(OPENSSL_ia32cap|NODE_OPTIONS|MALLOC_MMAP_THRESHOLD_)=/m);
+  });
+
   it('runs 20 commands at once', async () => {
     const results = await Promise.all(Array.from({ length: 20 }, (_, i) => run(client, ['sh', '-c', `echo ${i}; exit ${i % 5}`])));
     results.forEach((r, i) => {

@@ -52,7 +52,7 @@ describe('packaging: the .deb in a booted Debian guest (systemd + udev start the
 
   it('the installed package lists its files and conffile', async () => {
     const contents = await sh('dpkg-deb', ['-c', debs.first]);
-    for (const f of ['./usr/lib/porthole/porthole-agent', './usr/lib/porthole/porthole-spawn', './usr/sbin/porthole-agent -> ../lib/porthole/porthole-agent',
+    for (const f of ['./usr/lib/porthole/porthole-agent', './usr/lib/porthole/porthole-spawn', './usr/lib/porthole/porthole-agent-env', './usr/sbin/porthole-agent -> ../lib/porthole/porthole-agent',
       './usr/lib/systemd/system/porthole-agent.service', './usr/lib/udev/rules.d/60-porthole-agent.rules',
       './etc/porthole/agent.conf', './usr/lib/porthole/node_modules/serialport/package.json']) {
       assert.ok(contents.includes(f), `${f} missing from the .deb`);

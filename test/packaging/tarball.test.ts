@@ -26,7 +26,7 @@ describe('packaging: the tarball and install.sh (in a Debian root, chrooted)', f
     const check = await chroot(root, ['porthole-agent', '--check-config']);
     assert.match(check, /effective policy \(\/etc\/porthole\/agent\.conf\)/);
 
-    for (const f of ['usr/lib/porthole/porthole-spawn', 'usr/lib/systemd/system/porthole-agent.service', 'usr/lib/udev/rules.d/60-porthole-agent.rules', 'usr/lib/porthole/node_modules/serialport/package.json', 'usr/lib/porthole/node_modules/@node-rs/crc32/package.json']) {
+    for (const f of ['usr/lib/porthole/porthole-spawn', 'usr/lib/porthole/porthole-agent-env', 'usr/lib/systemd/system/porthole-agent.service', 'usr/lib/udev/rules.d/60-porthole-agent.rules', 'usr/lib/porthole/node_modules/serialport/package.json', 'usr/lib/porthole/node_modules/@node-rs/crc32/package.json']) {
       assert.ok(existsSync(join(root, f)), `${f} not installed`);
     }
     const started = await chroot(root, ['sh', '-c', 'mount -t proc proc /proc && { timeout 3 porthole-agent --channel unix:/nonexistent.sock 2>&1; porthole-agent --check-config; umount /proc; }; true']);

@@ -6,7 +6,7 @@
 // than this host's: a copy of that CPU's node (targets.mjs), which also writes the blob and runs
 // the smoke test under qemu-user, into dist/linux-<arch>/porthole-agent.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -42,6 +42,9 @@ if (!opts.bundle) {
   execFileSync(process.execPath, [script], { cwd: root, stdio: 'inherit' });
 }
 // serialport: the serial transport loads it from disk beside the executable (createRequire), never through this require.
-buildSingleExecutable({
-  bundle, out: opts.out ?? join(build.dist, 'porthole-agent'), fromDisk: ['serialport'], node: build.node, command: build.command,
-});
+const out = opts.out ?? join(build.dist, 'porthole-agent');
+buildSingleExecutable({ bundle, out, fromDisk: ['serialport'], node: build.node, command: build.command });
+// Its launcher beside it, as the packages install it (`porthole agent install --executable` takes it along).
+const launcher = join(dirname(out), 'porthole-agent-env');
+copyFileSync(join(root, 'installers', 'porthole-agent-env.sh'), launcher);
+chmodSync(launcher, 0o755);

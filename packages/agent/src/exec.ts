@@ -16,10 +16,10 @@ const KILL_GRACE_MS = 2000;
 /** After the main process exits, output still buffered in pipes gets this long to arrive. */
 const PIPE_GRACE_MS = 2000;
 /**
- * What the agent's service sets to tune the agent's own process (installers/systemd/porthole-agent.service):
+ * What the agent's launcher sets to tune the agent's own process (installers/porthole-agent-env.sh):
  * a command run through the agent must not get them (a Node program would run without its JIT).
  */
-export const AGENT_TUNING_ENV = ['NODE_OPTIONS', 'MALLOC_MMAP_THRESHOLD_'] as const;
+export const AGENT_TUNING_ENV = ['NODE_OPTIONS', 'MALLOC_MMAP_THRESHOLD_', 'OPENSSL_ia32cap'] as const;
 
 /** Pieces of output as messages of at most `max` bytes each (a piece that does not fit is split, not copied). */
 export function inMessages(pieces: readonly Buffer[], max: number): Buffer[][] {

@@ -407,7 +407,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     ],
     notes: [
       `true raw: the faster of the plain readers/writers (${trueUp === upBlocking ? 'Node' : 'C'} host → guest, ${trueDown === downBlocking ? 'Node' : 'C'} guest → host) on another port of the same virtio-serial device, bytes discarded (or zeros sent): what the port moves with nothing on top — the reference every ratio and floor here is taken against`,
-      'true raw + sha256: the same blocking loop hashing every byte in the guest — the floor for a protocol that checks what it moves',
+      'true raw + sha256: the same blocking loop hashing every byte in the guest with Node\'s crypto, started by the agent\'s launcher as the agent is (on this emulated CPU OpenSSL\'s plain x86-64 sha256, ~1.4× its AVX2 code here) — the floor for a protocol that checks what it moves',
       'event-loop reader: the test bed\'s earlier raw tool, the port polled by libuv as the agent polls its own (4 KiB per read under TCG); kept to show what that costs',
       `Porthole: file data in ${chunkSizeFor(SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB messages to the agent and ${chunkSizeFor(DEFAULT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB ones from it (the largest of which two fit the receiver's window), written to the guest's tmpfs atomically, sha256 checked both ways; exec stdout counted on the host`,
       'head -c in the guest: the guest\'s busybox head, run through qemu-ga and timed in the guest (10 ms steps), the faster of two runs; "ratio to true raw" there is against guest → host',
@@ -436,7 +436,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
       `each tool runs in blocks of back-to-back commands, in two rounds of opposite order; the agent logs one audit line per request to ${AGENT_LOG} in the guest (qemu-ga logs nothing per command), not to the test bed's serial console`,
       'qemu-guest-agent has no streaming: guest-exec-status returns captured output only once the process exited',
       'first line: from the host sending the request to the host holding the line (both clocks on the host)',
-      `RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent), ${IDLE_TRIM_MS / 1000 + 1} s after its last request (Porthole's agent gives back what requests borrowed after ${IDLE_TRIM_MS / 1000} s idle); the Porthole agent is Node (the JS bundle, run with --jitless as its systemd unit runs it) plus porthole-spawn (C, started at the first command), qemu-ga is C`,
+      `RSS: VmRSS of each agent process, read while it was idle (the probe ran through the other agent), ${IDLE_TRIM_MS / 1000 + 1} s after its last request (Porthole's agent gives back what requests borrowed after ${IDLE_TRIM_MS / 1000} s idle); the Porthole agent is Node (the JS bundle, started by its launcher as its systemd unit starts it: no JIT, and on this emulated CPU OpenSSL's plain x86-64 sha256) plus porthole-spawn (C, started at the first command), qemu-ga is C`,
     ],
   };
   const idleInfo = med(underInject.idle);

@@ -23,6 +23,8 @@ export const INSTALL_NEEDS = ['guest-exec', 'guest-exec-status', 'guest-file-ope
 /** Where the agent goes in the guest (as the .deb and the tarball put it). */
 const GUEST_AGENT = '/usr/lib/porthole/porthole-agent';
 const GUEST_SPAWN = '/usr/lib/porthole/porthole-spawn';
+/** The launcher that sets the environment tuning the agent's process (installers/porthole-agent-env.sh). */
+const GUEST_ENV = '/usr/lib/porthole/porthole-agent-env';
 
 /** QEMU ids of the hot-plugged chardev and port. */
 const CHARDEV_ID = 'porthole-agent';
@@ -118,8 +120,9 @@ if [ -d /run/systemd/system ] && [ -f /usr/lib/systemd/system/porthole-agent.ser
 else
   if [ -f /run/porthole-agent.pid ]; then kill $(cat /run/porthole-agent.pid) 2>/dev/null || true; sleep 0.5; fi
   mkdir -p /var/log
-  # The settings of the agent's systemd unit (installers/systemd/porthole-agent.service).
-  MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless setsid ${GUEST_AGENT} --channel virtio:$name </dev/null >>/var/log/porthole-agent.log 2>&1 &
+  # Started as its systemd unit starts it: through its launcher, when the executable came with one.
+  launcher=${GUEST_ENV}; [ -x $launcher ] || launcher=
+  setsid $launcher ${GUEST_AGENT} --channel virtio:$name </dev/null >>/var/log/porthole-agent.log 2>&1 &
   echo $! > /run/porthole-agent.pid
 fi
 `;
@@ -231,9 +234,10 @@ export async function installAgent(options: AgentInstallOptions): Promise<AgentI
     } else {
       // Beside the running agent, then renamed over it: a running executable cannot be written.
       await push(options.executable!, `${GUEST_AGENT}.new`, 0o755);
-      const spawn = join(dirname(options.executable!), 'porthole-spawn');
-      if (existsSync(spawn)) await push(spawn, `${GUEST_SPAWN}.new`, 0o755);
-      const r = await qga.run(['/bin/sh', '-c', `mv -f ${GUEST_AGENT}.new ${GUEST_AGENT}; [ ! -f ${GUEST_SPAWN}.new ] || mv -f ${GUEST_SPAWN}.new ${GUEST_SPAWN}`]);
+      // porthole-spawn and the launcher go along when they are beside it (the build's dist/, the tarball's usr/lib/porthole/).
+      const beside = [[GUEST_SPAWN, 'porthole-spawn'], [GUEST_ENV, 'porthole-agent-env']].filter(([, name]) => existsSync(join(dirname(options.executable!), name)));
+      for (const [remote, name] of beside) await push(join(dirname(options.executable!), name), `${remote}.new`, 0o755);
+      const r = await qga.run(['/bin/sh', '-c', [GUEST_AGENT, ...beside.map(([remote]) => remote)].map((p) => `mv -f ${p}.new ${p}`).join('; ')]);
       if (r.code !== 0) throw new PortholeError(E.ERROR_CODE_INTERNAL, `installing ${GUEST_AGENT} failed: ${r.stderr.toString().trim()}`);
     }
 

@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { INIT_SCRIPT, RAW_TOOL, RAW_BLOCKING_TOOL, RAW_C_SOURCE, RAW_TOOL_COMMANDS, RawTool, GUEST_SPAWN_HELPER, SHUTDOWN_SCRIPT } from './guest-files';
+import { INIT_SCRIPT, RAW_TOOL, RAW_BLOCKING_TOOL, RAW_C_SOURCE, RAW_TOOL_COMMANDS, RawTool, GUEST_SPAWN_HELPER, AGENT_ENV_LAUNCHER, SHUTDOWN_SCRIPT } from './guest-files';
 import { GuestArch, guestPlatform, modulePath } from './guest-arch';
 
 /** Where prepared guests are cached (git-ignored). */
@@ -94,13 +94,8 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined, arc
   }
 }
 
-/**
- * The agent's environment, as its systemd unit sets it: buffers of 64 KiB and more (pipe reads, output
- * records, chunks) are mapped and unmapped instead of coming from malloc's heap, which they fragment
- * so that it never shrinks (30 MiB kept after 100 MiB of command output, see docs/BENCHMARKS.md);
- * and V8 without its JIT, whose fresh code QEMU's TCG must translate again (faster without it).
- */
-const AGENT_ENV = 'env MALLOC_MMAP_THRESHOLD_=65536 NODE_OPTIONS=--jitless';
+/** The agent starts as its systemd unit starts it, through the packages' launcher (AGENT_ENV_LAUNCHER). */
+const AGENT_ENV_SOURCE = join(__dirname, '..', '..', '..', 'installers', 'porthole-agent-env.sh');
 
 export type AgentSource = { bundle: string } | { executable: string };
 
@@ -135,13 +130,15 @@ export function buildOverlay(options: GuestOptions, out: string): void {
       mkdirSync(dirname(join(root, path)), { recursive: true });
       writeFileSync(join(root, path), content, { mode });
     };
+    // The raw tools start through it too, so that the floors hash as fast as the agent can.
+    put(AGENT_ENV_LAUNCHER, readFileSync(AGENT_ENV_SOURCE), 0o755);
     if (options.agent) {
       if ('bundle' in options.agent) {
         copyInto(root, options.agent.bundle, '/opt/porthole/porthole-agent.cjs');
-        put('/etc/testbed/agent-cmd', `${AGENT_ENV} /usr/bin/node /opt/porthole/porthole-agent.cjs\n`);
+        put('/etc/testbed/agent-cmd', `${AGENT_ENV_LAUNCHER} /usr/bin/node /opt/porthole/porthole-agent.cjs\n`);
       } else {
         copyInto(root, options.agent.executable, '/opt/porthole/porthole-agent');
-        put('/etc/testbed/agent-cmd', `${AGENT_ENV} /opt/porthole/porthole-agent\n`);
+        put('/etc/testbed/agent-cmd', `${AGENT_ENV_LAUNCHER} /opt/porthole/porthole-agent\n`);
       }
       // As the packages do: porthole-spawn beside the agent when the build made it there.
       const source = 'bundle' in options.agent ? options.agent.bundle : options.agent.executable;

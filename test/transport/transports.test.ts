@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
-import { UnixSocketConnector, SerialConnector, VirtioSerialConnector, connectWithRetry, findVirtioPort, memoryChannelPair } from '@porthole/transport';
+import { Channel, UnixSocketConnector, SerialConnector, VirtioSerialConnector, connectWithRetry, findVirtioPort, memoryChannelPair } from '@porthole/transport';
 import { echoSessionCheck } from '../helpers/echo-session';
 
 function tempDir(): { dir: string; done: () => void } {
@@ -208,6 +208,51 @@ describe('transports', () => {
       const guest = await new VirtioSerialConnector({ path: b }).connect();
       await echoSessionCheck(host, guest, { bytes: 2 * 1024 * 1024, chunk: 192 * 1024 });
     });
+  });
+
+  it('virtio-serial and unix socket channels: `written` comes once a large write left, so its buffer can be filled again', async function () {
+    this.timeout(30000);
+    const check = async (writer: Channel, reader: Channel) => {
+      const frames = Array.from({ length: 24 }, () => randomBytes(200 * 1024));
+      const expected = Buffer.concat(frames);
+      const received: Buffer[] = [];
+      let got = 0;
+      const all = new Promise<void>((resolve) => reader.on('data', (d: Buffer) => {
+        received.push(Buffer.from(d));
+        if ((got += d.length) >= expected.length) resolve();
+      }));
+      let written = 0;
+      for (const frame of frames) {
+        // The writer's buffer is overwritten as soon as it is said to be written: bytes still held would change.
+        const copy = Buffer.from(frame);
+        const ok = writer.writeParts!([copy.subarray(0, 10), copy.subarray(10)], () => { written++; copy.fill(0xee); });
+        if (!ok) await new Promise<void>((r) => writer.once('drain', () => r()));
+      }
+      await all;
+      assert.ok(Buffer.concat(received).equals(expected), 'what arrived is what was written');
+      assert.equal(written, frames.length, 'every write said it was written');
+    };
+    await withPtyPair(async (a, b) => {
+      const host = await new SerialConnector(a).connect();
+      const guest = await new VirtioSerialConnector({ path: b }).connect();
+      try {
+        await check(guest, host);
+      } finally {
+        host.close();
+        guest.close();
+      }
+    });
+    const sock = join(mkdtempSync(join(tmpdir(), 'porthole-written-')), 's');
+    const listener = new UnixSocketConnector(sock, { listen: true });
+    const accepted = listener.connect();
+    const client = await new UnixSocketConnector(sock).connect();
+    const server = await accepted;
+    try {
+      await check(client, server);
+    } finally {
+      client.close();
+      server.close();
+    }
   });
 
   it('virtio-serial channel: small writes of one run of JavaScript, gathered into one write, keep their order around a large one', async function () {

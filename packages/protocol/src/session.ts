@@ -85,7 +85,7 @@ export const DEFAULT_MAX_BACKLOG = 1024 * 1024;
 const QUEUED_FRAME_COST = 256;
 
 /** A frame waiting for the channel; `streamId` 0 when it belongs to no stream or may pass its stream's data (credit). */
-type QueuedFrame = { parts: Buffer[]; handedOver: () => void; streamId: number };
+type QueuedFrame = { parts: Buffer[]; handedOver: () => void; streamId: number; written?: () => void };
 
 const silent: SessionLogger = { debug() {}, info() {}, warn() {}, error() {} };
 
@@ -163,7 +163,7 @@ export class Session extends EventEmitter {
         const parts = encodeStreamMessage(streamId, message);
         return { size: parts.reduce((n, p) => n + p.length, 0), parts };
       },
-      sendEncoded: (parts) => this.writePayload(parts),
+      sendEncoded: (parts, written) => this.writePayload(parts, 0, written),
       forget: (id) => this.streams.delete(id),
     };
     channel.on('data', this.onData);
@@ -319,14 +319,15 @@ export class Session extends EventEmitter {
    * Queue one frame of stream `streamId` (0: of none); resolves once the channel took it and can take
    * more (the writer's backpressure). A relay sends a stream's messages without waiting for each, so
    * the order within a stream is kept here: an exec's exit must not pass the last of its output.
+   * `written`: see Channel.writeParts (never called for a frame dropped with the session).
    */
-  private writePayload(parts: Buffer[], streamId = 0): Promise<void> {
+  private writePayload(parts: Buffer[], streamId = 0, written?: () => void): Promise<void> {
     if (this.isClosed) return Promise.reject(this.closedReason());
     let size = 0;
     for (const p of parts) size += p.length;
     return new Promise((handedOver) => {
       if (size > SMALL_FRAME || (streamId !== 0 && this.queuedPerStream.has(streamId))) {
-        this.bulkQueue.push({ parts, handedOver, streamId });
+        this.bulkQueue.push({ parts, handedOver, streamId, written });
         if (streamId !== 0) this.queuedPerStream.set(streamId, (this.queuedPerStream.get(streamId) ?? 0) + 1);
         this.flushBulk();
         return;
@@ -334,7 +335,7 @@ export class Session extends EventEmitter {
       // A small frame (request, reply, credit, control) goes to the channel at once, even while it asks
       // writers to wait: that answer is advisory, and holding the frame until the bulk data already in the
       // channel drains would cost a request a whole write cycle. Its writer still waits for the drain.
-      if (this.writeFrame(parts) && !this.channelFull) handedOver();
+      if (this.writeFrame(parts, written) && !this.channelFull) handedOver();
       else this.waitForDrain(handedOver);
     });
   }
@@ -350,7 +351,7 @@ export class Session extends EventEmitter {
       }
       // A bulk writer goes on after the event loop has polled I/O: a run of chunk encodings
       // would otherwise hold back replies and small requests waiting to be read or written.
-      if (this.writeFrame(next.parts)) setImmediate(next.handedOver);
+      if (this.writeFrame(next.parts, next.written)) setImmediate(next.handedOver);
       else this.waitForDrain(next.handedOver);
     }
   }
@@ -360,12 +361,20 @@ export class Session extends EventEmitter {
     this.drainWaiters.push(handedOver);
   }
 
-  private writeFrame(parts: Buffer[]): boolean {
+  private writeFrame(parts: Buffer[], written?: () => void): boolean {
     if (this.channelFull) this.growBacklog(parts);
-    if (this.channel.kind === 'packets') return this.channel.write(parts.length === 1 ? parts[0] : Buffer.concat(parts));
+    // A channel given one joined copy holds none of the parts (`written` at once); one given a part itself, maybe.
+    if (this.channel.kind === 'packets') {
+      if (parts.length === 1) return this.channel.write(parts[0]);
+      const ok = this.channel.write(Buffer.concat(parts));
+      written?.();
+      return ok;
+    }
     const header = frameHeader(parts, this.payloadCrc);
-    if (this.channel.writeParts) return this.channel.writeParts([header, ...parts]);
-    return this.channel.write(Buffer.concat([header, ...parts]));
+    if (this.channel.writeParts) return this.channel.writeParts([header, ...parts], written);
+    const ok = this.channel.write(Buffer.concat([header, ...parts]));
+    written?.();
+    return ok;
   }
 
   /** A frame goes to a channel that asked us to wait: past the bound, the peer is not read until it drains. */

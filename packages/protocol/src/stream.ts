@@ -27,7 +27,8 @@ export interface StreamWire {
   sendEnvelope(envelope: v1.Envelope.$Properties): { size: number; written: Promise<void> };
   /** The envelope a stream message becomes, in parts, and its size (credit is counted in encoded bytes). */
   measure(streamId: number, message: v1.StreamMessage.$Properties): { size: number; parts: Buffer[] };
-  sendEncoded(parts: Buffer[]): Promise<void>;
+  /** `written`: see Channel.writeParts. */
+  sendEncoded(parts: Buffer[], written?: () => void): Promise<void>;
   forget(streamId: number): void;
 }
 
@@ -121,9 +122,13 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
     return !this.failure && !(this.localEnded && this.remoteEnded);
   }
 
-  /** Send one message, waiting for credit first. Messages leave in call order. */
-  send(message: v1.StreamMessage.$Properties): Promise<void> {
-    return this.enqueue(() => this.wire.measure(this.id, message));
+  /**
+   * Send one message, waiting for credit first. Messages leave in call order. `written`, if given, is
+   * called once the channel holds none of the message's bytes any more, so that buffers it referred to
+   * may be filled again; never, if the channel cannot tell or the message was not sent.
+   */
+  send(message: v1.StreamMessage.$Properties, written?: () => void): Promise<void> {
+    return this.enqueue(() => this.wire.measure(this.id, message), written);
   }
 
   /**
@@ -137,13 +142,13 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
     });
   }
 
-  private enqueue(encode: () => { size: number; parts: Buffer[] }): Promise<void> {
-    const next = this.sendChain.then(() => this.sendNow(encode));
+  private enqueue(encode: () => { size: number; parts: Buffer[] }, written?: () => void): Promise<void> {
+    const next = this.sendChain.then(() => this.sendNow(encode, written));
     this.sendChain = next.catch(() => undefined);
     return next;
   }
 
-  private async sendNow(encode: () => { size: number; parts: Buffer[] }): Promise<void> {
+  private async sendNow(encode: () => { size: number; parts: Buffer[] }, written?: () => void): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.localEnded) throw new PortholeError(v1.ErrorCode.ERROR_CODE_PROTOCOL, `stream ${this.id}: send after end`);
     const { size, parts } = encode();
@@ -157,7 +162,7 @@ export class Stream implements AsyncIterable<v1.StreamMessage>, StreamEndpoint {
     }
     if (this.failure) throw this.failure;
     this.sendCredit -= size;
-    await this.wire.sendEncoded(parts);
+    await this.wire.sendEncoded(parts, written);
     if (this.failure) throw this.failure;
   }
 

@@ -45,8 +45,13 @@ export interface Channel {
   readonly reliable: boolean;
   /** Queue data; false means "wait for 'drain' before writing more". */
   write(data: Buffer): boolean;
-  /** Optional: queue several buffers as one write without concatenating them (byte channels). */
-  writeParts?(parts: readonly Buffer[]): boolean;
+  /**
+   * Optional: queue several buffers as one write without concatenating them (byte channels).
+   * `written`, if given, is called once the channel holds none of them any more (they reached the
+   * kernel, or were dropped with the channel): the caller may then fill them again. A channel that
+   * cannot tell (a small frame it batched, a write held while no peer is there) never calls it.
+   */
+  writeParts?(parts: readonly Buffer[], written?: () => void): boolean;
   /**
    * Optional: stop delivering 'data' until resume() (the peer is then held back by the channel's own
    * flow control: a socket's or port's kernel buffer, a window of keys). The session pauses a peer

@@ -32,11 +32,12 @@ export class SocketChannel extends ChannelBase {
     return this.writeParts([data]);
   }
 
-  writeParts(parts: readonly Buffer[]): boolean {
+  writeParts(parts: readonly Buffer[], written?: () => void): boolean {
     if (this.closed) return false;
     this.socket.cork();
     for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]);
-    this.socket.write(parts[parts.length - 1], this.written);
+    // Node calls a write's callback once it is done (or failed): the writes before it are done by then.
+    this.socket.write(parts[parts.length - 1], written ? () => { this.written(); written(); } : this.written);
     this.socket.uncork();
     if (this.socket.writableLength < SOCKET_HIGH_WATER) return true;
     this.writersWaiting = true;

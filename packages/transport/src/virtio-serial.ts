@@ -247,7 +247,7 @@ export class VirtioSerialChannel extends ChannelBase {
    * written in one run of JavaScript (an exec's exit and its stream's close, a reply and its close) go
    * out as one buffer when it ends, and a large frame as its joined head and its data.
    */
-  writeParts(parts: readonly Buffer[]): boolean {
+  writeParts(parts: readonly Buffer[], written?: () => void): boolean {
     if (this.closed) return false;
     if (!this.socket || this.hostAbsentSince !== undefined) {
       for (const part of parts) {
@@ -267,11 +267,12 @@ export class VirtioSerialChannel extends ChannelBase {
       return false;
     }
     this.flushBatch();
-    if (parts.length === 1) return this.socket.write(parts[0]);
+    // Node calls a write's callback once it is done (or failed): the writes before it are done by then.
+    if (parts.length === 1) return this.socket.write(parts[0], written && (() => written()));
     const last = parts[parts.length - 1];
     this.socket.cork();
     this.socket.write(parts.length === 2 ? parts[0] : Buffer.concat(parts.slice(0, -1), size - last.length));
-    const ok = this.socket.write(last);
+    const ok = this.socket.write(last, written && (() => written()));
     this.socket.uncork();
     return ok;
   }

@@ -275,6 +275,28 @@ for (const transport of TRANSPORTS) describe(`agent: file write and read over ${
     await assert.rejects(readFile(h.session, { path: b(join(h.root, 'nope')) }), code(E.ERROR_CODE_NOT_FOUND));
     await assert.rejects(readFile(h.session, { path: b(path), offset: content.length + 1 }), code(E.ERROR_CODE_INVALID_ARGUMENT));
   });
+
+  it('reads a long file into the same few buffers, each filled again only once the channel wrote it out', async () => {
+    const content = randomBytes(12 * MAX_CHUNK_SIZE + 4321);
+    const path = join(h.root, 'long.bin');
+    writeFileSync(path, content);
+    // The agent runs in this process: count the piece-sized buffers it takes.
+    const allocUnsafe = Buffer.allocUnsafe;
+    let fresh = 0;
+    Buffer.allocUnsafe = (size: number) => {
+      if (size === MAX_CHUNK_SIZE) fresh++;
+      return allocUnsafe(size);
+    };
+    try {
+      const r = await readFile(h.session, { path: b(path) });
+      // A buffer refilled before its bytes left would change what arrives.
+      assert.ok(r.data.equals(content));
+      assert.equal(r.result.sha256, sha256(content));
+    } finally {
+      Buffer.allocUnsafe = allocUnsafe;
+    }
+    assert.ok(fresh <= 5, `${fresh} fresh buffers for 13 pieces`);
+  });
 });
 
 describe('agent: path safety and owner policy for files', function () {

@@ -29,6 +29,16 @@ async function withPtyPair(use: (a: string, b: string, dir: string) => Promise<v
   }
 }
 
+/** The next `length` bytes a channel delivers (copied: a delivered chunk may be a view of a reused slab). */
+function receiveAll(channel: Channel, length: number): Promise<Buffer> {
+  const received: Buffer[] = [];
+  let got = 0;
+  return new Promise((resolve) => channel.on('data', (d: Buffer) => {
+    received.push(Buffer.from(d));
+    if ((got += d.length) >= length) resolve(Buffer.concat(received));
+  }));
+}
+
 describe('transports', () => {
   it('unix socket: 24 MiB in odd-sized writes arrives intact through slab reads, and the peer sees writes waiting for drain', async () => {
     const t = tempDir();
@@ -215,12 +225,7 @@ describe('transports', () => {
     const check = async (writer: Channel, reader: Channel) => {
       const frames = Array.from({ length: 24 }, () => randomBytes(200 * 1024));
       const expected = Buffer.concat(frames);
-      const received: Buffer[] = [];
-      let got = 0;
-      const all = new Promise<void>((resolve) => reader.on('data', (d: Buffer) => {
-        received.push(Buffer.from(d));
-        if ((got += d.length) >= expected.length) resolve();
-      }));
+      const all = receiveAll(reader, expected.length);
       let written = 0;
       for (const frame of frames) {
         // The writer's buffer is overwritten as soon as it is said to be written: bytes still held would change.
@@ -228,8 +233,7 @@ describe('transports', () => {
         const ok = writer.writeParts!([copy.subarray(0, 10), copy.subarray(10)], () => { written++; copy.fill(0xee); });
         if (!ok) await new Promise<void>((r) => writer.once('drain', () => r()));
       }
-      await all;
-      assert.ok(Buffer.concat(received).equals(expected), 'what arrived is what was written');
+      assert.ok((await all).equals(expected), 'what arrived is what was written');
       assert.equal(written, frames.length, 'every write said it was written');
     };
     await withPtyPair(async (a, b) => {
@@ -263,19 +267,13 @@ describe('transports', () => {
       try {
         const parts = [Buffer.from('small-1;'), Buffer.from('small-2;'), randomBytes(100 * 1024), Buffer.from('small-3;'), Buffer.from('small-4')];
         const expected = Buffer.concat(parts);
-        const received: Buffer[] = [];
-        let got = 0;
-        const all = new Promise<void>((resolve) => host.on('data', (d: Buffer) => {
-          received.push(Buffer.from(d));
-          if ((got += d.length) >= expected.length) resolve();
-        }));
+        const all = receiveAll(host, expected.length);
         assert.ok(guest.writeParts, 'the virtio channel takes frames in parts');
         guest.writeParts([parts[0]]);
         guest.write(parts[1]);
         guest.writeParts([parts[2].subarray(0, 1000), parts[2].subarray(1000)]);
         guest.writeParts([parts[3], parts[4]]);
-        await all;
-        assert.ok(Buffer.concat(received).equals(expected));
+        assert.ok((await all).equals(expected));
       } finally {
         host.close();
         guest.close();

@@ -499,8 +499,9 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
     // file read (64 MiB read into fresh buffers 620–830 ms, into one buffer 190–310).
     const spare: Buffer[] = [];
     const readAt = async (at: number) => {
-      const whole = spare.pop() ?? Buffer.allocUnsafe(READ_AHEAD);
-      const { bytesRead } = await handle.read(whole, 0, Math.min(READ_AHEAD, length - at), offset + at);
+      const want = Math.min(READ_AHEAD, length - at);
+      const whole = spare.pop() ?? Buffer.allocUnsafe(want);
+      const { bytesRead } = await handle.read(whole, 0, Math.min(whole.length, want), offset + at);
       return { whole, data: whole.subarray(0, bytesRead) };
     };
     const sendPiece = async (whole: Buffer, data: Buffer, at: number) => {

@@ -66,10 +66,6 @@ exec $action
 `;
 
 /**
- * The programs that can serve a raw port (BootOptions.rawTools): the same protocol (RAW_TOOL's), read
- * and written three ways, so a benchmark can show what the port moves and what an event loop costs.
- */
-/**
  * The agent's launcher as the packages install it (installers/porthole-agent-env.sh): the environment
  * that tunes the agent's process, e.g. the sha256 code that is fastest on this (emulated) CPU.
  */
@@ -77,6 +73,10 @@ export const AGENT_ENV_LAUNCHER = '/usr/lib/porthole/porthole-agent-env';
 /** Node for the raw tools: the agent's launcher, so that they hash as fast as the agent can, but with V8's JIT. */
 const NODE_TOOL = `env NODE_OPTIONS= ${AGENT_ENV_LAUNCHER} /usr/bin/node`;
 
+/**
+ * The programs that can serve a raw port (BootOptions.rawTools): the same protocol (RAW_TOOL's), read
+ * and written three ways, so a benchmark can show what the port moves and what an event loop costs.
+ */
 export const RAW_TOOL_COMMANDS = {
   /** RAW_TOOL: Node, the port polled from the event loop as the agent polls its own. */
   'event-loop': `${NODE_TOOL} /opt/testbed/raw.js`,

@@ -51,7 +51,7 @@ class RawPort {
     return new RawPort(socket);
   }
 
-  private header(kind: 'U' | 'D' | 'H' | 'G', length: number): Buffer {
+  private header(kind: 'U' | 'D' | 'H' | 'G' | 'F', length: number): Buffer {
     const h = Buffer.alloc(9);
     h.write(kind, 0, 'latin1');
     h.writeBigUInt64BE(BigInt(length), 1);
@@ -74,11 +74,14 @@ class RawPort {
     });
   }
 
-  /** Host → guest: ms until the guest acknowledged every byte. */
-  async upload(data: Buffer, checked = false): Promise<number> {
+  /**
+   * Host → guest: ms until the guest acknowledged every byte. `work`: what the guest does with them besides
+   * reading (sha256; sha256 and a file written on its tmpfs, blocking tool only).
+   */
+  async upload(data: Buffer, work: 'none' | 'sha256' | 'sha256+file' = 'none'): Promise<number> {
     const acked = this.receive((_n, chunk) => chunk.includes(0x4b));
     const t0 = performance.now();
-    this.socket.write(this.header(checked ? 'H' : 'U', data.length));
+    this.socket.write(this.header(({ none: 'U', sha256: 'H', 'sha256+file': 'F' } as const)[work], data.length));
     for (let off = 0; off < data.length; off += MiB) {
       if (!this.socket.write(data.subarray(off, off + MiB))) await new Promise((r) => this.socket.once('drain', r));
     }
@@ -288,7 +291,8 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   const upBlocking = await reference('raw-blocking', bytes, () => raw.blocking.upload(data));
   const upC = raw.c ? await reference('raw-c', bytes, () => raw.c!.upload(data)) : undefined;
   const upEventLoop = await run('raw-event-loop', bytes, () => raw.eventLoop.upload(data));
-  const upSha = await reference('raw-blocking', bytes, () => raw.blocking.upload(data, true));
+  const upSha = await reference('raw-blocking', bytes, () => raw.blocking.upload(data, 'sha256'));
+  const upShaFile = await reference('raw-blocking', bytes, () => raw.blocking.upload(data, 'sha256+file'));
   let installed = '';
   const upPh = await run('agent', bytes, () => timed(async () => { installed = (await client.installFile(data, { path: GUEST_FILE }).result).sha256; }));
   if (installed !== sha) throw new Error(`Porthole wrote sha256 ${installed}, expected ${sha}`);
@@ -383,13 +387,14 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   const trueDown = best(downBlocking, downC);
   const row = (direction: string, method: string, r: { raw: Run; sha: Run; qga: Run }, x: Run) =>
     [direction, method, x.mibs, x.ms / 1000, x.mibs / r.raw.mibs, x.mibs / r.sha.mibs, x.mibs / r.qga.mibs, x.cpuPerGib];
-  type Runs = { raw: Run; blocking: Run; c?: Run; sha: Run; eventLoop: Run; ph: Run; qga: Run };
-  const up: Runs = { raw: trueUp, blocking: upBlocking, c: upC, sha: upSha, eventLoop: upEventLoop, ph: upPh, qga: upQga };
+  type Runs = { raw: Run; blocking: Run; c?: Run; sha: Run; shaFile?: Run; eventLoop: Run; ph: Run; qga: Run };
+  const up: Runs = { raw: trueUp, blocking: upBlocking, c: upC, sha: upSha, shaFile: upShaFile, eventLoop: upEventLoop, ph: upPh, qga: upQga };
   const down: Runs = { raw: trueDown, blocking: downBlocking, c: downC, sha: downSha, eventLoop: downEventLoop, ph: downPh, qga: downQga };
   const direction = (name: string, r: Runs, words: { sync: string; loop: string; ph: string; qga: string }) => [
     row(name, `raw port, Node blocking ${words.sync} loop, 1 MiB buffer`, r, r.blocking),
     ...(r.c ? [row(name, 'raw port, C read()/write() loop, 1 MiB buffer', r, r.c)] : []),
     row(name, 'raw port + sha256 in the guest (blocking loop)', r, r.sha),
+    ...(r.shaFile ? [row(name, 'raw port + sha256 + each MiB written to a new tmpfs file, renamed at the end (blocking loop)', r, r.shaFile)] : []),
     row(name, `raw port, Node event-loop ${words.loop} (for comparison)`, r, r.eventLoop),
     row(name, `Porthole ${words.ph}`, r, r.ph),
     row(name, `qemu-guest-agent ${words.qga}`, r, r.qga),
@@ -408,6 +413,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     notes: [
       `true raw: the faster of the plain readers/writers (${trueUp === upBlocking ? 'Node' : 'C'} host → guest, ${trueDown === downBlocking ? 'Node' : 'C'} guest → host) on another port of the same virtio-serial device, bytes discarded (or zeros sent): what the port moves with nothing on top — the reference every ratio and floor here is taken against`,
       'true raw + sha256: the same blocking loop hashing every byte in the guest with Node\'s crypto, started by the agent\'s launcher as the agent is (on this emulated CPU OpenSSL\'s plain x86-64 sha256, ~1.4× its AVX2 code here) — the floor for a protocol that checks what it moves',
+      '… + each MiB written to a new tmpfs file: the same loop also writing what it read (writeSync, 1 MiB at a time) to a new file, fsynced, closed and renamed into place before it answers — the floor for a checked file injection, which must write the file',
       'event-loop reader: the test bed\'s earlier raw tool, the port polled by libuv as the agent polls its own (4 KiB per read under TCG); kept to show what that costs',
       `Porthole: file data in ${chunkSizeFor(SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB messages to the agent and ${chunkSizeFor(DEFAULT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB ones from it (the largest of which two fit the receiver's window), written to the guest's tmpfs atomically, sha256 checked both ways; exec stdout counted on the host`,
       'head -c in the guest: the guest\'s busybox head, run through qemu-ga and timed in the guest (10 ms steps), the faster of two runs; "ratio to true raw" there is against guest → host',
@@ -471,6 +477,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     ],
     notes: [
       `true raw here: ${trueUp.mibs.toFixed(1)} MiB/s host → guest, ${trueDown.mibs.toFixed(1)} MiB/s guest → host; true raw + sha256: ${upSha.mibs.toFixed(1)} and ${downSha.mibs.toFixed(1)} MiB/s (first table)`,
+      `true raw + sha256 + the file written (the floor of a checked injection): ${upShaFile.mibs.toFixed(1)} MiB/s; Porthole's injection is ${(upPh.mibs / upShaFile.mibs).toFixed(2)} of that`,
       `exec stdout's own floor in this guest: head -c alone ${headToNull.toFixed(1)} MiB/s, head -c into a pipe read by cat ${headToPipe.toFixed(1)} MiB/s (${(headToPipe / trueDown.mibs).toFixed(2)} of true raw); Porthole's exec stdout is ${(execStdout.mibs / headToPipe).toFixed(2)} of that`,
     ],
   };

@@ -171,8 +171,13 @@ open();
  * RAW_TOOL's protocol served the plainest way Node has: blocking reads of up to 1 MiB straight into one
  * buffer, blocking 1 MiB writes, nothing between the port and the loop. 'H' and 'G' hash every byte with
  * sha256 in the same loop, 1 MiB at a time (no CRC32C: the floor for a protocol that checks the whole with sha256).
+ * 'F' is 'H' that also writes every MiB to a new file on the guest's tmpfs (RAW_FLOOR_FILE), flushed and renamed
+ * into place before the answer: the floor for a checked file injection, which must write the file too.
  * A read of 0 bytes means no host is connected: close, pause, reopen.
  */
+/** Where RAW_BLOCKING_TOOL's 'F' mode writes (tmpfs, as the bench's injections). */
+export const RAW_FLOOR_FILE = '/tmp/raw-floor.bin';
+
 export const RAW_BLOCKING_TOOL = `'use strict';
 const fs = require('fs');
 const crypto = require('crypto');
@@ -193,8 +198,9 @@ for (;;) {
   while (readFull(fd, head, 9)) {
     const kind = String.fromCharCode(head[0]);
     let left = Number(head.readBigUInt64BE(1));
-    const hash = kind === 'H' || kind === 'G' ? crypto.createHash('sha256') : undefined;
-    if (kind === 'U' || kind === 'H') {
+    const hash = kind === 'H' || kind === 'G' || kind === 'F' ? crypto.createHash('sha256') : undefined;
+    const file = kind === 'F' ? fs.openSync('${RAW_FLOOR_FILE}.part', 'w', 0o600) : undefined;
+    if (kind === 'U' || kind === 'H' || kind === 'F') {
       // Reads return 4 KiB each under TCG: fill the buffer and hash it whole, not per read.
       let fill = 0;
       while (left > 0) {
@@ -204,10 +210,16 @@ for (;;) {
         left -= r;
         if (fill === buf.length || left === 0) {
           if (hash) hash.update(buf.subarray(0, fill));
+          if (file !== undefined) for (let off = 0; off < fill;) off += fs.writeSync(file, buf, off, fill - off);
           fill = 0;
         }
       }
       if (hash) hash.digest();
+      if (file !== undefined) {
+        fs.fsyncSync(file);
+        fs.closeSync(file);
+        fs.renameSync('${RAW_FLOOR_FILE}.part', '${RAW_FLOOR_FILE}');
+      }
       fs.writeSync(fd, 'K');
     } else if (kind === 'D' || kind === 'G') {
       while (left > 0) {

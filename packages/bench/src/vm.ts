@@ -32,9 +32,12 @@ const QGA_FILE = '/tmp/bench-qga.bin';
 const AGENT_LOG = '/run/porthole-agent.log';
 
 /**
- * The host end of the test bed's raw port tool (guest-files.ts RAW_TOOL): 'U'/'D' + u64 length,
- * or 'H'/'G' for the same with CRC32C and sha256 over every byte in the guest (`checked`).
+ * The host end of the test bed's raw port tools (guest-files.ts RAW_TOOL, RAW_BLOCKING_TOOL): 'U'/'D' + u64
+ * length, 'H'/'G' for the same with sha256 over every byte in the guest, 'F'/'S' for that and a tmpfs file in
+ * the guest written or read.
  */
+type RawWork = 'none' | 'sha256' | 'sha256+file';
+
 class RawPort {
   private waiting?: (chunk: Buffer) => void;
 
@@ -51,7 +54,7 @@ class RawPort {
     return new RawPort(socket);
   }
 
-  private header(kind: 'U' | 'D' | 'H' | 'G' | 'F', length: number): Buffer {
+  private header(kind: 'U' | 'D' | 'H' | 'G' | 'F' | 'S', length: number): Buffer {
     const h = Buffer.alloc(9);
     h.write(kind, 0, 'latin1');
     h.writeBigUInt64BE(BigInt(length), 1);
@@ -78,7 +81,7 @@ class RawPort {
    * Host → guest: ms until the guest acknowledged every byte. `work`: what the guest does with them besides
    * reading (sha256; sha256 and a file written on its tmpfs, blocking tool only).
    */
-  async upload(data: Buffer, work: 'none' | 'sha256' | 'sha256+file' = 'none'): Promise<number> {
+  async upload(data: Buffer, work: RawWork = 'none'): Promise<number> {
     const acked = this.receive((_n, chunk) => chunk.includes(0x4b));
     const t0 = performance.now();
     this.socket.write(this.header(({ none: 'U', sha256: 'H', 'sha256+file': 'F' } as const)[work], data.length));
@@ -89,11 +92,14 @@ class RawPort {
     return performance.now() - t0;
   }
 
-  /** Guest → host: ms until `length` bytes arrived. */
-  async download(length: number, checked = false): Promise<number> {
+  /**
+   * Guest → host: ms until `length` bytes arrived. `work`: what the guest does besides writing them (sha256;
+   * sha256 of bytes read from the file the last 'sha256+file' upload wrote, blocking tool only).
+   */
+  async download(length: number, work: RawWork = 'none'): Promise<number> {
     const all = this.receive((n) => n >= length);
     const t0 = performance.now();
-    this.socket.write(this.header(checked ? 'G' : 'D', length));
+    this.socket.write(this.header(({ none: 'D', sha256: 'G', 'sha256+file': 'S' } as const)[work], length));
     await all;
     return performance.now() - t0;
   }
@@ -302,7 +308,8 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   const downBlocking = await reference('raw-blocking', bytes, () => raw.blocking.download(bytes));
   const downC = raw.c ? await reference('raw-c', bytes, () => raw.c!.download(bytes)) : undefined;
   const downEventLoop = await run('raw-event-loop', bytes, () => raw.eventLoop.download(bytes));
-  const downSha = await reference('raw-blocking', bytes, () => raw.blocking.download(bytes, true));
+  const downSha = await reference('raw-blocking', bytes, () => raw.blocking.download(bytes, 'sha256'));
+  const downShaFile = await reference('raw-blocking', bytes, () => raw.blocking.download(bytes, 'sha256+file'));
   let readBack = { sha256: '', length: 0 };
   const downPh = await run('agent', bytes, () => timed(async () => { readBack = await portholeRead(client, GUEST_FILE); }));
   if (readBack.sha256 !== sha) throw new Error(`Porthole read back sha256 ${readBack.sha256}, expected ${sha}`);
@@ -389,12 +396,12 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     [direction, method, x.mibs, x.ms / 1000, x.mibs / r.raw.mibs, x.mibs / r.sha.mibs, x.mibs / r.qga.mibs, x.cpuPerGib];
   type Runs = { raw: Run; blocking: Run; c?: Run; sha: Run; shaFile?: Run; eventLoop: Run; ph: Run; qga: Run };
   const up: Runs = { raw: trueUp, blocking: upBlocking, c: upC, sha: upSha, shaFile: upShaFile, eventLoop: upEventLoop, ph: upPh, qga: upQga };
-  const down: Runs = { raw: trueDown, blocking: downBlocking, c: downC, sha: downSha, eventLoop: downEventLoop, ph: downPh, qga: downQga };
-  const direction = (name: string, r: Runs, words: { sync: string; loop: string; ph: string; qga: string }) => [
+  const down: Runs = { raw: trueDown, blocking: downBlocking, c: downC, sha: downSha, shaFile: downShaFile, eventLoop: downEventLoop, ph: downPh, qga: downQga };
+  const direction = (name: string, r: Runs, words: { sync: string; loop: string; ph: string; qga: string; file: string }) => [
     row(name, `raw port, Node blocking ${words.sync} loop, 1 MiB buffer`, r, r.blocking),
     ...(r.c ? [row(name, 'raw port, C read()/write() loop, 1 MiB buffer', r, r.c)] : []),
     row(name, 'raw port + sha256 in the guest (blocking loop)', r, r.sha),
-    ...(r.shaFile ? [row(name, 'raw port + sha256 + each MiB written to a new tmpfs file, renamed at the end (blocking loop)', r, r.shaFile)] : []),
+    ...(r.shaFile ? [row(name, `raw port + sha256 + ${words.file} (blocking loop)`, r, r.shaFile)] : []),
     row(name, `raw port, Node event-loop ${words.loop} (for comparison)`, r, r.eventLoop),
     row(name, `Porthole ${words.ph}`, r, r.ph),
     row(name, `qemu-guest-agent ${words.qga}`, r, r.qga),
@@ -404,8 +411,8 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     title: `VM file transfer, ${bytes / MiB} MiB, one QEMU (TCG) guest`,
     columns: ['direction', 'method', 'MiB/s', 'seconds', 'ratio to true raw', 'ratio to true raw + sha256', 'ratio to qga', 'guest CPU s per GiB'],
     rows: [
-      ...direction('host → guest', up, { sync: 'readSync', loop: 'reader', ph: 'installFile', qga: 'guest-file-write' }),
-      ...direction('guest → host', down, { sync: 'writeSync', loop: 'writer', ph: 'readFile', qga: 'guest-file-read' }),
+      ...direction('host → guest', up, { sync: 'readSync', loop: 'reader', ph: 'installFile', qga: 'guest-file-write', file: 'each MiB written to a new tmpfs file, renamed at the end' }),
+      ...direction('guest → host', down, { sync: 'writeSync', loop: 'writer', ph: 'readFile', qga: 'guest-file-read', file: 'each MiB read from a tmpfs file first' }),
       ['guest → host', `Porthole exec stdout of head -c ${stdoutBytes / MiB} MiB of /dev/zero`, execStdout.mibs, execStdout.ms / 1000, execStdout.mibs / trueDown.mibs, execStdout.mibs / downSha.mibs, execStdout.mibs / downQga.mibs, execStdout.cpuPerGib],
       ['in the guest', `the same head -c to /dev/null, no reader (the command alone)`, headToNull, stdoutBytes / MiB / headToNull, headToNull / trueDown.mibs, '', '', ''],
       ['in the guest', `the same head -c into a pipe read by cat (the floor for its output)`, headToPipe, stdoutBytes / MiB / headToPipe, headToPipe / trueDown.mibs, '', '', ''],
@@ -413,7 +420,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     notes: [
       `true raw: the faster of the plain readers/writers (${trueUp === upBlocking ? 'Node' : 'C'} host → guest, ${trueDown === downBlocking ? 'Node' : 'C'} guest → host) on another port of the same virtio-serial device, bytes discarded (or zeros sent): what the port moves with nothing on top — the reference every ratio and floor here is taken against`,
       'true raw + sha256: the same blocking loop hashing every byte in the guest with Node\'s crypto, started by the agent\'s launcher as the agent is (on this emulated CPU OpenSSL\'s plain x86-64 sha256, ~1.4× its AVX2 code here) — the floor for a protocol that checks what it moves',
-      '… + each MiB written to a new tmpfs file: the same loop also writing what it read (writeSync, 1 MiB at a time) to a new file, fsynced, closed and renamed into place before it answers — the floor for a checked file injection, which must write the file',
+      '… + each MiB written to a new tmpfs file: the same loop also writing what it read (writeSync, 1 MiB at a time) to a new file, fsynced, closed and renamed into place before it answers — the floor for a checked file injection, which must write the file; … + each MiB read from a tmpfs file: the same loop sending that file\'s bytes (readSync, 1 MiB at a time) — the floor for a checked read-back',
       'event-loop reader: the test bed\'s earlier raw tool, the port polled by libuv as the agent polls its own (4 KiB per read under TCG); kept to show what that costs',
       `Porthole: file data in ${chunkSizeFor(SLOW_PORT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB messages to the agent and ${chunkSizeFor(DEFAULT_STREAM_WINDOW, DEFAULT_MAX_FRAME_SIZE) / 1024} KiB ones from it (the largest of which two fit the receiver's window), written to the guest's tmpfs atomically, sha256 checked both ways; exec stdout counted on the host`,
       'head -c in the guest: the guest\'s busybox head, run through qemu-ga and timed in the guest (10 ms steps), the faster of two runs; "ratio to true raw" there is against guest → host',
@@ -478,6 +485,7 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     notes: [
       `true raw here: ${trueUp.mibs.toFixed(1)} MiB/s host → guest, ${trueDown.mibs.toFixed(1)} MiB/s guest → host; true raw + sha256: ${upSha.mibs.toFixed(1)} and ${downSha.mibs.toFixed(1)} MiB/s (first table)`,
       `true raw + sha256 + the file written (the floor of a checked injection): ${upShaFile.mibs.toFixed(1)} MiB/s; Porthole's injection is ${(upPh.mibs / upShaFile.mibs).toFixed(2)} of that`,
+      `true raw + sha256 + the file read (the floor of a checked read-back): ${downShaFile.mibs.toFixed(1)} MiB/s; Porthole's read-back is ${(downPh.mibs / downShaFile.mibs).toFixed(2)} of that`,
       `exec stdout's own floor in this guest: head -c alone ${headToNull.toFixed(1)} MiB/s, head -c into a pipe read by cat ${headToPipe.toFixed(1)} MiB/s (${(headToPipe / trueDown.mibs).toFixed(2)} of true raw); Porthole's exec stdout is ${(execStdout.mibs / headToPipe).toFixed(2)} of that`,
     ],
   };

@@ -172,10 +172,12 @@ open();
  * buffer, blocking 1 MiB writes, nothing between the port and the loop. 'H' and 'G' hash every byte with
  * sha256 in the same loop, 1 MiB at a time (no CRC32C: the floor for a protocol that checks the whole with sha256).
  * 'F' is 'H' that also writes every MiB to a new file on the guest's tmpfs (RAW_FLOOR_FILE), flushed and renamed
- * into place before the answer: the floor for a checked file injection, which must write the file too.
+ * into place before the answer: the floor for a checked file injection, which must write the file too. 'S' is 'G'
+ * sending that file's bytes, read a MiB at a time (from its start again if it is shorter): the floor for a checked
+ * read-back.
  * A read of 0 bytes means no host is connected: close, pause, reopen.
  */
-/** Where RAW_BLOCKING_TOOL's 'F' mode writes (tmpfs, as the bench's injections). */
+/** Where RAW_BLOCKING_TOOL's 'F' mode writes and its 'S' mode reads (tmpfs, as the bench's injections). */
 export const RAW_FLOOR_FILE = '/tmp/raw-floor.bin';
 
 export const RAW_BLOCKING_TOOL = `'use strict';
@@ -198,7 +200,7 @@ for (;;) {
   while (readFull(fd, head, 9)) {
     const kind = String.fromCharCode(head[0]);
     let left = Number(head.readBigUInt64BE(1));
-    const hash = kind === 'H' || kind === 'G' || kind === 'F' ? crypto.createHash('sha256') : undefined;
+    const hash = 'HGFS'.includes(kind) ? crypto.createHash('sha256') : undefined;
     const file = kind === 'F' ? fs.openSync('${RAW_FLOOR_FILE}.part', 'w', 0o600) : undefined;
     if (kind === 'U' || kind === 'H' || kind === 'F') {
       // Reads return 4 KiB each under TCG: fill the buffer and hash it whole, not per read.
@@ -221,14 +223,24 @@ for (;;) {
         fs.renameSync('${RAW_FLOOR_FILE}.part', '${RAW_FLOOR_FILE}');
       }
       fs.writeSync(fd, 'K');
-    } else if (kind === 'D' || kind === 'G') {
+    } else if (kind === 'D' || kind === 'G' || kind === 'S') {
+      const file = kind === 'S' ? fs.openSync('${RAW_FLOOR_FILE}', 'r') : undefined;
+      const from = file === undefined ? zeros : buf;
+      let at = 0;
       while (left > 0) {
-        const n = Math.min(zeros.length, left);
-        if (hash) hash.update(zeros.subarray(0, n));
-        for (let off = 0; off < n;) off += fs.writeSync(fd, zeros, off, n - off);
+        const n = Math.min(from.length, left);
+        for (let got = 0; file !== undefined && got < n;) {
+          const r = fs.readSync(file, buf, got, n - got, at);
+          if (!r && !at) throw new Error('${RAW_FLOOR_FILE} is empty');
+          at = r ? at + r : 0; // a file shorter than asked for is read again from its start
+          got += r;
+        }
+        if (hash) hash.update(from.subarray(0, n));
+        for (let off = 0; off < n;) off += fs.writeSync(fd, from, off, n - off);
         left -= n;
       }
       if (hash) hash.digest();
+      if (file !== undefined) fs.closeSync(file);
     }
   }
   fs.closeSync(fd);

@@ -33,8 +33,8 @@ const AGENT_LOG = '/run/porthole-agent.log';
 
 /**
  * The host end of the test bed's raw port tools (guest-files.ts RAW_TOOL, RAW_BLOCKING_TOOL): 'U'/'D' + u64
- * length, 'H'/'G' for the same with sha256 over every byte in the guest, 'F'/'S' for that and a tmpfs file in
- * the guest written or read.
+ * length, 'H'/'G' for the same with sha256 (and in RAW_TOOL CRC32C) over every byte in the guest, 'F'/'S' for
+ * that and a tmpfs file in the guest written or read.
  */
 type RawWork = 'none' | 'sha256' | 'sha256+file';
 

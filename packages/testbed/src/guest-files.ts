@@ -167,6 +167,9 @@ function onData(chunk) {
 open();
 `;
 
+/** Where RAW_BLOCKING_TOOL's 'F' mode writes and its 'S' mode reads (tmpfs, as the bench's injections). */
+const RAW_FLOOR_FILE = '/tmp/raw-floor.bin';
+
 /**
  * RAW_TOOL's protocol served the plainest way Node has: blocking reads of up to 1 MiB straight into one
  * buffer, blocking 1 MiB writes, nothing between the port and the loop. 'H' and 'G' hash every byte with
@@ -177,9 +180,6 @@ open();
  * read-back.
  * A read of 0 bytes means no host is connected: close, pause, reopen.
  */
-/** Where RAW_BLOCKING_TOOL's 'F' mode writes and its 'S' mode reads (tmpfs, as the bench's injections). */
-export const RAW_FLOOR_FILE = '/tmp/raw-floor.bin';
-
 export const RAW_BLOCKING_TOOL = `'use strict';
 const fs = require('fs');
 const crypto = require('crypto');

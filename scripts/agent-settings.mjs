@@ -2,7 +2,8 @@
 // for each setting the agent is restarted under that command (the test bed's init loop re-reads
 // /etc/testbed/agent-cmd), a host says hello, and after 7 s of idle (past the agent's idle trim) its VmRSS and
 // RssAnon are read through qemu-ga; then /bin/true runs N times through it and N times through qemu-ga, and
-// MIB MiB are injected (installFile to the guest's tmpfs) with the agent's guest CPU per GiB.
+// MIB MiB are injected (installFile to the guest's tmpfs) with the agent's guest CPU per GiB, read back, and
+// written by `head -c` to a command's stdout.
 // Settings take turns, ROUNDS times. A setting is the agent's command line without --channel/--config, e.g.
 //   node scripts/agent-settings.mjs '{"unit": "/usr/lib/porthole/porthole-agent-env /usr/bin/node /opt/porthole/porthole-agent.cjs",
 //     "one-arena": "env MALLOC_ARENA_MAX=1 /usr/lib/porthole/porthole-agent-env /usr/bin/node /opt/porthole/porthole-agent.cjs"}' [ROUNDS=2] [N=60] [MIB=32]
@@ -72,8 +73,19 @@ try {
       await client.installFile(payload, { path: '/tmp/agent-settings.bin' }).result;
       const seconds = (performance.now() - t0) / 1000;
       const injectCpu = ((Number(await sh(cpuTicks)) - injectTicks) / 100) * (1024 / mib);
+      const t1 = performance.now();
+      const back = client.readFile('/tmp/agent-settings.bin');
+      back.data.resume();
+      await back.result;
+      const readSeconds = (performance.now() - t1) / 1000;
       await sh('rm -f /tmp/agent-settings.bin');
-      console.log(`${name}: ${memory} | inject ${(mib / seconds).toFixed(1)} MiB/s, ${injectCpu.toFixed(0)} s of agent CPU per GiB | exec p50 ${pct(porthole, 50).toFixed(1)} ms (qemu-ga ${pct(qgaTimes, 50).toFixed(1)}, ratio ${(pct(porthole, 50) / pct(qgaTimes, 50)).toFixed(2)}), p95 ${pct(porthole, 95).toFixed(1)} (${pct(qgaTimes, 95).toFixed(1)}) | agent CPU ${cpuMs.toFixed(1)} ms per command`);
+      const t2 = performance.now();
+      const zeros = client.exec(['head', '-c', String(payload.length), '/dev/zero']);
+      zeros.stdout.resume();
+      zeros.stderr.resume();
+      await zeros.exit;
+      const stdoutSeconds = (performance.now() - t2) / 1000;
+      console.log(`${name}: ${memory} | inject ${(mib / seconds).toFixed(1)} MiB/s, ${injectCpu.toFixed(0)} s of agent CPU per GiB, read-back ${(mib / readSeconds).toFixed(1)} MiB/s, exec stdout ${(mib / stdoutSeconds).toFixed(1)} MiB/s | exec p50 ${pct(porthole, 50).toFixed(1)} ms (qemu-ga ${pct(qgaTimes, 50).toFixed(1)}, ratio ${(pct(porthole, 50) / pct(qgaTimes, 50)).toFixed(2)}), p95 ${pct(porthole, 95).toFixed(1)} (${pct(qgaTimes, 95).toFixed(1)}) | agent CPU ${cpuMs.toFixed(1)} ms per command`);
       client.close();
     }
   }

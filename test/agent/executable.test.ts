@@ -145,8 +145,13 @@ describe('agent: the bundled executable', function () {
     console.log(`      agent RSS high-water ${Math.round(hwm / 1024)} MiB; 512 MiB written in ${seconds.toFixed(1)} s (${Math.round(512 / seconds)} MiB/s)`);
     assert.equal(result.sha256, sha256(content));
     assert.equal(statSync(target).size, content.length);
-    rmSync(target);
     assert.ok(hwm < 200 * 1024, `agent high-water RSS ${hwm} KiB`);
+    // That transfer started the agent's hashing thread; the next one is hashed there.
+    assert.match(readFileSync(a.logFile, 'utf8'), /"message":"hashing thread started"/);
+    const next = content.subarray(0, 24 * 1024 * 1024);
+    assert.equal((await writeFile(a.session, { path: Buffer.from(target), size: next.length, sizeKnown: true }, next)).sha256, sha256(next));
+    assert.equal(statSync(target).size, next.length);
+    rmSync(target);
   });
 
   it('announces its policy, reloads it on SIGHUP and keeps it when the new file is invalid, logs to its file', async () => {

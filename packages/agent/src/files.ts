@@ -1,5 +1,4 @@
 import { promises as fsp, constants as fsc, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import type { Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { v1, PortholeError, Stream, MAX_CHUNK_SIZE, bytesOf } from '@porthole/protocol';
 import { Policy } from './policy';
@@ -8,6 +7,7 @@ import { AuditLogger } from './audit';
 import { components, isRoot, joinComponents, normalize, showPath } from './paths';
 import { checkWindowsWrite, setWindowsOwner } from './windows/files';
 import { crypto } from './builtins';
+import { Sha256, sha256For } from './sha256';
 
 const E = v1.ErrorCode;
 const WINDOWS = process.platform === 'win32';
@@ -218,13 +218,13 @@ async function replacedMeanwhile(handle: fsp.FileHandle, path: Buffer, when: str
 }
 
 /** Feed `length` bytes of `src` (from its start) to `hash`, copying them to `dst` when given; memory stays bounded. */
-async function hashCopy(src: fsp.FileHandle, dst: fsp.FileHandle | null, length: number, hash: Hash): Promise<void> {
+async function hashCopy(src: fsp.FileHandle, dst: fsp.FileHandle | null, length: number, hash: Sha256): Promise<void> {
   const buf = Buffer.allocUnsafe(1024 * 1024);
   for (let off = 0; off < length;) {
     const { bytesRead } = await src.read(buf, 0, Math.min(buf.length, length - off), off);
     if (bytesRead === 0) break;
     const data = buf.subarray(0, bytesRead);
-    hash.update(data);
+    await hash.update(data);
     for (let w = 0; dst && w < bytesRead;) w += (await dst.write(data, w, bytesRead - w, off + w)).bytesWritten;
     off += bytesRead;
   }
@@ -298,10 +298,10 @@ export async function writeFileAtomic(
 
   const base = components(target).pop()!;
   const temp = joinComponents([...components(parent), Buffer.concat([Buffer.from('.'), base, Buffer.from(`.porthole-${safeId(requestId)}.part`)])]);
-  const hash: Hash = crypto().createHash('sha256');
   let position = 0;
   let handle: fsp.FileHandle;
   const resume = Number(req.resumeOffset ?? 0);
+  const hash = sha256For(req.sizeKnown ? Number(req.size) : resume, ctx.log);
   const append = overwrite === v1.OverwritePolicy.OVERWRITE_APPEND;
   // The held bytes of an append include the old file, so offsets would not match the host's: start again instead.
   if (append && resume > 0) throw invalid('an append cannot be resumed; send it again from the start', path);
@@ -340,7 +340,7 @@ export async function writeFileAtomic(
       ctx.policy.checkSize(appendBase + position + chunk.data.length);
       const at = appendBase + position;
       const written = handle.write(chunk.data, 0, chunk.data.length, at);
-      await hashBetweenTurns(hash, chunk.data); // while the thread pool writes
+      await hash.update(chunk.data); // while the thread pool writes
       for (let off = (await written).bytesWritten; off < chunk.data.length;) {
         off += (await handle.write(chunk.data, off, chunk.data.length - off, at + off)).bytesWritten;
       }
@@ -349,7 +349,7 @@ export async function writeFileAtomic(
     if (req.sizeKnown && position !== Number(req.size)) {
       throw invalid(`received ${position} bytes, the request announced ${req.size}`, path);
     }
-    const sha256 = hash.digest('hex');
+    const sha256 = await hash.digest();
     const expected = (finalSha256() || req.sha256 || '').toLowerCase();
     if (expected && expected !== sha256) {
       throw new PortholeError(E.ERROR_CODE_CHECKSUM_MISMATCH, `content sha256 ${sha256} does not match the expected ${expected}; ${showPath(path)} was not changed`, { path });
@@ -450,22 +450,6 @@ const READ_AHEAD = MAX_CHUNK_SIZE;
 /** Written pieces' buffers kept for the next reads: one being read, one hashed, one on its way out. */
 const SPARE_PIECES = 3;
 
-/**
- * Bytes hashed between two turns of the event loop. Under emulation hashing 512 KiB takes ~10 ms, which
- * a small request that arrived meanwhile would wait out: in four paired rounds of injections, an info
- * request beside one took 13.4 ms (p50) with 128 KiB steps, 11.5 with 64 KiB, 10.0 with 32 KiB, at the
- * same throughput (21.3, 22.3, 20.9 MiB/s).
- */
-const HASH_STEP = 64 * 1024;
-
-/** sha256 of `data` a HASH_STEP at a time, with the event loop let in between. */
-async function hashBetweenTurns(hash: Hash, data: Buffer): Promise<void> {
-  for (let from = 0; from < data.length; from += HASH_STEP) {
-    if (from > 0) await new Promise(setImmediate);
-    hash.update(data.subarray(from, from + HASH_STEP));
-  }
-}
-
 /** Stream a file (or a range of it) to the host with its metadata and sha256. */
 export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest.$Properties, stream: Stream): Promise<{ path: Buffer; length: number; sha256: string }> {
   ctx.policy.requireEnabled('file_read');
@@ -493,7 +477,7 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
         owner: ctx.users.userName(st.uid), group: ctx.users.groupName(st.gid), mtimeMs: Math.floor(st.mtimeMs), length,
       },
     });
-    const hash = crypto().createHash('sha256');
+    const hash = sha256For(length, ctx.log);
     // A piece's buffer is filled again once the channel has written it out: a fresh MiB is mapped by
     // malloc and each of its pages faults in at the first write, which under TCG costs more than the
     // file read (64 MiB read into fresh buffers 620–830 ms, into one buffer 190–310).
@@ -526,7 +510,7 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
         const at = sent;
         sent += data.length;
         next = sent < length ? readAt(sent) : undefined;
-        await hashBetweenTurns(hash, data);
+        await hash.update(data);
         await sending;
         sending = sendPiece(whole, data, offset + at);
         sending.catch(() => undefined); // awaited with the next piece, or below
@@ -535,7 +519,7 @@ export async function readFileToStream(ctx: FileContext, req: v1.FileReadRequest
     } finally {
       void next?.catch(() => undefined); // a read still under way when sending failed
     }
-    const sha256 = hash.digest('hex');
+    const sha256 = await hash.digest();
     await stream.send({ fileReadResult: { sha256, length: sent } });
     return { path, length: sent, sha256 };
   } finally {

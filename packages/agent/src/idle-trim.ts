@@ -1,11 +1,13 @@
 // Memory a burst of requests borrowed goes back once the agent is idle: the
-// read slabs kept for reuse, and the garbage V8 would otherwise keep until the
-// next burst (an idle agent allocates too little to trigger a collection, and
-// the buffers of a transfer or of a command's output live outside V8's heap,
-// freed only when their handles are collected). Start-up and a host's hello
-// leave garbage too: V8's young generation alone keeps ~2 MiB until collected.
+// read slabs kept for reuse, the thread that hashed large transfers, and the
+// garbage V8 would otherwise keep until the next burst (an idle agent
+// allocates too little to trigger a collection, and the buffers of a transfer
+// or of a command's output live outside V8's heap, freed only when their
+// handles are collected). Start-up and a host's hello leave garbage too: V8's
+// young generation alone keeps ~2 MiB until collected.
 import { runInNewContext } from 'node:vm';
 import { readSlabs } from '@porthole/transport';
+import { stopHashingThread } from './sha256';
 
 /** No request in progress for this long: the agent is idle. */
 export const IDLE_TRIM_MS = 5000;
@@ -73,6 +75,7 @@ export class IdleTrimmer {
   private trim(): void {
     this.timer = undefined;
     readSlabs.trim();
-    collectGarbage();
+    // After the hashing thread has exited: until then it holds the memory it shares with this one.
+    void stopHashingThread().then(collectGarbage);
   }
 }

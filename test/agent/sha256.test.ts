@@ -1,0 +1,67 @@
+import { strict as assert } from 'node:assert';
+import { createHash, randomBytes } from 'node:crypto';
+import { OFF_THREAD_MIN, Sha256, sha256For, stopHashingThread } from '@porthole/agent';
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+/** Feeds `data` in pieces of the given sizes, in turn, reusing one buffer for them as the agent's transfers do. */
+async function feed(hash: Sha256, data: Buffer, sizes: number[]): Promise<string> {
+  const piece = Buffer.alloc(Math.max(...sizes));
+  for (let at = 0, i = 0; at < data.length; i++) {
+    const n = Math.min(sizes[i % sizes.length], data.length - at);
+    data.copy(piece, 0, at, at + n);
+    await hash.update(piece.subarray(0, n));
+    piece.fill(0xee); // what was given must have been hashed or copied by now
+    at += n;
+  }
+  return hash.digest();
+}
+
+/** The first large hash once the hashing thread runs. */
+async function threadHash(): Promise<Sha256> {
+  for (let waited = 0; waited < 20000; waited += 50) {
+    const hash = sha256For(OFF_THREAD_MIN);
+    if (hash.onThread) return hash;
+    await hash.digest();
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('the hashing thread did not start within 20 s');
+}
+
+describe('agent: sha256 of transfers', function () {
+  this.timeout(30000);
+  afterEach(() => stopHashingThread());
+
+  it('hashes a small transfer on the event loop, in pieces of any size', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 5);
+    const hash = sha256For(data.length);
+    assert.equal(hash.onThread, false);
+    assert.equal(await feed(hash, data, [100_000, 1, 700_001]), sha256(data));
+  });
+
+  it('hashes a large transfer on the event loop while the hashing thread starts, then on the thread', async () => {
+    const data = randomBytes(OFF_THREAD_MIN + 3 * 1024 * 1024 + 7);
+    const first = sha256For(data.length);
+    assert.equal(first.onThread, false, 'the thread cannot have started yet');
+    assert.equal(await feed(first, data, [512 * 1024]), sha256(data));
+    const second = await threadHash();
+    // Pieces larger than the thread's slots, smaller ones, and two transfers at once.
+    const third = sha256For(data.length);
+    assert.equal(third.onThread, true);
+    const other = randomBytes(5 * 1024 * 1024);
+    const [a, b] = await Promise.all([feed(second, data, [3 * 1024 * 1024 + 1, 1000, 1024 * 1024]), feed(third, other, [512 * 1024])]);
+    assert.equal(a, sha256(data));
+    assert.equal(b, sha256(other));
+    assert.equal(await sha256For(data.length).digest(), sha256(Buffer.alloc(0)));
+  });
+
+  it('ends the thread when asked (the agent is idle) and starts it again for the next large transfer', async () => {
+    await (await threadHash()).digest();
+    await stopHashingThread();
+    const after = sha256For(OFF_THREAD_MIN);
+    assert.equal(after.onThread, false, 'a stopped thread is not used');
+    await after.digest();
+    const data = randomBytes(2 * 1024 * 1024);
+    assert.equal(await feed(await threadHash(), data, [1024 * 1024]), sha256(data));
+  });
+});

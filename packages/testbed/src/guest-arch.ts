@@ -105,7 +105,11 @@ const X64: GuestPlatform = {
   arch: 'x64',
   qemu: 'qemu-system-x86_64',
   qemuPackage: 'qemu-system-x86',
-  machineArgs: ['-machine', 'pc', '-cpu', 'max'],
+  // Every feature QEMU can emulate but the fast-string ones: with ERMS or FSRM the guest kernel copies the data of
+  // every read() and write() with `rep movsb`, which TCG runs far slower than the moves the kernel uses otherwise —
+  // a 64 MiB write to a virtio port took 2–3 times as long (docs/BENCHMARKS.md, "The guest CPU model"), a cost
+  // real CPUs do not have.
+  machineArgs: ['-machine', 'pc', '-cpu', 'max,-erms,-fsrm'],
   kernelCmdline: GUEST_KERNEL_CMDLINE,
   modules: GUEST_MODULES,
   kernel: hostKernel,

@@ -64,4 +64,12 @@ describe('agent: sha256 of transfers', function () {
     const data = randomBytes(2 * 1024 * 1024);
     assert.equal(await feed(await threadHash(), data, [1024 * 1024]), sha256(data));
   });
+
+  it('a transfer whose thread ended fails with the cause, and does not wait forever', async () => {
+    const hash = await threadHash();
+    await hash.update(randomBytes(1024));
+    await stopHashingThread();
+    await assert.rejects(hash.update(randomBytes(1024)), /hashing thread was stopped/);
+    await assert.rejects(hash.digest(), /hashing thread was stopped/);
+  });
 });

@@ -41,9 +41,9 @@ class EventLoopSha256 implements Sha256 {
 }
 
 /**
- * Transfers at least this large are hashed on the hashing thread. Starting it costs ~1.5 s of a vCPU
- * under emulation and ~2 MiB while it runs: a transfer that asks for it first is hashed on the event
- * loop meanwhile, and the thread ends when the agent is idle.
+ * Transfers at least this large are hashed on the hashing thread. Starting it costs 0.4–1.5 s of a vCPU
+ * under emulation, and it holds ~6 MiB while it runs (~3 MiB stay once one has run): a transfer that asks
+ * for it first is hashed on the event loop meanwhile, and the thread ends when the agent is idle.
  */
 export const OFF_THREAD_MIN = 8 * 1024 * 1024;
 /** Bytes are copied to the thread in slots of this size: four of them let hashing lag 4 MiB behind. */
@@ -80,15 +80,16 @@ class HashingThread {
   private readonly slotWaiters: { resolve: (slot: number) => void; reject: (e: Error) => void }[] = [];
   private readonly digests = new Map<number, { resolve: (hex: string) => void; reject: (e: Error) => void }>();
   private nextJob = 1;
-  private stopping = false;
-
   private readonly started = performance.now();
+  /** Why no more hashing happens here (stopped, or failed): what asks afterwards hears it. */
+  private ended?: Error;
 
   constructor(private readonly log: AuditLogger | undefined, private readonly failed: (thread: HashingThread) => void) {
     const { Worker } = require('node:worker_threads') as typeof import('node:worker_threads');
     this.worker = new Worker(THREAD_SOURCE, {
       eval: true, workerData: { memory: this.memory, slotSize: SLOT_SIZE },
-      // It allocates little beyond the hashes; V8's default young generation alone would take 16 MiB.
+      // Bounds, not savings (the same RSS without them): it allocates little beyond its hashes, and a leak there
+      // would end the thread (hashing goes back to the event loop) rather than grow the agent.
       resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
     });
     this.worker.unref(); // never what keeps the agent running
@@ -109,7 +110,7 @@ class HashingThread {
           this.worker.postMessage([job, slot, part.length]);
         }
       },
-      digest: () => new Promise((resolve, reject) => {
+      digest: () => this.ended ? Promise.reject(this.ended) : new Promise((resolve, reject) => {
         this.digests.set(job, { resolve, reject });
         this.worker.postMessage([job, -1, 0]);
       }),
@@ -124,6 +125,7 @@ class HashingThread {
   }
 
   private slot(): Promise<number> {
+    if (this.ended) return Promise.reject(this.ended);
     const slot = this.free.pop();
     if (slot !== undefined) return Promise.resolve(slot);
     return new Promise((resolve, reject) => this.slotWaiters.push({ resolve, reject }));
@@ -145,7 +147,7 @@ class HashingThread {
   }
 
   private fail(cause: Error): void {
-    if (this.stopping) return;
+    if (this.ended) return;
     this.failed(this);
     this.log?.warn('hashing thread failed: large transfers are hashed on the event loop from now on', { error: cause.message });
     this.end(new Error(`the agent's hashing thread stopped: ${cause.message}`, { cause }));
@@ -153,7 +155,7 @@ class HashingThread {
 
   /** No more hashing here: whoever waits for a slot or a digest hears why. */
   private end(error: Error): void {
-    this.stopping = true;
+    this.ended = error;
     for (const waiter of this.slotWaiters.splice(0)) waiter.reject(error);
     for (const waiter of this.digests.values()) waiter.reject(error);
     this.digests.clear();

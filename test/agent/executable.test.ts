@@ -148,7 +148,7 @@ describe('agent: the bundled executable', function () {
     assert.ok(hwm < 200 * 1024, `agent high-water RSS ${hwm} KiB`);
     // That transfer started the agent's hashing thread; the next one is hashed there.
     assert.match(readFileSync(a.logFile, 'utf8'), /"message":"hashing thread started"/);
-    const next = content.subarray(0, 24 * 1024 * 1024);
+    const next = content.subarray(0, 32 * 1024 * 1024);
     assert.equal((await writeFile(a.session, { path: Buffer.from(target), size: next.length, sizeKnown: true }, next)).sha256, sha256(next));
     assert.equal(statSync(target).size, next.length);
     rmSync(target);

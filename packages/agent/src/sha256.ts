@@ -42,10 +42,12 @@ class EventLoopSha256 implements Sha256 {
 
 /**
  * Transfers at least this large are hashed on the hashing thread. Starting it costs 0.4–1.5 s of a vCPU
- * under emulation, and it holds ~6 MiB while it runs (~3 MiB stay once one has run): a transfer that asks
- * for it first is hashed on the event loop meanwhile, and the thread ends when the agent is idle.
+ * under emulation, about what hashing 32 MiB costs there, and it holds ~6 MiB while it runs (~3 MiB stay
+ * once one has run): a transfer that asks for it first is hashed on the event loop meanwhile, and the
+ * thread ends when the agent is idle. (With 8 MiB, a 16 MiB read-back whose host hung up at once cost the
+ * agent 1.5 s of CPU, most of it the thread's start.)
  */
-export const OFF_THREAD_MIN = 8 * 1024 * 1024;
+export const OFF_THREAD_MIN = 32 * 1024 * 1024;
 /** Bytes are copied to the thread in slots of this size: four of them let hashing lag 4 MiB behind. */
 const SLOT_SIZE = 1024 * 1024;
 const SLOTS = 4;

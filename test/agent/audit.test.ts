@@ -1,4 +1,7 @@
 import { strict as assert } from 'node:assert';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { createAuditLogger } from '@porthole/agent';
 
@@ -32,5 +35,37 @@ describe('agent: the audit log', () => {
     assert.equal(out.length, 2);
     assert.equal(JSON.parse(out[0]).cyclic.self, '[Circular]');
     assert.equal(JSON.parse(out[1]).size, '1180591620717411303424');
+  });
+
+  it('appends its lines to a log file, creating its directory; a line the disk refuses is dropped, not fatal', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'porthole-audit-'));
+    try {
+      const file = join(dir, 'sub', 'audit.log');
+      const first = createAuditLogger({ silent: false, file, level: 'info' });
+      first.remove(first.transports[0]); // the console's line is not this test's
+      first.info('one', { request: 'info' });
+      first.close();
+      writeFileSync(file, 'kept\n', { flag: 'a' });
+      const second = createAuditLogger({ file });
+      second.remove(second.transports[0]);
+      second.info('two', { request: 'exec', exitCode: 0 });
+      await new Promise((r) => setImmediate(r));
+      const lines = readFileSync(file, 'utf8').split('\n');
+      assert.equal(lines.length, 4);
+      assert.equal(JSON.parse(lines[0]).message, 'one');
+      assert.equal(lines[1], 'kept');
+      assert.deepEqual([JSON.parse(lines[2]).message, JSON.parse(lines[2]).exitCode], ['two', 0]);
+      assert.equal(lines[3], '');
+      // /dev/full refuses every write with ENOSPC, as a full disk does.
+      const full = createAuditLogger({ file: '/dev/full' });
+      full.remove(full.transports[0]);
+      let errors = 0;
+      full.on('error', () => errors++);
+      for (let i = 0; i < 3; i++) full.info('lost', { request: 'info' });
+      await new Promise((r) => setImmediate(r));
+      assert.equal(errors, 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -57,9 +57,13 @@ const HELPER_START_MS = 10000;
 
 const envEntries = (env: NodeJS.ProcessEnv) => Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`);
 
-function checkNoNul(options: SpawnOptions): void {
-  const all = [options.file, options.cwd, ...options.args, ...envEntries(options.env)];
-  if (all.some((s) => s.includes('\0'))) throw new PortholeError(v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'command, arguments, environment and working directory must not contain NUL bytes');
+/** The environment as `KEY=value` entries, once it is known that nothing the command gets holds a NUL byte. */
+function checkNoNul(options: SpawnOptions): string[] {
+  const env = envEntries(options.env);
+  if ([options.file, options.cwd, ...options.args, ...env].some((s) => s.includes('\0'))) {
+    throw new PortholeError(v1.ErrorCode.ERROR_CODE_INVALID_ARGUMENT, 'command, arguments, environment and working directory must not contain NUL bytes');
+  }
+  return env;
 }
 
 function errnoError(errno: number, file: string): NodeJS.ErrnoException {
@@ -221,12 +225,13 @@ class HelperProcess {
     this.child.stdin!.write(payload.length ? Buffer.concat([head, payload]) : head);
   }
 
-  spawn(options: SpawnOptions): Promise<Spawned> {
+  /** `env`: the environment's entries (checkNoNul). */
+  spawn(options: SpawnOptions, env: string[]): Promise<Spawned> {
     if (this.ended) return Promise.reject(this.ended);
     const id = this.nextId++;
     const fields = [
       options.stdin ? 'i' : '', options.uid === undefined ? '' : String(options.uid), options.gid === undefined ? '' : String(options.gid),
-      options.cwd, options.file, String(options.args.length + 1), options.file, ...options.args, ...envEntries(options.env),
+      options.cwd, options.file, String(options.args.length + 1), options.file, ...options.args, ...env,
     ];
     const promise = new Promise<Spawned>((resolve, reject) => {
       const output = (fd: number) => new HelperOutput(() => this.send('A', id, Buffer.of(fd)), (dropped) => {
@@ -345,12 +350,12 @@ export class HelperSpawner implements Spawner {
   }
 
   async spawn(options: SpawnOptions): Promise<Spawned> {
-    checkNoNul(options);
+    const env = checkNoNul(options);
     if (!this.fallback) {
       const helper = this.helper ?? this.startHelper();
       try {
         await helper.ready;
-        return await helper.spawn(options);
+        return await helper.spawn(options, env);
       } catch (err) {
         if (!helper.isReady) this.fallBack(err as Error);
         else throw err;

@@ -8,6 +8,7 @@
 // user/system/idle time. The probes run through the agent too (a shell each, before and after a step).
 //   AGENT_BUNDLE=... node scripts/agent-threads.mjs [MiB=64] [STEPS=inject,inject,readback,readback]
 import { createRequire } from 'node:module';
+import { guestShell } from './lib/guest-shell.mjs';
 
 const require = createRequire(import.meta.url);
 const { bootVm, agentBundlePath } = require('../packages/testbed/dist/index.js');
@@ -17,13 +18,7 @@ const mib = Number(process.argv[2] ?? 64);
 const steps = (process.argv[3] ?? 'inject,inject,readback,readback').split(',');
 const vm = await bootVm({ agent: { bundle: process.env.AGENT_BUNDLE ?? agentBundlePath() }, rawPorts: 0, log: () => undefined });
 const client = await connect(vm.target, { timeoutMs: 90000 });
-const shell = (cmd) => new Promise((resolve, reject) => {
-  const task = client.exec({ shell: cmd });
-  let out = '';
-  task.stdout.on('data', (d) => (out += d));
-  task.stderr.resume();
-  task.exit.then(() => resolve(out), reject);
-});
+const shell = guestShell(client);
 /** utime + stime ticks per thread of the agent, and the guest's /proc/stat cpu line. */
 const sample = async (pid) => {
   const out = await shell(`for t in /proc/${pid}/task/*; do echo \${t##*/} $(sed 's/.*) //' $t/stat | cut -d' ' -f12,13); done; head -1 /proc/stat`);

@@ -10,6 +10,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
+import { guestShell } from './lib/guest-shell.mjs';
 
 const require = createRequire(import.meta.url);
 const { bootVm, agentBundlePath } = require('../packages/testbed/dist/index.js');
@@ -60,13 +61,7 @@ const vm = await bootVm({
   log: (m) => console.error(m),
 });
 const client = await connect(vm.target, { timeoutMs: 90000 });
-const shell = (cmd) => new Promise((resolve, reject) => {
-  const task = client.exec({ shell: cmd });
-  let out = '';
-  task.stdout.on('data', (d) => (out += d));
-  task.stderr.resume();
-  task.exit.then(() => resolve(out), reject);
-});
+const shell = guestShell(client);
 const readAll = async (path) => {
   const task = client.readFile(path);
   const parts = [];

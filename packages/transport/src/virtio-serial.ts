@@ -71,7 +71,8 @@ type ReadInto = (fd: number, into: Buffer, offset: number, length: number) => nu
  * fs's own read, without readSync's argument checks: a burst is read 4 KiB per call, and under TCG those
  * checks, interpreted, cost twice the read itself (16,384 reads of 4 KiB in the guest: 400 ms through
  * readSync, 135 ms straight). Taken only where readSync itself makes that five-argument call, which throws
- * on error (Node 20.10 on); older Nodes' binding takes other arguments, and there readSync is used.
+ * on error (Node 20.20 here); a Node whose readSync calls its binding otherwise, or has no process.binding('fs'),
+ * reads through readSync.
  */
 const readInto: ReadInto = (() => {
   const viaReadSync: ReadInto = (fd, into, offset, length) => readSync(fd, into, offset, length, null);

@@ -3,6 +3,7 @@
 // `npm run build`) runs with a preload: SIGUSR2 starts V8's sampling profiler, the next SIGUSR2 writes
 // /tmp/agent-N.cpuprofile. Each transfer is profiled, the profile fetched with readFile, and its self
 // time printed by function; the .cpuprofile files are kept (Chrome DevTools opens them).
+// Steps run in the order given and may repeat (inject,inject: the second on the hashing thread).
 // `exec` profiles EXECS runs of /bin/true, one after another, and prints their p50 round trip; `stdout` one
 // command writing MiB of zeros to its stdout (the bench's `head -c`).
 //   node scripts/profile-agent.mjs [MiB=64] [OUTDIR=/tmp/porthole-profile] [WHAT=inject,readback,exec,stdout] [EXECS=200]
@@ -101,7 +102,8 @@ try {
       console.log(`\nexec /bin/true × ${execs}: p50 ${ms[ms.length >> 1].toFixed(2)} ms, p95 ${ms[Math.floor(ms.length * 0.95)].toFixed(2)} ms (profiler on)`);
     },
   };
-  for (const [name, run] of Object.entries(transfers).filter(([n]) => what.includes(n))) {
+  for (const [step, name] of what.entries()) {
+    const run = transfers[name];
     await shell(`kill -USR2 ${pid}`);
     await new Promise((r) => setTimeout(r, 300));
     const cpu0 = await cpu(pid);
@@ -113,7 +115,7 @@ try {
     await new Promise((r) => setTimeout(r, 1500));
     const latest = (await shell('ls -t /tmp/agent-*.cpuprofile | head -1')).trim();
     const raw = await readAll(latest);
-    writeFileSync(join(outDir, `${name}.cpuprofile`), raw);
+    writeFileSync(join(outDir, `${step + 1}-${name}.cpuprofile`), raw);
     const { totalMs, idleMs, rows } = selfTimes(JSON.parse(raw.toString()));
     console.log(`\n${name}${name === 'exec' ? '' : `, ${mib} MiB`} (load: ${execFileSync('uptime').toString().trim().replace(/.*load/, 'load')})`);
     const rate = name === 'exec' ? `agent CPU ${(cpuSeconds * 1000 / execs).toFixed(2)} ms per exec` : `${(mib / seconds).toFixed(2)} MiB/s; agent CPU ${(cpuSeconds * 1024 / mib).toFixed(1)} s per GiB`;

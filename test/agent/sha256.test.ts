@@ -1,6 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { createHash, randomBytes } from 'node:crypto';
-import { OFF_THREAD_MIN, Sha256, sha256For, stopHashingThread } from '@porthole/agent';
+import { mkdtempSync, promises as fsp, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { OFF_THREAD_MIN, Sha256, sha256For, stopHashingThread, WrittenFile } from '@porthole/agent';
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
@@ -26,6 +29,30 @@ async function threadHash(): Promise<Sha256> {
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error('the hashing thread did not start within 20 s');
+}
+
+/**
+ * Writes `data` to a new file in pieces as the agent's injection does (each piece given to the hash, then
+ * written, before the next), its hash made by `makeHash` once the file exists; then the digest.
+ */
+async function writeAndHash(path: string, data: Buffer, piece: number, makeHash: (file: WrittenFile) => Sha256, meanwhile?: (at: number) => void): Promise<string> {
+  const handle = await fsp.open(path, 'wx');
+  try {
+    const st = await handle.stat();
+    const file = { path: Buffer.from(path), dev: st.dev, ino: st.ino };
+    const hash = makeHash(file);
+    const buf = Buffer.alloc(piece);
+    for (let at = 0; at < data.length; at += piece) {
+      const n = data.copy(buf, 0, at, at + piece);
+      await hash.update(buf.subarray(0, n));
+      await handle.write(buf, 0, n, at);
+      buf.fill(0xee);
+      meanwhile?.(at + n);
+    }
+    return await hash.digest();
+  } finally {
+    await handle.close();
+  }
 }
 
 describe('agent: sha256 of transfers', function () {
@@ -71,5 +98,53 @@ describe('agent: sha256 of transfers', function () {
     await stopHashingThread();
     await assert.rejects(hash.update(randomBytes(1024)), /hashing thread was stopped/);
     await assert.rejects(hash.digest(), /hashing thread was stopped/);
+  });
+
+  describe('of a transfer written to a file (read back by the hashing thread)', () => {
+    let dir: string;
+    beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'porthole-sha-')); });
+    afterEach(() => rmSync(dir, { recursive: true, force: true }));
+    const onThread = (file: WrittenFile) => sha256For(OFF_THREAD_MIN, undefined, file);
+
+    it('a first large transfer is written while the thread starts, and hashed from the file once it runs', async () => {
+      await stopHashingThread();
+      const data = randomBytes(OFF_THREAD_MIN + 3 * 1024 * 1024 + 7);
+      let first: Sha256 | undefined;
+      const digest = await writeAndHash(join(dir, 'a'), data, 512 * 1024, (file) => (first = onThread(file)));
+      assert.equal(first!.onThread, true, 'not hashed on the event loop');
+      assert.equal(digest, sha256(data));
+      // The thread runs now: the next one goes to it in slots, as the bytes come.
+      const other = randomBytes(5 * 1024 * 1024 + 1);
+      assert.equal(await writeAndHash(join(dir, 'b'), other, 1024 * 1024 + 3, onThread), sha256(other));
+    });
+
+    it('a file whose name comes to lead elsewhere, or that lost bytes, has no digest: the transfer fails, saying why', async () => {
+      const data = randomBytes(8 * 1024 * 1024);
+      const path = join(dir, 'a');
+      const decoy = join(dir, 'decoy');
+      writeFileSync(decoy, data);
+      // Each begins while the thread starts: the bytes written before it ran are read back, the last piece at the end.
+      await stopHashingThread();
+      await assert.rejects(
+        writeAndHash(path, data, 1024 * 1024, onThread, (at) => { if (at === 2 * 1024 * 1024) renameSync(decoy, path); }),
+        /could not be read back to hash it: its name leads to another file/,
+      );
+      await stopHashingThread();
+      await assert.rejects(
+        writeAndHash(join(dir, 'b'), data, 1024 * 1024, onThread, (at) => { if (at === data.length) truncateSync(join(dir, 'b'), 100); }),
+        /could not be read back to hash it: it holds fewer bytes than were written to it/,
+      );
+    });
+
+    it('a thread that ends before it ran leaves the hash to the event loop, which reads the file itself', async () => {
+      await stopHashingThread();
+      const data = randomBytes(OFF_THREAD_MIN + 1024 * 1024);
+      const digest = await writeAndHash(join(dir, 'a'), data, 1024 * 1024, (file) => {
+        const hash = onThread(file);
+        void stopHashingThread(); // before it could start
+        return hash;
+      });
+      assert.equal(digest, sha256(data));
+    });
   });
 });

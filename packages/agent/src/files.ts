@@ -301,7 +301,6 @@ export async function writeFileAtomic(
   let position = 0;
   let handle: fsp.FileHandle;
   const resume = Number(req.resumeOffset ?? 0);
-  const hash = sha256For(req.sizeKnown ? Number(req.size) : resume, ctx.log);
   const append = overwrite === v1.OverwritePolicy.OVERWRITE_APPEND;
   // The held bytes of an append include the old file, so offsets would not match the host's: start again instead.
   if (append && resume > 0) throw invalid('an append cannot be resumed; send it again from the start', path);
@@ -317,19 +316,22 @@ export async function writeFileAtomic(
       throw invalid(`cannot resume at ${resume}: only ${have} bytes are held`, path);
     }
     await handle.truncate(resume);
-    // The hash covers the whole file: read back what is already held.
-    await hashCopy(handle, null, resume, hash);
-    position = resume;
   } else {
     await fsp.unlink(temp).catch(() => undefined);
     handle = await fsp.open(temp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600);
-    if (append && existing?.isFile()) {
-      const old = await fsp.open(target, fsc.O_RDONLY);
-      await hashCopy(old, handle, existing.size, hash).finally(() => old.close());
-    }
   }
   /** The temporary's identity: the name may come to lead elsewhere, the inode stays ours. */
   const made = await handle.stat();
+  // A large one is hashed by the hashing thread reading the temporary back (from the page cache) as it is written.
+  const hash = sha256For(req.sizeKnown ? Number(req.size) : resume, ctx.log, { path: temp, dev: made.dev, ino: made.ino });
+  if (resume > 0) {
+    // The hash covers the whole file: read back what is already held.
+    await hashCopy(handle, null, resume, hash);
+    position = resume;
+  } else if (append && existing?.isFile()) {
+    const old = await fsp.open(target, fsc.O_RDONLY);
+    await hashCopy(old, handle, existing.size, hash).finally(() => old.close());
+  }
   // Chunk offsets count from the start of the new content.
   const appendBase = append && existing?.isFile() ? existing.size : 0;
   let keepForResume = false;

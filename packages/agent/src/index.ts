@@ -11,7 +11,7 @@ export { NovaRequests, NovaReply, NOVA_REQUEST_DIR, NOVA_REPLY_DIR } from './nov
 export { showPath, normalize, isWithin } from './paths';
 export { AGENT_VERSION } from './version';
 export { IDLE_TRIM_MS } from './idle-trim';
-export { Sha256, sha256For, stopHashingThread, OFF_THREAD_MIN } from './sha256';
+export { Sha256, sha256For, stopHashingThread, OFF_THREAD_MIN, WrittenFile } from './sha256';
 export { main } from './main';
 export { applyPayloadMedium, probeMedium, PayloadWatcher, ApplyOptions, MediumSource, MediumProbe, WatcherOptions, currentBootId } from './payload';
 export { applyForeignMedium, foreignTarget, FOREIGN_FILE_MODE, MAX_LISTED_FILES } from './foreign-media';

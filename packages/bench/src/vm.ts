@@ -407,13 +407,13 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   type Runs = { raw: Run; blocking: Run; c?: Run; sha: Run; shaFile?: Run; eventLoop: Run; phFirst: Run; phNext: Run; qga: Run };
   const up: Runs = { raw: trueUp, blocking: upBlocking, c: upC, sha: upSha, shaFile: upShaFile, eventLoop: upEventLoop, phFirst: upPhFirst, phNext: upPhNext, qga: upQga };
   const down: Runs = { raw: trueDown, blocking: downBlocking, c: downC, sha: downSha, shaFile: downShaFile, eventLoop: downEventLoop, phFirst: downPhFirst, phNext: downPhNext, qga: downQga };
-  const direction = (name: string, r: Runs, words: { sync: string; loop: string; ph: string; qga: string; file: string }) => [
+  const direction = (name: string, r: Runs, words: { sync: string; loop: string; ph: string; qga: string; file: string; first: string }) => [
     row(name, `raw port, Node blocking ${words.sync} loop, 1 MiB buffer`, r, r.blocking),
     ...(r.c ? [row(name, 'raw port, C read()/write() loop, 1 MiB buffer', r, r.c)] : []),
     row(name, 'raw port + sha256 in the guest (blocking loop)', r, r.sha),
     ...(r.shaFile ? [row(name, `raw port + sha256 + ${words.file} (blocking loop)`, r, r.shaFile)] : []),
     row(name, `raw port, Node event-loop ${words.loop} (for comparison)`, r, r.eventLoop),
-    row(name, `Porthole ${words.ph}, the first after ≥ ${IDLE_TRIM_MS / 1000} s idle (sha256 on the agent's event loop)`, r, r.phFirst),
+    row(name, `Porthole ${words.ph}, the first after ≥ ${IDLE_TRIM_MS / 1000} s idle (${words.first})`, r, r.phFirst),
     row(name, `Porthole ${words.ph}, the next one at once (sha256 on the agent's hashing thread)`, r, r.phNext),
     row(name, `qemu-guest-agent ${words.qga}`, r, r.qga),
   ];
@@ -422,8 +422,10 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
     title: `VM file transfer, ${bytes / MiB} MiB, one QEMU (TCG) guest`,
     columns: ['direction', 'method', 'MiB/s', 'seconds', 'ratio to true raw', 'ratio to true raw + sha256', 'ratio to qga', 'guest CPU s per GiB'],
     rows: [
-      ...direction('host → guest', up, { sync: 'readSync', loop: 'reader', ph: 'installFile', qga: 'guest-file-write', file: 'each MiB written to a new tmpfs file, renamed at the end' }),
-      ...direction('guest → host', down, { sync: 'writeSync', loop: 'writer', ph: 'readFile', qga: 'guest-file-read', file: 'each MiB read from a tmpfs file first' }),
+      ...direction('host → guest', up, { sync: 'readSync', loop: 'reader', ph: 'installFile', qga: 'guest-file-write', file: 'each MiB written to a new tmpfs file, renamed at the end',
+        first: 'written while the hashing thread starts, then read back by it' }),
+      ...direction('guest → host', down, { sync: 'writeSync', loop: 'writer', ph: 'readFile', qga: 'guest-file-read', file: 'each MiB read from a tmpfs file first',
+        first: "sha256 on the agent's event loop" }),
       ['guest → host', `Porthole exec stdout of head -c ${stdoutBytes / MiB} MiB of /dev/zero`, execStdout.mibs, execStdout.ms / 1000, execStdout.mibs / trueDown.mibs, execStdout.mibs / downSha.mibs, execStdout.mibs / downQga.mibs, execStdout.cpuPerGib],
       ['in the guest', `the same head -c to /dev/null, no reader (the command alone)`, headToNull, stdoutBytes / MiB / headToNull, headToNull / trueDown.mibs, '', '', ''],
       ['in the guest', `the same head -c into a pipe read by cat (the floor for its output)`, headToPipe, stdoutBytes / MiB / headToPipe, headToPipe / trueDown.mibs, '', '', ''],

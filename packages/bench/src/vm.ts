@@ -299,8 +299,8 @@ async function measure(sizes: VmBenchSizes, client: PortholeClient, qga: QgaClie
   const upEventLoop = await run('raw-event-loop', bytes, () => raw.eventLoop.upload(data));
   const upSha = await reference('raw-blocking', bytes, () => raw.blocking.upload(data, 'sha256'));
   const upShaFile = await reference('raw-blocking', bytes, () => raw.blocking.upload(data, 'sha256+file'));
-  // Porthole twice, back to back: the first large transfer after the agent was idle hashes on its event loop
-  // while the agent starts its hashing thread, the next one hashes there.
+  // Porthole twice, back to back: the first large transfer after the agent was idle is written while the agent
+  // starts its hashing thread and read back by it, the next one goes to that thread as it comes.
   const inject = async () => {
     const installed = (await client.installFile(data, { path: GUEST_FILE }).result).sha256;
     if (installed !== sha) throw new Error(`Porthole wrote sha256 ${installed}, expected ${sha}`);

@@ -322,7 +322,7 @@ export async function writeFileAtomic(
   }
   /** The temporary's identity: the name may come to lead elsewhere, the inode stays ours. */
   const made = await handle.stat();
-  // A large one is hashed by the hashing thread reading the temporary back (from the page cache) as it is written.
+  // A large one that begins while the hashing thread starts is read back from the temporary by it once it runs.
   const hash = sha256For(req.sizeKnown ? Number(req.size) : resume, ctx.log, { path: temp, dev: made.dev, ino: made.ino });
   if (resume > 0) {
     // The hash covers the whole file: read back what is already held.

@@ -142,6 +142,64 @@ describe('agent: porthole-spawn, the helper itself', function () {
     assert.throws(() => execFileSync(SPAWN_HELPER, ['--start'], { stdio: 'pipe' }), (e: { status: number; stderr: Buffer }) => e.status === 2 && /usage/.test(e.stderr.toString()));
   });
 
+  /** The helper on its own: `start` sends 'S' records; every record received, with the read (chunk) it came in and when. */
+  function rawHelper() {
+    const child = spawn(SPAWN_HELPER, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const got: Array<{ type: string; id: number; chunk: number; at: number }> = [];
+    let pending = Buffer.alloc(0);
+    let chunks = 0;
+    child.stdout.on('data', (d: Buffer) => {
+      const chunk = chunks++;
+      pending = Buffer.concat([pending, d]);
+      while (pending.length >= 4 && pending.length >= 4 + pending.readUInt32LE(0)) {
+        got.push({ type: pending.toString('latin1', 4, 5), id: pending.readUInt32LE(5), chunk, at: Date.now() });
+        pending = pending.subarray(4 + pending.readUInt32LE(0));
+      }
+    });
+    const start = (id: number, script: string) => {
+      const fields = Buffer.from(['', '', '', '/', '/bin/sh', '3', 'sh', '-c', script, `PATH=${PATH}`, ''].join('\0'));
+      const head = Buffer.alloc(9);
+      head.writeUInt32LE(5 + fields.length, 0);
+      head.write('S', 4, 'latin1');
+      head.writeUInt32LE(id, 5);
+      child.stdin.write(Buffer.concat([head, fields]));
+      return Date.now();
+    };
+    const until = async (test: () => boolean) => {
+      for (let i = 0; i < 500 && !test(); i++) await sleep(10);
+      assert.ok(test(), `records so far: ${got.map((r) => r.type + r.id).join(' ')}`);
+    };
+    return { child, got, start, until, of: (id: number) => got.filter((r) => r.id === id && r.type !== 'R') };
+  }
+
+  it('holds a start back briefly: a quick command comes start to exit in one batch, a long one is reported started at once', async () => {
+    const h = rawHelper();
+    try {
+      await h.until(() => h.got.some((r) => r.type === 'R'));
+      // A command that ends at once: 'P' first, then both ends and the exit, in one read (5 tries: a busy machine may
+      // run a command longer than the hold).
+      for (let id = 1; id <= 5; id++) {
+        h.start(id, 'exit 3');
+        await h.until(() => h.of(id).length === 4);
+        assert.deepEqual(h.of(id).map((r) => r.type).slice(0, 1), ['P']);
+        assert.deepEqual(h.of(id).map((r) => r.type).slice(1).sort(), ['E', 'E', 'X']);
+      }
+      assert.ok([1, 2, 3, 4, 5].some((id) => new Set(h.of(id).map((r) => r.chunk)).size === 1), 'at least one quick command came in one read');
+      // A command that runs on: its start comes after the hold, long before it ends.
+      const since = h.start(6, 'sleep 1');
+      await h.until(() => h.of(6).length >= 1);
+      assert.equal(h.of(6)[0].type, 'P');
+      assert.ok(h.of(6)[0].at - since < 500, `start reported after ${h.of(6)[0].at - since} ms`);
+      assert.equal(h.of(6).length, 1, 'nothing else yet');
+      // Output releases the start at once, ahead of the output.
+      h.start(7, 'echo hi; sleep 1');
+      await h.until(() => h.of(7).some((r) => r.type === 'O'));
+      assert.deepEqual(h.of(7).map((r) => r.type), ['P', 'O']);
+    } finally {
+      h.child.stdin.end();
+    }
+  });
+
   it('a malformed record ends it with the cause on stderr', async () => {
     const child = spawn(SPAWN_HELPER, [], { stdio: ['pipe', 'pipe', 'pipe'] });
     const err = collect(child.stderr);

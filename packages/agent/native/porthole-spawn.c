@@ -24,6 +24,10 @@
  *   'P' u32 pid: started          'F' u32 errno: not started (nothing follows)
  *   'O' u8 fd + bytes: output     'E' u8 fd: that output ended
  *   'W' stdin bytes written       'X' i32 exit code (-1 if killed), u32 signal
+ * 'P' is held back up to START_HOLD_MS, with the 'E's that come meanwhile (a command's pipes end just
+ * before it exits), and sent at once before its output or exit: a command that ends within it (most of
+ * what an agent runs: true, test, cat of a small file) reaches the agent in one batch of records, start
+ * to exit, which the agent reads and answers the host in one turn.
  * Each output has one 'O' in flight, of everything its pipe held (up to
  * OUTPUT_CHUNK): a command whose output the agent does not take is held by its
  * full pipe, not buffered here. The helper ends when its
@@ -43,6 +47,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PROTOCOL 1
@@ -53,12 +58,17 @@
 /* Kernel buffer of each output pipe and of the helper's own stdout: a command writing in small
  * pieces (head, cat: 8 KiB) goes on while a record is in flight, and the next read takes all of it. */
 #define PIPE_BYTES (1024 * 1024)
+/* How long a start waits for the command's output or end to go with it (see the top). */
+#define START_HOLD_MS 20
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct command {
   struct command *next;
   uint32_t id;
   pid_t pid;
+  int start_held;  /* 'P' not sent yet: it goes at start_due, or before any other record of the command */
+  int held_ends;   /* bit fd: that output ended while the start was held; its 'E' follows the 'P' */
+  long long start_due;
   int exited;
   int in;          /* stdin pipe, -1 once closed */
   int close_in;    /* 'C' came while stdin bytes were still queued */
@@ -112,6 +122,22 @@ static void send_u32(char type, uint32_t id, uint32_t value) {
   send_record(type, id, &value, 4);
 }
 
+static long long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000LL + t.tv_nsec / 1000000;
+}
+
+/* Sends the held 'P' of c, if any: every other record of a command comes after its start. */
+static void release_start(struct command *c) {
+  if (!c->start_held) return;
+  c->start_held = 0;
+  send_u32('P', c->id, c->pid);
+  for (char fd = 1; fd <= 2; fd++)
+    if (c->held_ends & (1 << fd)) send_record('E', c->id, &fd, 1);
+  c->held_ends = 0;
+}
+
 static struct command *find(uint32_t id) {
   for (struct command *c = commands; c; c = c->next)
     if (c->id == id) return c;
@@ -124,6 +150,7 @@ static void close_fd(int *fd) {
 }
 
 static void close_stdin(struct command *c) {
+  release_start(c);
   close_fd(&c->in);
   free(c->pending);
   c->pending = NULL;
@@ -269,7 +296,8 @@ static int start(uint32_t id, char **f, int nf) {
   cmd->out[0] = -1, cmd->out[1] = fds[1], cmd->out[2] = fds[2];
   cmd->next = commands;
   commands = cmd;
-  send_u32('P', id, pid);
+  cmd->start_held = 1;
+  cmd->start_due = now_ms() + START_HOLD_MS;
   return 0;
 }
 
@@ -304,6 +332,7 @@ static int read_output(struct command *c, int fd) {
     got += r;
   }
   if (got) { /* an end or error after data is read again at the next poll */
+    release_start(c);
     buf[0] = fd;
     c->waiting[fd] = 1;
     send_record('O', c->id, buf, got + 1);
@@ -311,6 +340,10 @@ static int read_output(struct command *c, int fd) {
   }
   if (r < 0 && errno == EAGAIN) return 0;
   close_fd(&c->out[fd]);
+  if (c->start_held) {
+    c->held_ends |= 1 << fd;
+    return 0; /* not done: it has not exited, or the start would have gone */
+  }
   char which = fd;
   send_record('E', c->id, &which, 1);
   return forget_if_done(c);
@@ -327,6 +360,7 @@ static void reap(int sfd) {
     if (!c || !(WIFEXITED(status) || WIFSIGNALED(status))) continue;
     int32_t result[2] = {WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0};
     c->exited = 1;
+    release_start(c);
     send_record('X', c->id, result, sizeof result);
     /* Nobody reads the stdin of an ended command (its group may still, through an inherited pipe: not ours to feed). */
     close_stdin(c);
@@ -428,6 +462,13 @@ int main(int argc, char **argv) {
   if (!buf || !fds || !owner) fatal("malloc");
   for (;;) {
     size_t n = 2;
+    int timeout = -1;
+    long long now = now_ms();
+    for (struct command *c = commands; c; c = c->next) {
+      if (!c->start_held) continue;
+      if (c->start_due <= now) release_start(c);
+      else if (timeout < 0 || c->start_due - now < timeout) timeout = (int)(c->start_due - now);
+    }
     fds[0] = (struct pollfd){.fd = 0, .events = POLLIN};
     fds[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
     for (struct command *c = commands; c; c = c->next) {
@@ -440,7 +481,7 @@ int main(int argc, char **argv) {
       if (c->pending) owner[n] = c, fds[n++] = (struct pollfd){.fd = c->in, .events = POLLOUT};
     }
     flush_records();
-    if (poll(fds, n, -1) < 0) {
+    if (poll(fds, n, timeout) < 0) {
       if (errno == EINTR) continue;
       fatal("poll");
     }

@@ -259,7 +259,7 @@ describe('transports', () => {
     }
   });
 
-  it('virtio-serial channel: small writes of one run of JavaScript, gathered into one write, keep their order around a large one', async function () {
+  it('virtio-serial channel: small writes of one turn of the event loop, gathered into one write, keep their order around a large one', async function () {
     this.timeout(20000);
     await withPtyPair(async (a, b) => {
       const host = await new SerialConnector(a).connect();
@@ -274,6 +274,20 @@ describe('transports', () => {
         guest.writeParts([parts[2].subarray(0, 1000), parts[2].subarray(1000)]);
         guest.writeParts([parts[3], parts[4]]);
         assert.ok((await all).equals(expected));
+        // Small frames written from ticks and promises that follow one another still leave in one write.
+        const socket = (guest as unknown as { socket: { write: (...args: unknown[]) => boolean } }).socket;
+        const write = socket.write;
+        let writes = 0;
+        socket.write = (...args: unknown[]) => { writes++; return write.apply(socket, args); };
+        const later = receiveAll(host, 12);
+        guest.write(Buffer.from('a;'));
+        process.nextTick(() => {
+          guest.write(Buffer.from('b;'));
+          void Promise.resolve().then(() => process.nextTick(() => guest.write(Buffer.from('c;'))));
+        });
+        await Promise.resolve().then(() => guest.write(Buffer.from('d;e;f;')));
+        assert.equal((await later).toString(), 'a;d;e;f;b;c;');
+        assert.equal(writes, 1, 'one write for the turn');
       } finally {
         host.close();
         guest.close();

@@ -1,5 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { HelperSpawner, NodeSpawner, Spawner, SpawnOptions } from '@porthole/agent';
@@ -197,6 +200,26 @@ describe('agent: porthole-spawn, the helper itself', function () {
       assert.deepEqual(h.of(7).map((r) => r.type), ['P', 'O']);
     } finally {
       h.child.stdin.end();
+    }
+  });
+
+  it('starts commands with every signal at its default and none blocked, even when it was started ignoring some', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'porthole-spawn-'));
+    const wrapper = join(dir, 'ignoring');
+    writeFileSync(wrapper, `#!/bin/sh\ntrap '' HUP USR1 TERM\nexec ${SPAWN_HELPER}\n`, { mode: 0o755 });
+    try {
+      for (const path of [SPAWN_HELPER, wrapper]) {
+        const spawner = new HelperSpawner(path, recordingLog().log);
+        try {
+          const c = await spawner.spawn(sh("grep -E '^Sig(Ign|Blk)' /proc/self/status"));
+          c.stderr.resume();
+          assert.deepEqual((await collect(c.stdout)).toString().trim().split('\n'), ['SigBlk:\t0000000000000000', 'SigIgn:\t0000000000000000'], path);
+        } finally {
+          spawner.close();
+        }
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { HelperSpawner, NodeSpawner, Spawner, SpawnOptions } from '@porthole/agent';
+import { Socket } from 'node:net';
+import { HelperSpawner, NodeSpawner, Spawner, SpawnOptions, readDirectly } from '@porthole/agent';
 import { SPAWN_HELPER } from './harness';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -221,6 +222,18 @@ describe('agent: porthole-spawn, the helper itself', function () {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('reads what a socket brings straight from its handle, past the Readable, and still reports its end', async () => {
+    const child = spawn('sh', ['-c', 'echo one; sleep 0.1; echo two'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = child.stdout as Socket;
+    const delivered: string[] = [];
+    let events = 0;
+    readDirectly(out, (data) => delivered.push(data.toString()));
+    out.on('data', () => events++);
+    await new Promise((r) => out.on('end', r));
+    assert.deepEqual(delivered, ['one\n', 'two\n']);
+    assert.equal(events, 0, 'no data events');
   });
 
   it('a malformed record ends it with the cause on stderr', async () => {

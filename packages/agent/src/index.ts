@@ -5,7 +5,7 @@ export { UserDb } from './users';
 export { createAuditLogger, AuditLogger } from './audit';
 export { writeFileAtomic, transferStatus, readFileToStream, TransferStore, FileContext, ChunkSource, WriteOutcome } from './files';
 export { runExec, inMessages, AGENT_TUNING_ENV } from './exec';
-export { Spawner, Spawned, SpawnOptions, ExitStatus, NodeSpawner, HelperSpawner, createSpawner, defaultSpawnHelperPath, SPAWN_HELPER_NAME } from './spawner';
+export { Spawner, Spawned, SpawnOptions, ExitStatus, NodeSpawner, HelperSpawner, createSpawner, defaultSpawnHelperPath, readDirectly, SPAWN_HELPER_NAME } from './spawner';
 export { connectorFor, xenbusPathOf } from './channels';
 export { NovaRequests, NovaReply, NOVA_REQUEST_DIR, NOVA_REPLY_DIR } from './nova';
 export { showPath, normalize, isWithin } from './paths';

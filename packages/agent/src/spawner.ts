@@ -5,7 +5,7 @@
 // its own two pipes. Both give the same thing: a process in its own process
 // group, with its stdin, stdout and stderr as streams.
 import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -103,6 +103,46 @@ export class NodeSpawner implements Spawner {
   }
 }
 
+/** Where libuv leaves a read's length and offset for a stream handle's onread (Node's stream_base_commons). */
+interface StreamBaseState {
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kArrayBufferOffset: number;
+}
+type ReadHandle = { onread?: (this: unknown, arrayBuffer: ArrayBuffer) => unknown; fd?: number };
+const handleOf = (socket: Socket) => (socket as unknown as { _handle?: ReadHandle })._handle;
+
+/**
+ * Bytes a socket reads, handed to `deliver` from its handle's read callback, as the agent's port reads:
+ * a Readable's push, 'data' event and their ticks cost ~1 ms per read of interpreted JavaScript in an
+ * emulated guest, once or twice per command. EOF and errors go through Node's own callback. Where this
+ * Node has no such callback (or hides its state), the bytes come as 'data' events.
+ */
+export function readDirectly(socket: Socket, deliver: (data: Buffer) => void): void {
+  const handle = handleOf(socket);
+  let state: StreamBaseState | undefined;
+  try {
+    const binding = (process as unknown as { binding(name: 'stream_wrap'): Partial<StreamBaseState> }).binding('stream_wrap');
+    if (binding.streamBaseState instanceof Int32Array && typeof binding.kReadBytesOrError === 'number' && typeof binding.kArrayBufferOffset === 'number') {
+      state = binding as StreamBaseState;
+    }
+  } catch {
+    // no process.binding: events below
+  }
+  const nodeOnRead = handle?.onread;
+  if (!handle || !state || typeof nodeOnRead !== 'function') {
+    socket.on('data', deliver);
+    return;
+  }
+  const { streamBaseState, kReadBytesOrError, kArrayBufferOffset } = state;
+  handle.onread = function onread(arrayBuffer: ArrayBuffer) {
+    const n = streamBaseState[kReadBytesOrError];
+    // Each read gets a buffer of its own from Node: a view of it may be kept.
+    if (n > 0) return void deliver(Buffer.from(arrayBuffer, streamBaseState[kArrayBufferOffset], n));
+    return nodeOnRead.call(this, arrayBuffer);
+  };
+}
+
 interface Waiter<T> {
   resolve(value: T): void;
   reject(err: Error): void;
@@ -174,6 +214,8 @@ class HelperProcess {
   private nextId = 1;
   private readonly received = new ByteQueue();
   private ended?: Error;
+  /** Whether the helper's handles keep the event loop alive (see idle). */
+  private busy = true;
   private greeting!: Waiter<void>;
   private readonly greetingTimer: NodeJS.Timeout;
   /** Resolves when the helper said it speaks our protocol. */
@@ -188,7 +230,7 @@ class HelperProcess {
     this.child.on('error', (err) => this.fail(err));
     this.child.on('exit', (code, sig) => this.fail(new Error(sig ? `killed by ${sig}` : `exit status ${code}`)));
     this.child.stdin!.on('error', () => undefined); // its end shows as 'exit'
-    this.child.stdout!.on('data', (data: Buffer) => this.receive(data));
+    readDirectly(this.child.stdout as Socket, (data) => this.receive(data));
     this.idle();
   }
 
@@ -213,16 +255,38 @@ class HelperProcess {
   /** Nothing waited for: the helper alone does not keep the agent's event loop alive. */
   private idle(): void {
     const busy = this.commands.size > 0;
+    if (busy === this.busy) return;
+    this.busy = busy;
     for (const h of [this.child, this.child.stdout as Socket, this.child.stdin as Socket]) (busy ? h.ref() : h.unref());
   }
 
-  private send(type: string, id: number, payload: Buffer = Buffer.alloc(0)): void {
+  private send(type: string, id: number, payload?: Buffer): void {
     if (this.ended) return;
-    const head = Buffer.alloc(9);
-    head.writeUInt32LE(5 + payload.length, 0);
-    head.write(type, 4, 'latin1');
-    head.writeUInt32LE(id, 5);
-    this.child.stdin!.write(payload.length ? Buffer.concat([head, payload]) : head);
+    const record = Buffer.allocUnsafe(9 + (payload?.length ?? 0));
+    record.writeUInt32LE(record.length - 4, 0);
+    record.write(type, 4, 'latin1');
+    record.writeUInt32LE(id, 5);
+    payload?.copy(record, 9);
+    this.write(record);
+  }
+
+  /**
+   * A record goes straight to the helper's socket when nothing is queued before it (the Writable's path
+   * costs as much as a read's, see readDirectly); what the socket does not take at once is queued behind.
+   */
+  private write(record: Buffer): void {
+    const stdin = this.child.stdin as Socket;
+    const fd = handleOf(stdin)?.fd;
+    if (stdin.writableLength === 0 && fd !== undefined && fd >= 0) {
+      try {
+        const n = writeSync(fd, record);
+        if (n === record.length) return;
+        record = record.subarray(n);
+      } catch {
+        // EAGAIN: queued below; anything else (the helper is gone) fails there too and shows as its exit
+      }
+    }
+    stdin.write(record);
   }
 
   /** `env`: the environment's entries (checkNoNul). */

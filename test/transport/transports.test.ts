@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { spawn, execFileSync, ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync, openSync, closeSync, readSync, writeSync, constants as fsConstants } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import * as net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
@@ -274,20 +275,28 @@ describe('transports', () => {
         guest.writeParts([parts[2].subarray(0, 1000), parts[2].subarray(1000)]);
         guest.writeParts([parts[3], parts[4]]);
         assert.ok((await all).equals(expected));
-        // Small frames written from ticks and promises that follow one another still leave in one write.
-        const socket = (guest as unknown as { socket: { write: (...args: unknown[]) => boolean } }).socket;
+        // Small frames written from ticks and promises that follow one another still leave in one write
+        // (straight to the port's fd when nothing is queued, else through its socket).
+        const { socket, fd } = guest as unknown as { socket: { write: (...args: unknown[]) => boolean }; fd: number };
+        const fs = createRequire(__filename)('node:fs') as { writeSync: (...args: unknown[]) => number };
         const write = socket.write;
+        const fsWrite = fs.writeSync;
         let writes = 0;
         socket.write = (...args: unknown[]) => { writes++; return write.apply(socket, args); };
-        const later = receiveAll(host, 12);
-        guest.write(Buffer.from('a;'));
-        process.nextTick(() => {
-          guest.write(Buffer.from('b;'));
-          void Promise.resolve().then(() => process.nextTick(() => guest.write(Buffer.from('c;'))));
-        });
-        await Promise.resolve().then(() => guest.write(Buffer.from('d;e;f;')));
-        assert.equal((await later).toString(), 'a;d;e;f;b;c;');
-        assert.equal(writes, 1, 'one write for the turn');
+        fs.writeSync = (...args: unknown[]) => { if (args[0] === fd) writes++; return fsWrite(...args); };
+        try {
+          const later = receiveAll(host, 12);
+          guest.write(Buffer.from('a;'));
+          process.nextTick(() => {
+            guest.write(Buffer.from('b;'));
+            void Promise.resolve().then(() => process.nextTick(() => guest.write(Buffer.from('c;'))));
+          });
+          await Promise.resolve().then(() => guest.write(Buffer.from('d;e;f;')));
+          assert.equal((await later).toString(), 'a;d;e;f;b;c;');
+          assert.equal(writes, 1, 'one write for the turn');
+        } finally {
+          fs.writeSync = fsWrite;
+        }
       } finally {
         host.close();
         guest.close();

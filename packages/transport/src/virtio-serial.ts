@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync, readdirSync, readFileSync, existsSync, constants as fsc } from 'node:fs';
+import { closeSync, openSync, readSync, readdirSync, readFileSync, existsSync, writeSync, constants as fsc } from 'node:fs';
 import { Socket, SocketConstructorOpts } from 'node:net';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
@@ -314,10 +314,28 @@ export class VirtioSerialChannel extends ChannelBase {
     const owesDrain = this.batchOwesDrain;
     this.batchOwesDrain = false;
     if (this.closed) return;
-    const ok = this.socket && this.hostAbsentSince === undefined ? this.socket.write(joined) : this.writeParts([joined]);
+    const ok = this.socket && this.hostAbsentSince === undefined ? this.writeNow(this.socket, joined) : this.writeParts([joined]);
     // A writer told to wait for the batch hears 'drain' from the socket, or here if the socket did not fill.
     if (owesDrain && ok) this.emit('drain');
   };
+
+  /**
+   * A batch goes to the port with one write(2) when nothing is queued before it: a Writable's path costs
+   * ~0.5 ms of interpreted JavaScript under TCG, once per command or reply. What the port does not take at
+   * once (a full queue, EAGAIN) or an error goes the socket's way, which waits or reports it.
+   */
+  private writeNow(socket: Socket, data: Buffer): boolean {
+    if (socket.writableLength === 0 && this.fd >= 0) {
+      try {
+        const n = writeSync(this.fd, data);
+        if (n === data.length) return true;
+        data = data.subarray(n);
+      } catch {
+        // written below
+      }
+    }
+    return socket.write(data);
+  }
 
   pause(): void {
     this.paused = true;

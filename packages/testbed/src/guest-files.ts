@@ -85,6 +85,9 @@ export const RAW_TOOL_COMMANDS = {
   /** RAW_C_SOURCE compiled static: read()/write() loops with 1 MiB buffers (plain 'U'/'D' only). */
   c: '/opt/testbed/raw-c',
 } as const;
+
+/** SPAWN_C_SOURCE compiled static (x86-64 guests, where the test bed had gcc). */
+export const GUEST_SPAWN_TIMER = '/opt/testbed/spawn-c';
 export type RawTool = keyof typeof RAW_TOOL_COMMANDS;
 
 /**
@@ -245,6 +248,50 @@ for (;;) {
   }
   fs.closeSync(fd);
   Atomics.wait(pause, 0, 0, 20);
+}
+`;
+
+/**
+ * What starting a command costs with nothing around it, for the exec floor: a C program starts /bin/true
+ * N times (vfork, a session of its own, /dev/null as stdio, exec) and reaps each, and prints the ms of
+ * each as a JSON list. Installed as /opt/testbed/spawn-c.
+ */
+export const SPAWN_C_SOURCE = `#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+int main(int argc, char **argv) {
+  int runs = argc > 1 ? atoi(argv[1]) : 30;
+  int null = open("/dev/null", O_RDWR);
+  char *args[] = {"/bin/true", NULL};
+  if (null < 0 || runs < 1) return 2;
+  printf("[");
+  for (int i = 0; i < runs; i++) {
+    double t0 = now_ms();
+    pid_t pid = vfork();
+    if (pid == 0) {
+      setsid();
+      dup2(null, 0), dup2(null, 1), dup2(null, 2);
+      execve(args[0], args, environ);
+      _exit(127);
+    }
+    int status;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status)) return 1;
+    printf("%s%.3f", i ? "," : "", now_ms() - t0);
+  }
+  printf("]\\n");
+  return 0;
 }
 `;
 

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { INIT_SCRIPT, RAW_TOOL, RAW_BLOCKING_TOOL, RAW_C_SOURCE, RAW_TOOL_COMMANDS, RawTool, GUEST_SPAWN_HELPER, AGENT_ENV_LAUNCHER, SHUTDOWN_SCRIPT } from './guest-files';
+import { INIT_SCRIPT, RAW_TOOL, RAW_BLOCKING_TOOL, RAW_C_SOURCE, SPAWN_C_SOURCE, RAW_TOOL_COMMANDS, RawTool, GUEST_SPAWN_HELPER, GUEST_SPAWN_TIMER, AGENT_ENV_LAUNCHER, SHUTDOWN_SCRIPT } from './guest-files';
 import { GuestArch, guestPlatform, modulePath } from './guest-arch';
 
 /** Where prepared guests are cached (git-ignored). */
@@ -29,7 +29,7 @@ export function packCpio(dir: string, out: string): void {
 
 function fingerprint(paths: string[], modules: string[]): string {
   const h = createHash('sha256');
-  h.update(INIT_SCRIPT).update(RAW_TOOL).update(RAW_BLOCKING_TOOL).update(RAW_C_SOURCE).update(SHUTDOWN_SCRIPT).update(modules.join(','));
+  h.update(INIT_SCRIPT).update(RAW_TOOL).update(RAW_BLOCKING_TOOL).update(RAW_C_SOURCE).update(SPAWN_C_SOURCE).update(SHUTDOWN_SCRIPT).update(modules.join(','));
   for (const p of paths) {
     const st = statSync(p);
     h.update(`${p}:${st.size}:${st.mtimeMs}`);
@@ -38,11 +38,11 @@ function fingerprint(paths: string[], modules: string[]): string {
 }
 
 /** The C raw-port tool, static (the x86-64 guest runs the host's programs); left out, with a message, where gcc is missing. */
-function compileRawC(out: string, log: (m: string) => void): void {
+function compileC(source: string, out: string, what: string, log: (m: string) => void): void {
   try {
-    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-static', '-s', '-o', out, '-x', 'c', '-'], { input: RAW_C_SOURCE, stdio: ['pipe', 'ignore', 'pipe'] });
+    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-Werror', '-static', '-s', '-o', out, '-x', 'c', '-'], { input: source, stdio: ['pipe', 'ignore', 'pipe'] });
   } catch (err) {
-    log(`the C raw-port tool did not compile (${(err as Error).message.split('\n')[0]}): install gcc and libc6-dev; raw ports asking for it stay unserved`);
+    log(`the ${what} did not compile (${(err as Error).message.split('\n')[0]}): install gcc and libc6-dev; it is left out`);
   }
 }
 
@@ -78,7 +78,10 @@ export function prepareBaseImage(log: (m: string) => void = () => undefined, arc
     for (const p of programs) copyInto(root, p.from, p.to);
     writeFileSync(join(root, 'opt/testbed/raw.js'), RAW_TOOL);
     writeFileSync(join(root, 'opt/testbed/raw-blocking.js'), RAW_BLOCKING_TOOL);
-    if (arch === 'x64') compileRawC(join(root, 'opt/testbed/raw-c'), log);
+    if (arch === 'x64') {
+      compileC(RAW_C_SOURCE, join(root, RAW_TOOL_COMMANDS.c.slice(1)), 'C raw-port tool (raw ports asking for it stay unserved)', log);
+      compileC(SPAWN_C_SOURCE, join(root, GUEST_SPAWN_TIMER.slice(1)), 'C spawn timer (the exec floor is then timed through porthole-spawn only)', log);
+    }
     writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\ntester:x:1000:1000:tester:/home/tester:/bin/sh\n');
     writeFileSync(join(root, 'etc/group'), 'root:x:0:\ndaemon:x:1:\nusers:x:100:tester\nnogroup:x:65534:\ntester:x:1000:\n');
     mkdirSync(join(root, 'home/tester'), { recursive: true });

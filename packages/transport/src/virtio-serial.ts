@@ -266,9 +266,10 @@ export class VirtioSerialChannel extends ChannelBase {
   /**
    * The guest kernel's virtio console has no writev: every part of a writev is a write of its own, each
    * a buffer the host is notified of, and each write costs the guest ~1 ms under TCG. So small frames
-   * written in one turn of the event loop (its I/O callbacks and every tick and promise they lead to: a
-   * command's start, exit and close when its helper reported them together, a reply and its close) go
-   * out as one buffer when the turn ends, and a large frame as its joined head and its data.
+   * written in one run of JavaScript and the promises it settles (a command's start, exit and close when
+   * its helper reported them together, a reply and its close) go out as one buffer at the next tick, and
+   * a large frame as its joined head and its data. (Not later: at the end of the event loop's turn, a
+   * reply beside a bulk transfer would wait for every read callback of that turn.)
    */
   writeParts(parts: readonly Buffer[], written?: () => void): boolean {
     if (this.closed) return false;
@@ -284,7 +285,7 @@ export class VirtioSerialChannel extends ChannelBase {
     if (size <= JOIN_BELOW) {
       this.batch.push(parts.length === 1 ? parts[0] : Buffer.concat(parts, size));
       this.batchBytes += size;
-      if (this.batch.length === 1) setImmediate(this.flushBatch);
+      if (this.batch.length === 1) process.nextTick(this.flushBatch);
       if (this.socket.writableLength + this.batchBytes < HIGH_WATER_MARK) return true;
       this.batchOwesDrain = true;
       return false;
@@ -304,7 +305,7 @@ export class VirtioSerialChannel extends ChannelBase {
     return this.writeParts([data]);
   }
 
-  /** The small frames of this turn of the event loop, as one write (or held while there is no host). */
+  /** The small frames of this run of JavaScript, as one write (or held while there is no host). */
   private readonly flushBatch = (): void => {
     if (!this.batch.length) return;
     const parts = this.batch;

@@ -202,9 +202,14 @@ export async function runExec(ctx: ExecContext, req: v1.ExecRequest, stream: Str
       pipe.on('close', ended);
       pipe.on('error', () => resolve());
     });
-  let outputsEnded = false;
-  const outputs = Promise.all([forward(child.stdout, v1.OutputStream.OUTPUT_STDOUT), forward(child.stderr, v1.OutputStream.OUTPUT_STDERR)])
-    .then(() => { outputsEnded = true; });
+  // A command whose outputs had already ended empty when it was reported started (most quick ones) has
+  // nothing to forward; waiting for its streams' 'end' would put a tick between its start and its exit,
+  // and the port would write them apart.
+  let outputsEnded = child.outputsDone?.() ?? false;
+  const outputs = outputsEnded
+    ? Promise.resolve()
+    : Promise.all([forward(child.stdout, v1.OutputStream.OUTPUT_STDOUT), forward(child.stderr, v1.OutputStream.OUTPUT_STDERR)])
+      .then(() => { outputsEnded = true; });
 
   // Messages from the host: stdin, signals, cancel.
   const inbound = (async () => {

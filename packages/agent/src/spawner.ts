@@ -38,6 +38,11 @@ export interface Spawned {
   stderr: Readable;
   /** Rejects only when the exit status cannot be known (the helper that started it ended). */
   exited: Promise<ExitStatus>;
+  /**
+   * Whether stdout and stderr both ended with nothing left in them, known without waiting for their 'end'
+   * (porthole-spawn reports a quick command's start and ends together). Absent where it cannot be told.
+   */
+  outputsDone?(): boolean;
 }
 
 export interface Spawner {
@@ -165,6 +170,11 @@ class HelperOutput extends Readable {
     for (const piece of pieces) room = this.push(piece);
     if (room) this.ack();
     else this.owed = true;
+  }
+
+  /** Ended, and everything it held was read. */
+  get drained(): boolean {
+    return this.finished && this.readableLength === 0;
   }
 
   finish(): void {
@@ -398,7 +408,7 @@ class HelperProcess {
         final: (callback) => { this.send('C', id); callback(); },
       });
     }
-    return { pid, stdin, stdout: c.outputs[0], stderr: c.outputs[1], exited };
+    return { pid, stdin, stdout: c.outputs[0], stderr: c.outputs[1], exited, outputsDone: () => c.outputs.every((o) => o.drained) };
   }
 }
 

@@ -236,6 +236,32 @@ describe('agent: porthole-spawn, the helper itself', function () {
     assert.equal(events, 0, 'no data events');
   });
 
+  it('tells when the outputs of a command had ended empty by the time it was reported started', async () => {
+    const spawner = new HelperSpawner(SPAWN_HELPER, recordingLog().log);
+    try {
+      // A quick command (5 tries: a busy machine may run one longer than the helper holds its start).
+      const quick: boolean[] = [];
+      for (let i = 0; i < 5; i++) {
+        const c = await spawner.spawn(sh('exit 0'));
+        quick.push(c.outputsDone?.() === true);
+        assert.deepEqual(await c.exited, [0, null]);
+      }
+      assert.ok(quick.includes(true), 'a quick command came with its ends');
+      // Output to read, or a command still running: not done.
+      const talking = await spawner.spawn(sh('echo hi'));
+      assert.equal(talking.outputsDone?.(), false);
+      talking.stderr.resume();
+      assert.equal((await collect(talking.stdout)).toString(), 'hi\n');
+      const slow = await spawner.spawn(sh('sleep 0.3'));
+      assert.equal(slow.outputsDone?.(), false);
+      slow.stdout.resume();
+      slow.stderr.resume();
+      await slow.exited;
+    } finally {
+      spawner.close();
+    }
+  });
+
   it('a malformed record ends it with the cause on stderr', async () => {
     const child = spawn(SPAWN_HELPER, [], { stdio: ['pipe', 'pipe', 'pipe'] });
     const err = collect(child.stderr);
